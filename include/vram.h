@@ -1,0 +1,340 @@
+/* vram.h - the public C API of libvram, a GPU memory manager for large models. */
+#ifndef VRAM_H
+#define VRAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(VRAM_BUILDING) && defined(__GNUC__)
+#define VRAM_API __attribute__((visibility("default")))
+#else
+#define VRAM_API
+#endif
+
+#define VRAM_VERSION "0.1.0"
+
+/* ------------------------------------------------------------------------ */
+/* Errors: 0 is success, every failure a negative VRAM_E* code.              */
+/* One table yields the enum, vram_strerror() and vram_err_name().          */
+/* ------------------------------------------------------------------------ */
+#define VRAM_ERRNO_MAP(XX)                                                      \
+    XX(EINVAL, -1, "invalid argument")                                          \
+    XX(ENOMEM, -2, "out of device memory")                                      \
+    XX(EHOSTMEM, -3, "out of host memory")                                      \
+    XX(EBUSY, -4, "model is in use")                                            \
+    XX(ENOENT, -5, "no such model")                                             \
+    XX(EEXIST, -6, "model already exists")                                      \
+    XX(ESTATE, -7, "operation not valid in the model's state")                  \
+    XX(EIO, -8, "input/output error")                                           \
+    XX(EFORMAT, -9, "malformed model file")                                     \
+    XX(EBACKEND, -10, "device backend error")                                   \
+    XX(ETIMEDOUT, -11, "timed out")                                             \
+    XX(ECANCELED, -12, "canceled")                                              \
+    XX(ENOTSUP, -13, "not supported")                                           \
+    XX(ECONFIG, -14, "invalid configuration")                                   \
+    XX(ELOAD, -15, "model load function failed")                                \
+    XX(ENODEV, -16, "no such device")
+
+enum {
+#define VRAM_ERR_ENUM_(name, val, msg) VRAM_##name = (val),
+    VRAM_OK = 0,
+    VRAM_ERRNO_MAP(VRAM_ERR_ENUM_)
+#undef VRAM_ERR_ENUM_
+};
+
+/* A static description of err ("out of device memory"); never NULL. */
+VRAM_API const char *vram_strerror(int err);
+/* The code's name without prefix ("ENOMEM"); "UNKNOWN" for foreign values. */
+VRAM_API const char *vram_err_name(int err);
+
+/* ------------------------------------------------------------------------ */
+/* Handles                                                                   */
+/* ------------------------------------------------------------------------ */
+typedef struct vram_manager vram_manager; /* registry, budgets, idle monitor */
+typedef struct vram_model vram_model;     /* one named model, owned by its manager */
+typedef struct vram_lease vram_lease;     /* proof that a model is on the device */
+
+/* ------------------------------------------------------------------------ */
+/* Configuration. One table of options (see vram_options_print); every      */
+/* option has a default, an environment variable and a parser. Flags,       */
+/* environment and .env all go through vram_config_set().                   */
+/* ------------------------------------------------------------------------ */
+typedef enum vram_backend_kind {
+    VRAM_BACKEND_AUTO = 0, /* cuda when a driver and a device exist, else host */
+    VRAM_BACKEND_HOST = 1, /* device memory emulated in host RAM */
+    VRAM_BACKEND_CUDA = 2
+} vram_backend_kind;
+
+typedef enum vram_log_level {
+    VRAM_LOG_ERROR = 0,
+    VRAM_LOG_WARN = 1,
+    VRAM_LOG_INFO = 2,
+    VRAM_LOG_DEBUG = 3
+} vram_log_level;
+
+/* A size that is either absolute bytes or a fraction of a capacity. */
+typedef struct vram_size_spec {
+    uint64_t bytes;  /* used when percent == 0 */
+    double percent;  /* 0 < percent <= 100: that share of the capacity */
+} vram_size_spec;
+
+#define VRAM_STR_MAX 256
+
+typedef struct vram_config {
+    vram_backend_kind backend;   /* VRAM_BACKEND */
+    double idle_timeout;         /* GPU_IDLE_TIMEOUT, seconds, default 600; 0 = never */
+    double release_timeout;      /* VRAM_RELEASE_TIMEOUT, seconds, default 0 = never */
+    vram_size_spec gpu_budget;   /* VRAM_GPU_BUDGET, default 100% of each device */
+    vram_size_spec host_budget;  /* VRAM_HOST_BUDGET, default 0 = unlimited */
+    uint64_t host_memory;        /* VRAM_HOST_MEMORY: emulated capacity per host device */
+    int host_devices;            /* VRAM_HOST_DEVICES: emulated device count */
+    double evict_wait;           /* VRAM_EVICT_WAIT: seconds an acquire waits for memory */
+    vram_log_level log_level;    /* VRAM_LOG_LEVEL: error|warn|info|debug */
+    uint64_t chunk_bytes;        /* VRAM_CHUNK: transfer chunk size */
+    char visible_devices[VRAM_STR_MAX]; /* CUDA_VISIBLE_DEVICES / NVIDIA_VISIBLE_DEVICES */
+    char cuda_library[VRAM_STR_MAX];    /* VRAM_CUDA_LIBRARY, default libcuda.so.1 */
+    /* daemon and CLI options share the table */
+    int port;                    /* VRAM_PORT, default 7861 */
+    char bind[VRAM_STR_MAX];     /* VRAM_BIND, default 127.0.0.1 */
+    char token[VRAM_STR_MAX];    /* VRAM_TOKEN, default empty = no auth */
+    char url[VRAM_STR_MAX];      /* VRAM_URL, default http://127.0.0.1:7861 */
+    /* Tests: a clock in seconds (monotonic) replacing the real one, and the
+     * monitor thread switched off (then vram_manager_tick drives it). */
+    double (*clock)(void *user);
+    void *clock_user;
+    int no_monitor_thread;
+} vram_config;
+
+/* Fills cfg with the built-in defaults. */
+VRAM_API void vram_config_init(vram_config *cfg);
+
+/* Sets one option by its variable name ("GPU_IDLE_TIMEOUT", "VRAM_GPU_BUDGET")
+ * from text. Returns VRAM_ECONFIG for an unknown name or a bad value and then
+ * writes "VRAM_GPU_BUDGET: '12X' is not a size (use e.g. 8G or 80%)" into err
+ * (errlen bytes); cfg is unchanged on failure. */
+VRAM_API int vram_config_set(vram_config *cfg, const char *name, const char *value,
+                             char *err, size_t errlen);
+
+/* Reads every option from the environment, then from the .env file at path
+ * (NULL: "./.env"; a missing file is fine) for variables the environment
+ * does not set. Returns VRAM_ECONFIG naming the variable and value on the
+ * first bad one. */
+VRAM_API int vram_config_load(vram_config *cfg, const char *env_path, char *err,
+                              size_t errlen);
+
+/* Writes one line per option: name, value, source, help. */
+VRAM_API void vram_options_print(const vram_config *cfg, void *file /* FILE* */);
+
+/* Parses "64M", "1.5G", "4096" (bytes, K/M/G/T powers of 1024). */
+VRAM_API int vram_parse_size(const char *text, uint64_t *out);
+
+/* ------------------------------------------------------------------------ */
+/* Logging: one line per event to stderr, or to a callback.                 */
+/* ------------------------------------------------------------------------ */
+typedef void (*vram_log_fn)(vram_log_level level, const char *line, void *user);
+VRAM_API void vram_set_log_level(vram_log_level level);
+VRAM_API void vram_set_log_callback(vram_log_fn fn, void *user); /* NULL: stderr */
+
+/* ------------------------------------------------------------------------ */
+/* Manager                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* Creates a manager over the backend cfg selects (NULL cfg: defaults plus
+ * environment and .env). Starts the idle monitor thread. On failure *out is
+ * NULL and nothing is left allocated. */
+VRAM_API int vram_manager_create(const vram_config *cfg, vram_manager **out);
+
+/* Releases every model (waiting for leases to end), stops the monitor and
+ * frees everything. NULL does nothing. */
+VRAM_API void vram_manager_destroy(vram_manager *m);
+
+/* The process-wide manager (the seed's get_global_manager(idle_timeout)),
+ * created on first call from the environment and .env; idle_timeout >= 0
+ * overrides GPU_IDLE_TIMEOUT on that first call. NULL when creation fails
+ * (the reason is logged). Destroyed at exit. */
+VRAM_API vram_manager *vram_global_manager(double idle_timeout);
+
+/* Name of the backend in use: "host" or "cuda". */
+VRAM_API const char *vram_manager_backend(const vram_manager *m);
+
+/* Sets the idle timeout of every model (the seed's update_all_timeout).
+ * seconds >= 0 and finite, else VRAM_EINVAL; 0 = never offload on idle. */
+VRAM_API int vram_manager_set_idle_timeout(vram_manager *m, double seconds);
+/* Sets the release timeout of every model; 0 = never. */
+VRAM_API int vram_manager_set_release_timeout(vram_manager *m, double seconds);
+
+/* Offloads / releases every model. Models under a lease follow flags as
+ * vram_model_offload does. Returns the first error, after trying all. */
+VRAM_API int vram_manager_offload_all(vram_manager *m, unsigned flags);
+VRAM_API int vram_manager_release_all(vram_manager *m, unsigned flags);
+
+/* The status of every model as JSON (the seed's get_all_status plus state,
+ * bytes, leases, counters, durations, GB/s, last_error). Caller frees with
+ * free(). NULL only when out of host memory. */
+VRAM_API char *vram_manager_status_json(vram_manager *m);
+/* The status of one model as a JSON object; NULL for an unknown name. */
+VRAM_API char *vram_model_status_json(vram_manager *m, const char *name);
+/* Devices with memory figures as a JSON array. Caller frees. */
+VRAM_API char *vram_manager_devices_json(vram_manager *m);
+
+/* True while the idle monitor thread runs. */
+VRAM_API int vram_manager_monitor_running(vram_manager *m);
+/* Runs the idle monitor's due work now, in the caller (tests with a fake
+ * clock, or a manager made with no_monitor_thread). Returns how many models
+ * it offloaded or released. */
+VRAM_API int vram_manager_tick(vram_manager *m);
+/* Wakes the monitor thread so that it recomputes its next deadline (after a
+ * fake clock moved). */
+VRAM_API void vram_manager_wake(vram_manager *m);
+
+/* ------------------------------------------------------------------------ */
+/* Models                                                                    */
+/* ------------------------------------------------------------------------ */
+
+/* The load step of a model: allocate device memory with vram_model_alloc
+ * and fill it (vram_model_upload, or the device pointer directly on a
+ * device the caller can write). Return 0, or a negative code; the manager
+ * then frees whatever was allocated. Called without any manager lock held,
+ * at most once at a time per model. */
+typedef int (*vram_load_fn)(vram_model *model, void *user);
+
+typedef struct vram_model_opts {
+    const char *source;       /* "synthetic:SIZE[:SEED]", a .safetensors file, index or dir; or NULL */
+    vram_load_fn load;        /* used when source is NULL */
+    void *load_user;
+    double idle_timeout;      /* seconds; < 0: the manager's */
+    double release_timeout;   /* seconds; < 0: the manager's; 0 = never */
+    int immediate_offload;    /* offload when the last lease ends */
+    int device;               /* device index; < 0: device 0 */
+} vram_model_opts;
+
+/* Fills opts with defaults (no source, manager timeouts, device 0). */
+VRAM_API void vram_model_opts_init(vram_model_opts *opts);
+
+/* Registers a model under a unique name (1-128 printable characters).
+ * Nothing is loaded. The model lives until the manager is destroyed or
+ * vram_manager_unregister. VRAM_EEXIST for a taken name. */
+VRAM_API int vram_manager_register(vram_manager *m, const char *name,
+                                   const vram_model_opts *opts, vram_model **out);
+/* Looks a model up by name; NULL when unknown. */
+VRAM_API vram_model *vram_manager_find(vram_manager *m, const char *name);
+/* Releases and forgets a model. VRAM_EBUSY under a lease. */
+VRAM_API int vram_manager_unregister(vram_manager *m, const char *name);
+
+VRAM_API const char *vram_model_name(const vram_model *model);
+
+/* Inside a load function only: reserves and maps bytes of device memory in
+ * this model and returns its device address. Addresses stay the same across
+ * offload and restore. VRAM_ENOMEM when the device is full and nothing can
+ * be evicted. */
+VRAM_API int vram_model_alloc(vram_model *model, size_t bytes, void **dev_ptr);
+/* Copies host bytes to / from a model's device memory (any backend). */
+VRAM_API int vram_model_upload(vram_model *model, void *dev_ptr, const void *src,
+                               size_t bytes);
+VRAM_API int vram_model_download(vram_model *model, void *dst, const void *dev_ptr,
+                                 size_t bytes);
+
+/* Makes the model resident and returns a lease (the seed's get_model): the
+ * first call loads, a call while offloaded restores, a call while on the
+ * device only counts a lease. Concurrent callers share one load. Waits up to
+ * VRAM_EVICT_WAIT for device memory, then VRAM_ENOMEM. On failure *out is
+ * NULL and the model keeps its bytes (on the CPU after a failed restore,
+ * unloaded after a failed load, with the reason in last_error). */
+VRAM_API int vram_model_acquire(vram_model *model, vram_lease **out);
+
+/* Ends a lease. The last lease to end of a model with immediate_offload,
+ * or with an offload or release deferred to it, does that work in this
+ * thread before returning. NULL does nothing. */
+VRAM_API void vram_lease_end(vram_lease *lease);
+
+/* The device address of the model's first allocation (its whole range for a
+ * source-loaded model), valid while the lease lives. */
+VRAM_API void *vram_lease_ptr(const vram_lease *lease);
+VRAM_API vram_model *vram_lease_model(const vram_lease *lease);
+
+/* Flags for offload and release. */
+enum {
+    VRAM_WAIT = 0,         /* under a lease: wait for the last lease to end, then act */
+    VRAM_NOWAIT = 1u << 0, /* under a lease: fail with VRAM_EBUSY */
+    VRAM_DEFER = 1u << 1   /* under a lease: leave it to the last lease's end; returns VRAM_DEFERRED */
+};
+#define VRAM_DEFERRED 1 /* positive: the work was handed to the last lease */
+
+/* Copies the model to its host backup and frees its device memory, keeping
+ * its addresses (the seed's force_offload). Nothing to do (already on the
+ * CPU, or unloaded) is success. On failure the model stays on the device. */
+VRAM_API int vram_model_offload(vram_model *model, unsigned flags);
+/* Frees device memory and host backup; the next acquire loads again. */
+VRAM_API int vram_model_release(vram_model *model, unsigned flags);
+
+/* Per-model timeouts; seconds >= 0 and finite, else VRAM_EINVAL. */
+VRAM_API int vram_model_set_idle_timeout(vram_model *model, double seconds);
+VRAM_API int vram_model_set_release_timeout(vram_model *model, double seconds);
+VRAM_API int vram_model_set_immediate_offload(vram_model *model, int on);
+
+/* Model states (DESIGN.md's lifecycle). */
+typedef enum vram_state {
+    VRAM_STATE_UNLOADED = 0,
+    VRAM_STATE_LOADING,
+    VRAM_STATE_GPU,
+    VRAM_STATE_OFFLOADING,
+    VRAM_STATE_CPU,
+    VRAM_STATE_RESTORING,
+    VRAM_STATE_RELEASING
+} vram_state;
+VRAM_API vram_state vram_model_state(vram_model *model);
+VRAM_API const char *vram_state_name(vram_state s); /* "unloaded", "gpu", ... */
+/* The seed's location: "GPU", "CPU" or "未加载". */
+VRAM_API const char *vram_state_location(vram_state s);
+/* Bytes of the model (sum of its allocations), 0 when never loaded. */
+VRAM_API uint64_t vram_model_bytes(vram_model *model);
+
+/* Checksum of the model's bytes as they are now (on the device or in its
+ * backup), computed on the device where the backend can. Takes a lease
+ * when the model is on the device; does not load an unloaded model
+ * (VRAM_ESTATE). */
+VRAM_API int vram_model_checksum(vram_model *model, uint64_t *out);
+
+/* The checksum function itself, over a host buffer: the same value the
+ * device computes. Words are 8-byte little-endian, the tail zero-padded. */
+VRAM_API uint64_t vram_checksum(const void *data, size_t bytes);
+
+/* Bytes of the synthetic source "synthetic:SIZE[:SEED]" at [offset, offset+n):
+ * deterministic, any range computable on its own. */
+VRAM_API void vram_synthetic_fill(uint64_t seed, uint64_t offset, void *dst, size_t n);
+
+/* ------------------------------------------------------------------------ */
+/* Tensors of a model loaded from a safetensors source. The table is fixed  */
+/* once the model is loaded and device addresses survive offload/restore.   */
+/* ------------------------------------------------------------------------ */
+#define VRAM_MAX_DIMS 8
+typedef struct vram_tensor_info {
+    const char *name;   /* valid while the model stays loaded */
+    const char *dtype;  /* "F32", "BF16", "F8_E4M3", ... */
+    int ndim;
+    int64_t shape[VRAM_MAX_DIMS];
+    uint64_t offset;    /* from the start of the model's range */
+    uint64_t bytes;
+    void *dev_ptr;      /* device address */
+} vram_tensor_info;
+
+/* Number of tensors (0 for a synthetic or callback model, or not loaded). */
+VRAM_API size_t vram_model_tensor_count(vram_model *model);
+/* The i-th tensor, in file order; VRAM_EINVAL out of range. */
+VRAM_API int vram_model_tensor(vram_model *model, size_t i, vram_tensor_info *out);
+/* A tensor by name; VRAM_ENOENT when absent. */
+VRAM_API int vram_model_find_tensor(vram_model *model, const char *name,
+                                    vram_tensor_info *out);
+
+/* Progress of a load in flight: bytes done and total (both 0 when idle). */
+VRAM_API void vram_model_load_progress(vram_model *model, uint64_t *done,
+                                       uint64_t *total);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* VRAM_H */

@@ -1,0 +1,154 @@
+/* core.h - the manager and model structures and the lock discipline that guards them. */
+#ifndef VRAM_CORE_H
+#define VRAM_CORE_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "backend/backend.h"
+#include "core/internal.h"
+#include "loader/source.h"
+#include "vram.h"
+
+/*
+ * LOCK DISCIPLINE
+ *
+ * 1. One mutex per manager, m->lock, guards every field of the manager and
+ *    of its models, except where noted below. It is held only for short,
+ *    non-blocking bookkeeping: never across a backend call, a copy, a file
+ *    read, a user load callback or a log line's formatting of large data.
+ *
+ * 2. Transitional states (LOADING, OFFLOADING, RESTORING, RELEASING) are
+ *    ownership tokens. The thread that moves a model into one (under the
+ *    lock) is its owner: only it touches the model's allocations, buffers
+ *    and backups, without the lock, until it moves the model to a final
+ *    state (GPU, CPU, UNLOADED) under the lock and broadcasts model->cond.
+ *    Everyone else who needs the model waits on model->cond.
+ *
+ * 3. A lease (model->leases > 0, state GPU) guarantees that the model's
+ *    device memory stays mapped: no one may start an offload or release
+ *    while leases > 0. Readers of a backup in the CPU state (checksums)
+ *    count in model->readers; a release waits until it drops to 0.
+ *
+ * 4. Device budget: dev->used counts the bytes charged by models whose
+ *    memory is mapped or about to be. A thread charges before mapping and
+ *    uncharges after unmapping, both under the lock. When a charge does not
+ *    fit, the charging thread evicts least-recently-used idle models itself
+ *    (taking ownership of each as in rule 2), or waits on m->mem_cond.
+ *
+ * 5. Condition variables: model->cond (state and lease changes of that
+ *    model), m->mem_cond (device memory may have become available),
+ *    m->monitor_cond (the monitor's next deadline may have moved). All use
+ *    m->lock. Signals are sent only when someone waits (counted), which keeps
+ *    the hot acquire/end path free of system calls.
+ *
+ * 6. progress_done/progress_total are atomics (read without the lock).
+ *    The source (model->source) and its tensor table are fixed at register
+ *    time; dev_ptr fields of the table change only under the lock.
+ */
+
+typedef struct vram_alloc {
+    vram_buf buf;   /* the device range; buf.mapped tells if memory is behind it */
+    void *backup;   /* host backup (pinned), allocated once, freed on release */
+    int charged;    /* buf.reserved is counted in its device's budget */
+} vram_alloc;
+
+enum { PENDING_OFFLOAD = 1u, PENDING_RELEASE = 2u };
+
+struct vram_model {
+    vram_manager *m;
+    char *name;
+
+    /* options */
+    vram_source *source; /* NULL for callback models */
+    vram_load_fn load;
+    void *load_user;
+    double idle_timeout;    /* < 0: manager's */
+    double release_timeout; /* < 0: manager's */
+    int immediate_offload;
+    int device;
+
+    /* state */
+    vram_state state;
+    int leases;
+    int readers;
+    int waiters;           /* threads waiting on cond */
+    pthread_cond_t cond;
+    unsigned pending;      /* PENDING_* deferred to the last lease's end */
+    double last_used;      /* clock at the end of the last lease (or load) */
+    double cpu_since;      /* clock when it last reached the CPU state */
+    uint64_t load_gen;     /* counts finished loads, to share one failure */
+    int last_load_rc;
+    pthread_t owner;       /* the thread in a transitional state (LOADING: the loader) */
+    uint64_t evict_skip;   /* charge sequence in which evicting it failed */
+
+    vram_alloc *allocs;
+    size_t nallocs, cap;
+    uint64_t bytes;        /* sum of allocation sizes */
+    int has_backup;        /* backups hold the model's bytes (CPU state) */
+
+    /* counters */
+    uint64_t loads, offloads, restores, releases, evictions, failures;
+    double last_load_s, last_offload_s, last_restore_s;
+    double last_load_gbps, last_offload_gbps, last_restore_gbps;
+    char last_error[VRAM_ERRMSG_MAX];
+
+    uint64_t progress_done, progress_total; /* atomics */
+};
+
+typedef struct vram_device {
+    vram_dev_info info;
+    uint64_t budget;
+    uint64_t used;     /* charged bytes */
+    uint64_t mapped;   /* bytes of model memory mapped (size, not reserved) */
+} vram_device;
+
+struct vram_manager {
+    pthread_mutex_t lock;
+    vram_config cfg;
+    vram_backend *backend;
+    int ndev;
+    vram_device *devs;
+
+    uint64_t host_budget; /* 0 = unlimited */
+    uint64_t host_used;   /* bytes of backups */
+
+    double idle_timeout;
+    double release_timeout;
+
+    vram_model **models;
+    size_t nmodels, cap;
+
+    pthread_cond_t mem_cond;
+    int mem_waiters;
+    uint64_t charge_seq;
+
+    pthread_t monitor;
+    int monitor_started;
+    int monitor_running;
+    int stopping;
+    pthread_cond_t monitor_cond;
+    double monitor_next;  /* the monitor's planned wake-up (clock), INFINITY when none */
+    int monitor_waiting;
+};
+
+struct vram_lease {
+    vram_model *model;
+};
+
+/* The manager's clock (a test's fake one, or monotonic seconds). */
+double vram__clock(vram_manager *m);
+
+/* Effective timeouts of a model (its own, or the manager's). Lock held. */
+double vram__idle_timeout(const vram_model *model);
+double vram__release_timeout(const vram_model *model);
+
+/* Model transitions used by the monitor (model.c). Lock held on entry and
+ * on return; may drop it while working. Returns 0 or a negative code. */
+int vram__offload_locked(vram_model *model, int evicting);
+int vram__release_locked(vram_model *model);
+
+/* Status snapshots (status.c). */
+char *vram__status_json(vram_manager *m, const char *only);
+
+#endif /* VRAM_CORE_H */

@@ -1,0 +1,63 @@
+/* internal.h - helpers shared by every layer of libvram: error details, logging, clock, checksum. */
+#ifndef VRAM_INTERNAL_H
+#define VRAM_INTERNAL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "vram.h"
+
+#if defined(__GNUC__)
+#define VRAM_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define VRAM_PRINTF(a, b)
+#endif
+
+#define VRAM_ERRMSG_MAX 512
+
+/* A detailed message for the error about to be returned, kept per thread
+ * (like dlerror): "cuMemCreate: CUDA_ERROR_OUT_OF_MEMORY (out of memory)".
+ * Returns err so that `return vram__errorf(VRAM_EIO, "...")` reads well. */
+int vram__errorf(int err, const char *fmt, ...) VRAM_PRINTF(2, 3);
+/* The calling thread's last detailed message ("" when none). */
+const char *vram__last_error(void);
+void vram__clear_error(void);
+
+/* Logging: one line per event. */
+void vram__log(vram_log_level level, const char *fmt, ...) VRAM_PRINTF(2, 3);
+int vram__log_enabled(vram_log_level level);
+
+/* Monotonic seconds. */
+double vram__now(void);
+
+/* Raw checksum sum of n bytes whose first byte is word index first_word
+ * (byte offset first_word * 8) of a buffer. Sums of consecutive pieces add
+ * up; vram_checksum(p, n) = vram__checksum_partial(p, n, 0) + vram__checksum_final(n). */
+uint64_t vram__checksum_partial(const void *data, size_t n, uint64_t first_word);
+uint64_t vram__checksum_final(uint64_t total_bytes);
+/* The per-word mix (splitmix64's finalizer over word + index * golden). */
+static inline uint64_t vram__mix64(uint64_t x)
+{
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return x;
+}
+#define VRAM_GOLDEN 0x9e3779b97f4a7c15ULL
+
+/* Round up to a multiple of a (a power of two or any non-zero value). */
+static inline uint64_t vram__round_up(uint64_t v, uint64_t a)
+{
+    return (v + a - 1) / a * a;
+}
+
+/* Bytes per second expressed as GB/s (1e9), 0 when seconds is 0. */
+static inline double vram__gbps(uint64_t bytes, double seconds)
+{
+    return seconds > 0 ? (double)bytes / seconds / 1e9 : 0.0;
+}
+
+#endif /* VRAM_INTERNAL_H */

@@ -1,0 +1,997 @@
+/* model.c - the model state machine: lazy load, leases, offload, restore, release, budgets and eviction. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/core.h"
+
+/* ---- small helpers (lock held unless said otherwise) ---- */
+
+static void model_wait(vram_model *model)
+{
+    model->waiters++;
+    pthread_cond_wait(&model->cond, &model->m->lock);
+    model->waiters--;
+}
+
+static void model_broadcast(vram_model *model)
+{
+    if (model->waiters > 0) pthread_cond_broadcast(&model->cond);
+}
+
+static void mem_broadcast(vram_manager *m)
+{
+    if (m->mem_waiters > 0) pthread_cond_broadcast(&m->mem_cond);
+}
+
+/* Tells the monitor about a deadline; wakes it only when the deadline is
+ * earlier than the one it sleeps towards. */
+static void monitor_note(vram_manager *m, double deadline)
+{
+    if (deadline < m->monitor_next) {
+        m->monitor_next = deadline;
+        if (m->monitor_waiting) pthread_cond_signal(&m->monitor_cond);
+    }
+}
+
+static void note_idle(vram_model *model)
+{
+    double it = vram__idle_timeout(model);
+    if (it > 0) monitor_note(model->m, model->last_used + it);
+}
+
+/* Records the calling thread's detailed error as the model's last_error. */
+static void set_last_error(vram_model *model, int rc, const char *what)
+{
+    const char *detail = vram__last_error();
+    snprintf(model->last_error, sizeof model->last_error, "%s failed: %s%s%s", what,
+             vram_strerror(rc), *detail ? ": " : "", detail);
+}
+
+double vram__idle_timeout(const vram_model *model)
+{
+    return model->idle_timeout >= 0 ? model->idle_timeout : model->m->idle_timeout;
+}
+
+double vram__release_timeout(const vram_model *model)
+{
+    return model->release_timeout >= 0 ? model->release_timeout : model->m->release_timeout;
+}
+
+static void uncharge(vram_manager *m, vram_alloc *a)
+{
+    if (!a->charged) return;
+    m->devs[a->buf.device].used -= a->buf.reserved;
+    a->charged = 0;
+    mem_broadcast(m);
+}
+
+/* ---- eviction and budgets ---- */
+
+/* Offloads the least recently used idle model on dev (never self, never one
+ * under a lease or in transition). Lock held; dropped while offloading.
+ * Returns 1 when it evicted or tried one (call again), 0 when none is left. */
+static int evict_one(vram_manager *m, int dev, vram_model *self, uint64_t seq)
+{
+    vram_model *victim = NULL;
+    for (size_t i = 0; i < m->nmodels; i++) {
+        vram_model *c = m->models[i];
+        if (c == self || c->device != dev || c->state != VRAM_STATE_GPU || c->leases > 0 ||
+            c->evict_skip == seq)
+            continue;
+        if (!victim || c->last_used < victim->last_used) victim = c;
+    }
+    if (!victim) return 0;
+    vram__log(VRAM_LOG_INFO, "evict model=%s bytes=%llu device=%d for=%s", victim->name,
+              (unsigned long long)victim->bytes, dev, self ? self->name : "-");
+    if (vram__offload_locked(victim, 1) < 0) victim->evict_skip = seq;
+    return 1;
+}
+
+/* Describes who holds a device's memory, for an out-of-memory message. */
+static void describe_holders(vram_manager *m, int dev, char *buf, size_t len)
+{
+    size_t n = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < m->nmodels && n + 1 < len; i++) {
+        vram_model *c = m->models[i];
+        if (c->device != dev || c->state == VRAM_STATE_UNLOADED || c->state == VRAM_STATE_CPU)
+            continue;
+        int w = snprintf(buf + n, len - n, "%s%s (%s, %d lease%s)", n ? ", " : "", c->name,
+                         vram_state_name(c->state), c->leases, c->leases == 1 ? "" : "s");
+        if (w < 0) break;
+        n += (size_t)w;
+        if (n >= len) n = len - 1;
+    }
+    if (!buf[0]) snprintf(buf, len, "nothing");
+}
+
+/* Charges bytes to dev's budget, evicting idle models (LRU first) and then
+ * waiting up to evict_wait seconds for memory to free. Lock held; may be
+ * dropped. VRAM_ENOMEM with a message naming the holders when it can't. */
+static int charge(vram_manager *m, int dev, uint64_t bytes, vram_model *self)
+{
+    vram_device *d = &m->devs[dev];
+    if (bytes > d->budget)
+        return vram__errorf(VRAM_ENOMEM,
+                            "model '%s' needs %.2f GB on device %d, more than its budget of %.2f GB "
+                            "(VRAM_GPU_BUDGET)",
+                            self->name, (double)bytes / 1e9, dev, (double)d->budget / 1e9);
+    uint64_t seq = ++m->charge_seq;
+    double deadline = -1;
+    while (d->used + bytes > d->budget) {
+        if (m->stopping) return vram__errorf(VRAM_ECANCELED, "manager is shutting down");
+        if (evict_one(m, dev, self, seq)) continue;
+        double now = vram__now();
+        if (deadline < 0) deadline = now + m->cfg.evict_wait;
+        if (now >= deadline) {
+            char holders[256];
+            describe_holders(m, dev, holders, sizeof holders);
+            return vram__errorf(VRAM_ENOMEM,
+                                "model '%s' needs %.2f GB on device %d: %.2f of %.2f GB budget in "
+                                "use by %s; nothing idle to evict after waiting %.1f s",
+                                self->name, (double)bytes / 1e9, dev, (double)d->used / 1e9,
+                                (double)d->budget / 1e9, holders, m->cfg.evict_wait);
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        double wait = deadline - now;
+        if (wait > 0.25) wait = 0.25; /* re-check evictability now and then */
+        ts.tv_sec += (time_t)wait;
+        ts.tv_nsec += (long)((wait - (double)(time_t)wait) * 1e9);
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        m->mem_waiters++;
+        pthread_cond_timedwait(&m->mem_cond, &m->lock, &ts);
+        m->mem_waiters--;
+    }
+    d->used += bytes;
+    return 0;
+}
+
+/* Maps a's range, evicting idle models when the backend itself reports no
+ * memory (other processes on a real GPU). Lock NOT held. */
+static int map_with_evict(vram_model *model, vram_alloc *a)
+{
+    vram_manager *m = model->m;
+    for (;;) {
+        int rc = m->backend->map(m->backend, &a->buf);
+        if (rc != VRAM_ENOMEM) return rc;
+        char msg[VRAM_ERRMSG_MAX];
+        snprintf(msg, sizeof msg, "%s", vram__last_error());
+        pthread_mutex_lock(&m->lock);
+        int e = evict_one(m, a->buf.device, model, ++m->charge_seq);
+        pthread_mutex_unlock(&m->lock);
+        if (!e) return vram__errorf(VRAM_ENOMEM, "%s; no idle model left to evict", msg);
+    }
+}
+
+/* Adds one device range of bytes to a model in LOADING, owned by the
+ * caller: reserve, charge, map. Lock NOT held. On failure nothing is left. */
+static int alloc_range(vram_model *model, size_t bytes, vram_alloc **out)
+{
+    vram_manager *m = model->m;
+    vram_backend *b = m->backend;
+    vram_buf buf;
+    memset(&buf, 0, sizeof buf);
+    int rc = b->reserve(b, model->device, bytes, &buf);
+    if (rc < 0) return rc;
+
+    pthread_mutex_lock(&m->lock);
+    if (model->nallocs == model->cap) {
+        size_t cap = model->cap ? model->cap * 2 : 4;
+        vram_alloc *na = realloc(model->allocs, cap * sizeof *na);
+        if (!na) {
+            pthread_mutex_unlock(&m->lock);
+            b->unreserve(b, &buf);
+            return vram__errorf(VRAM_EHOSTMEM, "out of host memory for the allocation table");
+        }
+        model->allocs = na;
+        model->cap = cap;
+    }
+    rc = charge(m, model->device, buf.reserved, model);
+    if (rc < 0) {
+        pthread_mutex_unlock(&m->lock);
+        b->unreserve(b, &buf);
+        return rc;
+    }
+    size_t idx = model->nallocs++;
+    vram_alloc *a = &model->allocs[idx];
+    memset(a, 0, sizeof *a);
+    a->buf = buf;
+    a->charged = 1;
+    pthread_mutex_unlock(&m->lock);
+
+    rc = map_with_evict(model, a);
+    pthread_mutex_lock(&m->lock);
+    if (rc < 0) {
+        vram_buf cur = a->buf; /* map may have updated the backend's state */
+        uncharge(m, a);
+        model->nallocs--;
+        pthread_mutex_unlock(&m->lock);
+        b->unreserve(b, &cur);
+        return rc;
+    }
+    /* the realloc above may move the table only under the owner, which we are */
+    m->devs[model->device].mapped += a->buf.size;
+    model->bytes += a->buf.size;
+    pthread_mutex_unlock(&m->lock);
+    *out = a;
+    return 0;
+}
+
+/* Frees every allocation and backup of a model owned by the caller (in a
+ * transitional state). Lock NOT held on entry; takes it for accounting. */
+static void free_all(vram_model *model)
+{
+    vram_manager *m = model->m;
+    vram_backend *b = m->backend;
+    for (size_t i = 0; i < model->nallocs; i++) {
+        vram_alloc *a = &model->allocs[i];
+        vram_buf buf = a->buf; /* unreserve may clear a->buf */
+        void *backup = a->backup;
+        b->unreserve(b, &a->buf);
+        if (backup) b->host_free(b, backup, buf.size);
+        pthread_mutex_lock(&m->lock);
+        if (buf.mapped) m->devs[buf.device].mapped -= buf.size;
+        if (a->charged) {
+            m->devs[buf.device].used -= buf.reserved;
+            a->charged = 0;
+            mem_broadcast(m);
+        }
+        if (backup) m->host_used -= buf.size;
+        pthread_mutex_unlock(&m->lock);
+        a->backup = NULL;
+    }
+    pthread_mutex_lock(&m->lock);
+    model->nallocs = 0;
+    model->bytes = 0;
+    model->has_backup = 0;
+    pthread_mutex_unlock(&m->lock);
+}
+
+/* ---- load ---- */
+
+/* UNLOADED -> LOADING -> GPU with one lease taken for the caller, or back to
+ * UNLOADED with everything freed. Lock held on entry and return. */
+static int load_locked(vram_model *model)
+{
+    vram_manager *m = model->m;
+    model->state = VRAM_STATE_LOADING;
+    model->owner = pthread_self();
+    model->pending = 0;
+    uint64_t total = model->source ? model->source->bytes : 0;
+    __atomic_store_n(&model->progress_total, total, __ATOMIC_RELAXED);
+    __atomic_store_n(&model->progress_done, 0, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&m->lock);
+
+    vram__clear_error();
+    double t0 = vram__now();
+    int rc;
+    if (model->source) {
+        vram_alloc *a = NULL;
+        rc = alloc_range(model, (size_t)model->source->bytes, &a);
+        if (rc == 0) {
+            vram_sink sink = {m->backend, &a->buf, &model->progress_done, m->cfg.chunk_bytes};
+            rc = model->source->load(model->source, &sink);
+        }
+    } else {
+        rc = model->load(model, model->load_user);
+        if (rc > 0) rc = vram__errorf(VRAM_ELOAD, "load function returned %d", rc);
+        if (rc < 0 && !vram__last_error()[0])
+            vram__errorf(rc, "load function returned %s", vram_err_name(rc));
+        if (rc == 0 && model->nallocs == 0)
+            rc = vram__errorf(VRAM_ELOAD, "load function allocated no device memory "
+                                          "(call vram_model_alloc)");
+    }
+    double secs = vram__now() - t0;
+    if (rc < 0) free_all(model);
+
+    pthread_mutex_lock(&m->lock);
+    __atomic_store_n(&model->progress_total, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&model->progress_done, 0, __ATOMIC_RELAXED);
+    model->load_gen++;
+    model->last_load_rc = rc;
+    if (rc < 0) {
+        model->failures++;
+        set_last_error(model, rc, "load");
+        model->state = VRAM_STATE_UNLOADED;
+        model->bytes = 0;
+        vram__log(VRAM_LOG_ERROR, "load-failed model=%s seconds=%.3f error=%s: %s", model->name,
+                  secs, vram_err_name(rc), vram__last_error());
+    } else {
+        model->loads++;
+        model->last_load_s = secs;
+        model->last_load_gbps = vram__gbps(model->bytes, secs);
+        model->last_error[0] = '\0';
+        if (model->source)
+            for (size_t i = 0; i < model->source->ntensors; i++)
+                model->source->tensors[i].dev_ptr =
+                    (void *)(model->allocs[0].buf.addr + model->source->tensors[i].offset);
+        model->state = VRAM_STATE_GPU;
+        model->leases++;
+        model->last_used = vram__clock(m);
+        vram__log(VRAM_LOG_INFO, "load model=%s bytes=%llu seconds=%.3f gbps=%.2f device=%d",
+                  model->name, (unsigned long long)model->bytes, secs, model->last_load_gbps,
+                  model->device);
+    }
+    mem_broadcast(m);
+    model_broadcast(model);
+    return rc;
+}
+
+int vram_model_alloc(vram_model *model, size_t bytes, void **dev_ptr)
+{
+    if (!model || !dev_ptr) return vram__errorf(VRAM_EINVAL, "model and dev_ptr are required");
+    *dev_ptr = NULL;
+    if (bytes == 0) return vram__errorf(VRAM_EINVAL, "cannot allocate 0 bytes");
+    vram_manager *m = model->m;
+    pthread_mutex_lock(&m->lock);
+    int ok = model->state == VRAM_STATE_LOADING && pthread_equal(model->owner, pthread_self());
+    pthread_mutex_unlock(&m->lock);
+    if (!ok)
+        return vram__errorf(VRAM_ESTATE, "vram_model_alloc('%s') is only valid inside its load "
+                                         "function",
+                            model->name);
+    vram_alloc *a = NULL;
+    int rc = alloc_range(model, bytes, &a);
+    if (rc < 0) return rc;
+    *dev_ptr = (void *)a->buf.addr;
+    return 0;
+}
+
+/* Finds the allocation holding [p, p+n). Caller owns the model or a lease. */
+static vram_alloc *find_alloc(vram_model *model, const void *p, size_t n)
+{
+    uintptr_t u = (uintptr_t)p;
+    for (size_t i = 0; i < model->nallocs; i++) {
+        vram_alloc *a = &model->allocs[i];
+        if (u >= a->buf.addr && u - a->buf.addr <= a->buf.size && n <= a->buf.size - (u - a->buf.addr))
+            return a;
+    }
+    return NULL;
+}
+
+static int may_touch_device(vram_model *model)
+{
+    return (model->state == VRAM_STATE_GPU && model->leases > 0) ||
+           (model->state == VRAM_STATE_LOADING && pthread_equal(model->owner, pthread_self()));
+}
+
+static int transfer(vram_model *model, void *dev_ptr, void *host, size_t bytes, int up)
+{
+    if (!model || !dev_ptr || (!host && bytes))
+        return vram__errorf(VRAM_EINVAL, "model, device pointer and host pointer are required");
+    vram_manager *m = model->m;
+    pthread_mutex_lock(&m->lock);
+    int ok = may_touch_device(model);
+    vram_alloc *a = ok ? find_alloc(model, dev_ptr, bytes) : NULL;
+    vram_buf buf;
+    if (a) buf = a->buf;
+    pthread_mutex_unlock(&m->lock);
+    if (!ok)
+        return vram__errorf(VRAM_ESTATE, "model '%s' is not on the device under a lease",
+                            model->name);
+    if (!a)
+        return vram__errorf(VRAM_EINVAL, "%zu bytes at %p are outside model '%s'", bytes, dev_ptr,
+                            model->name);
+    size_t off = (size_t)((uintptr_t)dev_ptr - buf.addr);
+    return up ? m->backend->to_device(m->backend, &buf, off, host, bytes)
+              : m->backend->to_host(m->backend, &buf, off, host, bytes);
+}
+
+int vram_model_upload(vram_model *model, void *dev_ptr, const void *src, size_t bytes)
+{
+    return transfer(model, dev_ptr, (void *)src, bytes, 1);
+}
+
+int vram_model_download(vram_model *model, void *dst, const void *dev_ptr, size_t bytes)
+{
+    return transfer(model, (void *)dev_ptr, dst, bytes, 0);
+}
+
+/* ---- offload ---- */
+
+/* Releases least recently used CPU copies (never self) until need more
+ * bytes of backup fit the host budget. Lock held; may be dropped. */
+static int make_host_room(vram_manager *m, uint64_t need, vram_model *self)
+{
+    if (!m->host_budget) return 0;
+    while (m->host_used + need > m->host_budget) {
+        vram_model *victim = NULL;
+        for (size_t i = 0; i < m->nmodels; i++) {
+            vram_model *c = m->models[i];
+            if (c == self || c->state != VRAM_STATE_CPU || c->readers > 0) continue;
+            if (!victim || c->last_used < victim->last_used) victim = c;
+        }
+        if (!victim)
+            return vram__errorf(VRAM_EHOSTMEM,
+                                "backup of '%s' needs %.2f GB but the host budget "
+                                "(VRAM_HOST_BUDGET) has %.2f of %.2f GB in use",
+                                self->name, (double)need / 1e9, (double)m->host_used / 1e9,
+                                (double)m->host_budget / 1e9);
+        vram__log(VRAM_LOG_INFO, "host-evict model=%s bytes=%llu for=%s", victim->name,
+                  (unsigned long long)victim->bytes, self->name);
+        vram__release_locked(victim);
+    }
+    return 0;
+}
+
+/* GPU (no lease) -> OFFLOADING -> CPU, or back to GPU on failure with the
+ * device memory untouched. Lock held on entry and return. */
+int vram__offload_locked(vram_model *model, int evicting)
+{
+    vram_manager *m = model->m;
+    vram_backend *b = m->backend;
+    model->state = VRAM_STATE_OFFLOADING;
+    model->owner = pthread_self();
+    model->pending &= ~PENDING_OFFLOAD;
+
+    uint64_t need = 0;
+    for (size_t i = 0; i < model->nallocs; i++)
+        if (!model->allocs[i].backup) need += model->allocs[i].buf.size;
+    vram__clear_error();
+    int rc = make_host_room(m, need, model);
+    uint64_t host_charged = rc == 0 ? need : 0;
+    m->host_used += host_charged;
+    pthread_mutex_unlock(&m->lock);
+
+    double t0 = vram__now();
+    size_t fresh = 0; /* backups allocated by this call, in allocs[0..] order */
+    unsigned char *fresh_mark = NULL;
+    if (rc == 0 && model->nallocs) {
+        fresh_mark = calloc(model->nallocs, 1);
+        if (!fresh_mark) rc = vram__errorf(VRAM_EHOSTMEM, "out of host memory");
+    }
+    for (size_t i = 0; rc == 0 && i < model->nallocs; i++) {
+        vram_alloc *a = &model->allocs[i];
+        if (!a->backup) {
+            rc = b->host_alloc(b, a->buf.size, &a->backup);
+            if (rc < 0) {
+                a->backup = NULL;
+                break;
+            }
+            fresh_mark[i] = 1;
+            fresh++;
+        }
+        rc = b->to_host(b, &a->buf, 0, a->backup, a->buf.size);
+    }
+    if (rc < 0) {
+        /* nothing is lost: the device copy is untouched; drop new backups */
+        char msg[VRAM_ERRMSG_MAX];
+        snprintf(msg, sizeof msg, "%s", vram__last_error());
+        for (size_t i = 0; fresh_mark && i < model->nallocs; i++)
+            if (fresh_mark[i]) {
+                b->host_free(b, model->allocs[i].backup, model->allocs[i].buf.size);
+                model->allocs[i].backup = NULL;
+            }
+        vram__errorf(rc, "%s", msg);
+    } else {
+        for (size_t i = 0; i < model->nallocs; i++) {
+            vram_alloc *a = &model->allocs[i];
+            int urc = b->unmap(b, &a->buf);
+            if (urc < 0)
+                vram__log(VRAM_LOG_WARN, "unmap model=%s failed: %s (memory stays mapped)",
+                          model->name, vram__last_error());
+        }
+    }
+    free(fresh_mark);
+    double secs = vram__now() - t0;
+
+    pthread_mutex_lock(&m->lock);
+    if (rc < 0) {
+        m->host_used -= host_charged;
+        model->failures++;
+        set_last_error(model, rc, "offload");
+        model->state = VRAM_STATE_GPU;
+        vram__log(VRAM_LOG_ERROR, "offload-failed model=%s error=%s: %s (model stays on GPU)",
+                  model->name, vram_err_name(rc), vram__last_error());
+        note_idle(model);
+    } else {
+        for (size_t i = 0; i < model->nallocs; i++) {
+            vram_alloc *a = &model->allocs[i];
+            if (!a->buf.mapped) {
+                m->devs[a->buf.device].mapped -= a->buf.size;
+                uncharge(m, a);
+            }
+        }
+        model->has_backup = 1;
+        model->offloads++;
+        if (evicting) model->evictions++;
+        model->last_offload_s = secs;
+        model->last_offload_gbps = vram__gbps(model->bytes, secs);
+        model->state = VRAM_STATE_CPU;
+        model->cpu_since = vram__clock(m);
+        double rt = vram__release_timeout(model);
+        if (rt > 0) monitor_note(m, model->cpu_since + rt);
+        vram__log(VRAM_LOG_INFO, "%s model=%s bytes=%llu seconds=%.3f gbps=%.2f",
+                  evicting ? "offload(evict)" : "offload", model->name,
+                  (unsigned long long)model->bytes, secs, model->last_offload_gbps);
+    }
+    mem_broadcast(m);
+    model_broadcast(model);
+    return rc;
+}
+
+/* ---- restore ---- */
+
+/* CPU -> RESTORING -> GPU with one lease taken for the caller, or back to
+ * CPU with the backup intact. Lock held on entry and return. */
+static int restore_locked(vram_model *model)
+{
+    vram_manager *m = model->m;
+    vram_backend *b = m->backend;
+    model->state = VRAM_STATE_RESTORING;
+    model->owner = pthread_self();
+    vram__clear_error();
+
+    uint64_t need = 0;
+    for (size_t i = 0; i < model->nallocs; i++)
+        if (!model->allocs[i].charged) need += model->allocs[i].buf.reserved;
+    int rc = need ? charge(m, model->device, need, model) : 0;
+    if (rc == 0)
+        for (size_t i = 0; i < model->nallocs; i++) model->allocs[i].charged = 1;
+    pthread_mutex_unlock(&m->lock);
+
+    double t0 = vram__now();
+    unsigned char *mapped_here = NULL;
+    if (rc == 0 && model->nallocs) {
+        mapped_here = calloc(model->nallocs, 1);
+        if (!mapped_here) rc = vram__errorf(VRAM_EHOSTMEM, "out of host memory");
+    }
+    for (size_t i = 0; rc == 0 && i < model->nallocs; i++) {
+        vram_alloc *a = &model->allocs[i];
+        if (!a->buf.mapped) {
+            rc = map_with_evict(model, a);
+            if (rc < 0) break;
+            mapped_here[i] = 1;
+        }
+        rc = b->to_device(b, &a->buf, 0, a->backup, a->buf.size);
+    }
+    if (rc < 0) {
+        char msg[VRAM_ERRMSG_MAX];
+        snprintf(msg, sizeof msg, "%s", vram__last_error());
+        for (size_t i = 0; mapped_here && i < model->nallocs; i++)
+            if (mapped_here[i]) b->unmap(b, &model->allocs[i].buf);
+        vram__errorf(rc, "%s", msg);
+    }
+    double secs = vram__now() - t0;
+
+    pthread_mutex_lock(&m->lock);
+    if (rc < 0) {
+        for (size_t i = 0; i < model->nallocs; i++)
+            if (!model->allocs[i].buf.mapped) uncharge(m, &model->allocs[i]);
+        model->failures++;
+        set_last_error(model, rc, "restore");
+        model->state = VRAM_STATE_CPU;
+        vram__log(VRAM_LOG_ERROR, "restore-failed model=%s error=%s: %s (backup intact on CPU)",
+                  model->name, vram_err_name(rc), vram__last_error());
+    } else {
+        for (size_t i = 0; i < model->nallocs; i++)
+            if (mapped_here[i]) m->devs[model->allocs[i].buf.device].mapped += model->allocs[i].buf.size;
+        model->restores++;
+        model->last_restore_s = secs;
+        model->last_restore_gbps = vram__gbps(model->bytes, secs);
+        model->state = VRAM_STATE_GPU;
+        model->leases++;
+        model->last_used = vram__clock(m);
+        vram__log(VRAM_LOG_INFO, "restore model=%s bytes=%llu seconds=%.3f gbps=%.2f",
+                  model->name, (unsigned long long)model->bytes, secs, model->last_restore_gbps);
+    }
+    free(mapped_here);
+    mem_broadcast(m);
+    model_broadcast(model);
+    return rc;
+}
+
+/* ---- release ---- */
+
+/* GPU or CPU (no lease, no reader) -> RELEASING -> UNLOADED. Lock held on
+ * entry and return. Never fails. */
+int vram__release_locked(vram_model *model)
+{
+    vram_manager *m = model->m;
+    vram_state from = model->state;
+    model->state = VRAM_STATE_RELEASING;
+    model->owner = pthread_self();
+    model->pending = 0;
+    uint64_t bytes = model->bytes;
+    pthread_mutex_unlock(&m->lock);
+    double t0 = vram__now();
+    free_all(model);
+    double secs = vram__now() - t0;
+    pthread_mutex_lock(&m->lock);
+    model->releases++;
+    model->state = VRAM_STATE_UNLOADED;
+    if (model->source)
+        for (size_t i = 0; i < model->source->ntensors; i++) model->source->tensors[i].dev_ptr = NULL;
+    vram__log(VRAM_LOG_INFO, "release model=%s bytes=%llu from=%s seconds=%.3f", model->name,
+              (unsigned long long)bytes, vram_state_location(from), secs);
+    mem_broadcast(m);
+    model_broadcast(model);
+    return 0;
+}
+
+/* ---- public entry points ---- */
+
+int vram_model_acquire(vram_model *model, vram_lease **out)
+{
+    if (!out) return vram__errorf(VRAM_EINVAL, "out is required");
+    *out = NULL;
+    if (!model) return vram__errorf(VRAM_EINVAL, "model is required");
+    vram_lease *lease = malloc(sizeof *lease);
+    if (!lease) return vram__errorf(VRAM_EHOSTMEM, "out of host memory");
+    lease->model = model;
+    vram_manager *m = model->m;
+    int rc = 0, saw_load = 0;
+    uint64_t gen = 0;
+
+    pthread_mutex_lock(&m->lock);
+    for (;;) {
+        if (m->stopping) {
+            rc = vram__errorf(VRAM_ECANCELED, "manager is shutting down");
+            break;
+        }
+        if (model->state == VRAM_STATE_GPU) {
+            model->leases++;
+            model->last_used = vram__clock(m);
+            break;
+        }
+        if (model->state == VRAM_STATE_CPU) {
+            rc = restore_locked(model);
+            break;
+        }
+        if (model->state == VRAM_STATE_UNLOADED) {
+            if (saw_load && model->load_gen != gen && model->last_load_rc < 0) {
+                /* share the failure of the load we waited for, not a second try */
+                rc = model->last_load_rc;
+                vram__errorf(rc, "%s", model->last_error);
+                break;
+            }
+            rc = load_locked(model);
+            break;
+        }
+        if (model->state == VRAM_STATE_LOADING && !saw_load) {
+            saw_load = 1;
+            gen = model->load_gen;
+        }
+        model_wait(model);
+    }
+    pthread_mutex_unlock(&m->lock);
+    if (rc < 0) {
+        free(lease);
+        return rc;
+    }
+    *out = lease;
+    return 0;
+}
+
+void vram_lease_end(vram_lease *lease)
+{
+    if (!lease) return;
+    vram_model *model = lease->model;
+    vram_manager *m = model->m;
+    free(lease);
+    pthread_mutex_lock(&m->lock);
+    model->leases--;
+    model->last_used = vram__clock(m);
+    if (model->leases == 0) {
+        if (model->pending & PENDING_RELEASE) {
+            vram__release_locked(model);
+        } else if ((model->pending & PENDING_OFFLOAD) || model->immediate_offload) {
+            vram__offload_locked(model, 0);
+        } else {
+            model_broadcast(model);
+            mem_broadcast(m);
+            note_idle(model);
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+}
+
+void *vram_lease_ptr(const vram_lease *lease)
+{
+    if (!lease) return NULL;
+    vram_model *model = lease->model;
+    /* stable while the lease lives: the table changes only in LOADING/RELEASING */
+    return model->nallocs ? (void *)model->allocs[0].buf.addr : NULL;
+}
+
+vram_model *vram_lease_model(const vram_lease *lease)
+{
+    return lease ? lease->model : NULL;
+}
+
+/* Waits for or defers work on a model under a lease; returns 1 to go on
+ * and act, 0 with *rc set when done. Lock held. */
+static int settle(vram_model *model, unsigned flags, unsigned pending, int *rc)
+{
+    if (flags & VRAM_NOWAIT) {
+        *rc = vram__errorf(VRAM_EBUSY, "model '%s' is %s with %d lease%s", model->name,
+                           vram_state_name(model->state), model->leases,
+                           model->leases == 1 ? "" : "s");
+        return 0;
+    }
+    if (flags & VRAM_DEFER) {
+        model->pending |= pending;
+        *rc = VRAM_DEFERRED;
+        return 0;
+    }
+    model_wait(model);
+    return 1;
+}
+
+int vram_model_offload(vram_model *model, unsigned flags)
+{
+    if (!model) return vram__errorf(VRAM_EINVAL, "model is required");
+    vram_manager *m = model->m;
+    int rc = 0;
+    pthread_mutex_lock(&m->lock);
+    for (;;) {
+        vram_state s = model->state;
+        if (s == VRAM_STATE_UNLOADED || s == VRAM_STATE_CPU) break;
+        if (s == VRAM_STATE_GPU && model->leases == 0) {
+            rc = vram__offload_locked(model, 0);
+            break;
+        }
+        if (s == VRAM_STATE_OFFLOADING || s == VRAM_STATE_RELEASING) {
+            model_wait(model);
+            continue;
+        }
+        /* GPU under a lease, LOADING or RESTORING (whose acquirer holds a lease next) */
+        if (!settle(model, flags, PENDING_OFFLOAD, &rc)) break;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return rc;
+}
+
+int vram_model_release(vram_model *model, unsigned flags)
+{
+    if (!model) return vram__errorf(VRAM_EINVAL, "model is required");
+    vram_manager *m = model->m;
+    int rc = 0;
+    pthread_mutex_lock(&m->lock);
+    for (;;) {
+        vram_state s = model->state;
+        if (s == VRAM_STATE_UNLOADED) break;
+        if ((s == VRAM_STATE_CPU && model->readers == 0) ||
+            (s == VRAM_STATE_GPU && model->leases == 0)) {
+            rc = vram__release_locked(model);
+            break;
+        }
+        if (s == VRAM_STATE_OFFLOADING || s == VRAM_STATE_RELEASING || s == VRAM_STATE_CPU) {
+            model_wait(model); /* CPU: a checksum reads the backup; it is short */
+            continue;
+        }
+        if (!settle(model, flags, PENDING_RELEASE, &rc)) break;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return rc;
+}
+
+/* ---- checksum ---- */
+
+/* Checksum of one allocation, on the device when the backend can. Caller
+ * holds a lease (or owns the model) so the range stays mapped. */
+static int checksum_device(vram_backend *b, const vram_buf *buf, uint64_t *out)
+{
+    uint64_t sum = 0;
+    int rc = b->checksum ? b->checksum(b, buf, 0, buf->size, &sum) : VRAM_ENOTSUP;
+    if (rc == VRAM_ENOTSUP) {
+        size_t chunk = (size_t)16 << 20;
+        void *stage = NULL;
+        rc = b->host_alloc(b, chunk, &stage);
+        if (rc < 0) return rc;
+        sum = 0;
+        for (size_t off = 0; off < buf->size && rc == 0; off += chunk) {
+            size_t n = buf->size - off < chunk ? buf->size - off : chunk;
+            rc = b->to_host(b, buf, off, stage, n);
+            if (rc == 0) sum += vram__checksum_partial(stage, n, off / 8);
+        }
+        b->host_free(b, stage, chunk);
+    }
+    if (rc < 0) return rc;
+    *out = sum + vram__checksum_final(buf->size);
+    return 0;
+}
+
+int vram_model_checksum(vram_model *model, uint64_t *out)
+{
+    if (!model || !out) return vram__errorf(VRAM_EINVAL, "model and out are required");
+    vram_manager *m = model->m;
+    int rc = 0, on_device = 0;
+    pthread_mutex_lock(&m->lock);
+    for (;;) {
+        vram_state s = model->state;
+        if (s == VRAM_STATE_GPU) {
+            model->leases++;
+            on_device = 1;
+            break;
+        }
+        if (s == VRAM_STATE_CPU) {
+            model->readers++;
+            break;
+        }
+        if (s == VRAM_STATE_UNLOADED) {
+            rc = vram__errorf(VRAM_ESTATE, "model '%s' is not loaded", model->name);
+            break;
+        }
+        model_wait(model);
+    }
+    pthread_mutex_unlock(&m->lock);
+    if (rc < 0) return rc;
+
+    uint64_t h = 0;
+    for (size_t i = 0; i < model->nallocs && rc == 0; i++) {
+        vram_alloc *a = &model->allocs[i];
+        uint64_t c = 0;
+        if (on_device)
+            rc = checksum_device(m->backend, &a->buf, &c);
+        else
+            c = vram_checksum(a->backup, a->buf.size);
+        h = model->nallocs == 1 ? c : h * 0x100000001b3ULL + c;
+    }
+
+    pthread_mutex_lock(&m->lock);
+    if (on_device) {
+        /* an internal lease: its end neither counts as use nor triggers offload */
+        model->leases--;
+        if (model->leases == 0) {
+            if (model->pending & PENDING_RELEASE)
+                vram__release_locked(model);
+            else if (model->pending & PENDING_OFFLOAD)
+                vram__offload_locked(model, 0);
+            else
+                model_broadcast(model), mem_broadcast(m);
+        }
+    } else {
+        model->readers--;
+        model_broadcast(model);
+    }
+    pthread_mutex_unlock(&m->lock);
+    if (rc == 0) *out = h;
+    return rc;
+}
+
+/* ---- options and queries ---- */
+
+static int check_seconds(double s)
+{
+    if (!isfinite(s) || s < 0 || s > 315576000.0)
+        return vram__errorf(VRAM_EINVAL, "timeout must be a finite number of seconds between 0 "
+                                         "and 315576000 (10 years), got %g",
+                            s);
+    return 0;
+}
+
+int vram_model_set_idle_timeout(vram_model *model, double seconds)
+{
+    if (!model) return vram__errorf(VRAM_EINVAL, "model is required");
+    int rc = check_seconds(seconds);
+    if (rc < 0) return rc;
+    pthread_mutex_lock(&model->m->lock);
+    model->idle_timeout = seconds;
+    if (model->state == VRAM_STATE_GPU && model->leases == 0) {
+        model->m->monitor_next = -INFINITY; /* force a re-plan */
+        if (model->m->monitor_waiting) pthread_cond_signal(&model->m->monitor_cond);
+    }
+    pthread_mutex_unlock(&model->m->lock);
+    return 0;
+}
+
+int vram_model_set_release_timeout(vram_model *model, double seconds)
+{
+    if (!model) return vram__errorf(VRAM_EINVAL, "model is required");
+    int rc = check_seconds(seconds);
+    if (rc < 0) return rc;
+    pthread_mutex_lock(&model->m->lock);
+    model->release_timeout = seconds;
+    model->m->monitor_next = -INFINITY;
+    if (model->m->monitor_waiting) pthread_cond_signal(&model->m->monitor_cond);
+    pthread_mutex_unlock(&model->m->lock);
+    return 0;
+}
+
+int vram__check_seconds(double s)
+{
+    return check_seconds(s);
+}
+
+int vram_model_set_immediate_offload(vram_model *model, int on)
+{
+    if (!model) return vram__errorf(VRAM_EINVAL, "model is required");
+    pthread_mutex_lock(&model->m->lock);
+    model->immediate_offload = on ? 1 : 0;
+    pthread_mutex_unlock(&model->m->lock);
+    return 0;
+}
+
+vram_state vram_model_state(vram_model *model)
+{
+    pthread_mutex_lock(&model->m->lock);
+    vram_state s = model->state;
+    pthread_mutex_unlock(&model->m->lock);
+    return s;
+}
+
+uint64_t vram_model_bytes(vram_model *model)
+{
+    pthread_mutex_lock(&model->m->lock);
+    uint64_t b = model->bytes;
+    pthread_mutex_unlock(&model->m->lock);
+    return b;
+}
+
+const char *vram_model_name(const vram_model *model)
+{
+    return model ? model->name : NULL;
+}
+
+const char *vram_state_name(vram_state s)
+{
+    switch (s) {
+    case VRAM_STATE_UNLOADED: return "unloaded";
+    case VRAM_STATE_LOADING: return "loading";
+    case VRAM_STATE_GPU: return "gpu";
+    case VRAM_STATE_OFFLOADING: return "offloading";
+    case VRAM_STATE_CPU: return "cpu";
+    case VRAM_STATE_RESTORING: return "restoring";
+    case VRAM_STATE_RELEASING: return "releasing";
+    }
+    return "unknown";
+}
+
+const char *vram_state_location(vram_state s)
+{
+    switch (s) {
+    case VRAM_STATE_GPU:
+    case VRAM_STATE_OFFLOADING: /* bytes still on the device until it completes */
+    case VRAM_STATE_RELEASING:
+        return "GPU";
+    case VRAM_STATE_CPU:
+    case VRAM_STATE_RESTORING:
+        return "CPU";
+    case VRAM_STATE_UNLOADED:
+    case VRAM_STATE_LOADING:
+    default:
+        return "未加载";
+    }
+}
+
+void vram_model_load_progress(vram_model *model, uint64_t *done, uint64_t *total)
+{
+    uint64_t d = model ? __atomic_load_n(&model->progress_done, __ATOMIC_RELAXED) : 0;
+    uint64_t t = model ? __atomic_load_n(&model->progress_total, __ATOMIC_RELAXED) : 0;
+    if (done) *done = d;
+    if (total) *total = t;
+}
+
+size_t vram_model_tensor_count(vram_model *model)
+{
+    return model && model->source ? model->source->ntensors : 0;
+}
+
+int vram_model_tensor(vram_model *model, size_t i, vram_tensor_info *out)
+{
+    if (!model || !out) return vram__errorf(VRAM_EINVAL, "model and out are required");
+    if (!model->source || i >= model->source->ntensors)
+        return vram__errorf(VRAM_EINVAL, "tensor index %zu out of range (model '%s' has %zu)", i,
+                            model->name, vram_model_tensor_count(model));
+    pthread_mutex_lock(&model->m->lock);
+    *out = model->source->tensors[i];
+    pthread_mutex_unlock(&model->m->lock);
+    return 0;
+}
+
+int vram_model_find_tensor(vram_model *model, const char *name, vram_tensor_info *out)
+{
+    if (!model || !name || !out) return vram__errorf(VRAM_EINVAL, "model, name and out are required");
+    for (size_t i = 0; model->source && i < model->source->ntensors; i++)
+        if (strcmp(model->source->tensors[i].name, name) == 0) return vram_model_tensor(model, i, out);
+    return vram__errorf(VRAM_ENOENT, "model '%s' has no tensor '%s'", model->name, name);
+}
