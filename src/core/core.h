@@ -28,7 +28,8 @@
  * 3. A lease (model->leases > 0, state GPU) guarantees that the model's
  *    device memory stays mapped: no one may start an offload or release
  *    while leases > 0. Readers of a backup in the CPU state (checksums)
- *    count in model->readers; a release waits until it drops to 0.
+ *    count in model->readers; while any is there the model stays on the
+ *    CPU (acquire and release wait until it drops to 0).
  *
  * 4. Device budget: dev->used counts the bytes charged by models whose
  *    memory is mapped or about to be. A thread charges before mapping and

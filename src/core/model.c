@@ -642,7 +642,9 @@ int vram_model_acquire(vram_model *model, vram_lease **out)
             model->last_used = vram__clock(m);
             break;
         }
-        if (model->state == VRAM_STATE_CPU) {
+        if (model->state == VRAM_STATE_CPU && model->readers == 0) {
+            /* readers (checksums of the backup) finish first: a restored
+             * model could be offloaded or released under them */
             rc = restore_locked(model);
             break;
         }
