@@ -1,4 +1,4 @@
-/* host.c - the host backend: device memory emulated in host RAM, with CUDA's reserve/map/unmap address model. */
+/* host.c - the host backend: device memory emulated in host RAM, addressed like CUDA VMM. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -51,12 +51,12 @@ typedef struct host_extent {
 } host_extent;
 
 typedef struct host_dev {
-    int fd;            /* the memfd: physical memory of this device */
-    uint64_t capacity; /* bytes, a multiple of the granularity */
-    uint64_t used;     /* bytes of extents handed out (mapped) */
+    int fd;                /* the memfd: physical memory of this device */
+    uint64_t capacity;     /* bytes, a multiple of the granularity */
+    uint64_t used;         /* bytes of extents handed out (mapped) */
     host_extent *free_ext; /* free extents sorted by offset, never adjacent */
     size_t nfree;
-    size_t free_cap;   /* room for the worst case: allocation never fails on free */
+    size_t free_cap; /* room for the worst case: allocation never fails on free */
 } host_dev;
 
 typedef struct host_inject {
@@ -70,7 +70,7 @@ typedef struct host_ctx {
     int ndev;
     host_dev devs[HOST_MAX_DEVICES];
     size_t page;
-    int armed;     /* number of armed injections; read atomically as a fast path */
+    int armed; /* number of armed injections; read atomically as a fast path */
     host_inject inject[OP_COUNT];
     int populate_fallback; /* kernel without MADV_POPULATE_*: use MAP_POPULATE */
 } host_ctx;
@@ -112,6 +112,9 @@ static int inject_check(host_ctx *c, int op)
     return 0;
 }
 
+/* Beyond backend.h's five operations, "unmap" and "checksum" can fail too.
+ * Only calls that get past the argument checks count; err >= 0 becomes
+ * VRAM_EBACKEND; an unknown name is logged and ignored. */
 void vram__backend_host_inject(vram_backend *b, const char *what, int n, int err)
 {
     if (!b || !b->name || strcmp(b->name, "host") != 0 || !b->ctx || !what) return;
@@ -211,8 +214,7 @@ static int host_device_count(vram_backend *b)
 static int check_dev(host_ctx *c, int dev)
 {
     if (dev < 0 || dev >= c->ndev)
-        return vram__errorf(VRAM_ENODEV, "host backend: no device %d (there are %d)", dev,
-                            c->ndev);
+        return vram__errorf(VRAM_ENODEV, "host backend: no device %d (there are %d)", dev, c->ndev);
     return 0;
 }
 
@@ -256,8 +258,7 @@ static int host_reserve(vram_backend *b, int dev, size_t bytes, vram_buf *buf)
 
     size_t rounded = (size_t)vram__round_up(bytes, HOST_GRANULARITY);
     host_range *r = malloc(sizeof *r);
-    if (!r)
-        return vram__errorf(VRAM_EHOSTMEM, "host backend: reserve: out of host memory");
+    if (!r) return vram__errorf(VRAM_EHOSTMEM, "host backend: reserve: out of host memory");
     /* over-reserve by one granule, then trim to an aligned range */
     size_t span = rounded + HOST_GRANULARITY;
     void *p = mmap(NULL, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -436,7 +437,8 @@ static int host_host_alloc(vram_backend *b, size_t bytes, void **out)
     if (rc) return rc;
     size_t len = (size_t)vram__round_up(bytes, c->page);
     int populate = __atomic_load_n(&c->populate_fallback, __ATOMIC_RELAXED) ? MAP_POPULATE : 0;
-    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | populate, -1, 0);
+    void *p =
+        mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | populate, -1, 0);
     int e = p == MAP_FAILED ? errno : 0;
     if (!e && !populate) {
         /* huge pages make the first fault-in several times cheaper */
@@ -544,15 +546,14 @@ static int host_to_device(vram_backend *b, const vram_buf *buf, size_t off, cons
     return 0;
 }
 
-static int host_checksum(vram_backend *b, const vram_buf *buf, size_t off, size_t n,
-                         uint64_t *sum)
+static int host_checksum(vram_backend *b, const vram_buf *buf, size_t off, size_t n, uint64_t *sum)
 {
     int rc = check_copy("checksum", buf, off, n, sum);
     if (rc) return rc;
     if (!sum) return vram__errorf(VRAM_EINVAL, "host backend: checksum: sum is NULL");
     if (off % 8)
-        return vram__errorf(VRAM_EINVAL, "host backend: checksum: offset %zu is not a multiple of 8",
-                            off);
+        return vram__errorf(VRAM_EINVAL,
+                            "host backend: checksum: offset %zu is not a multiple of 8", off);
     rc = inject_check(b->ctx, OP_CHECKSUM);
     if (rc) return rc;
     *sum = vram__checksum_partial((const char *)buf->addr + off, n, off / 8);
@@ -618,7 +619,8 @@ int vram__backend_host_create(const vram_config *cfg, vram_backend **out)
     }
     long pg = sysconf(_SC_PAGESIZE);
     c->page = pg > 0 ? (size_t)pg : 4096;
-    for (int i = 0; i < HOST_MAX_DEVICES; i++) c->devs[i].fd = -1;
+    for (int i = 0; i < HOST_MAX_DEVICES; i++)
+        c->devs[i].fd = -1;
 
     int rc = 0;
     uint64_t granules = capacity / HOST_GRANULARITY;
@@ -635,9 +637,8 @@ int vram__backend_host_create(const vram_config *cfg, vram_backend **out)
             goto fail;
         }
         if (ftruncate(d->fd, (off_t)capacity) != 0) {
-            rc = vram__errorf(VRAM_EHOSTMEM,
-                              "host backend: device %d: ftruncate to %llu bytes: %s", i,
-                              (unsigned long long)capacity, host_strerror(errno, eb, sizeof eb));
+            rc = vram__errorf(VRAM_EHOSTMEM, "host backend: device %d: ftruncate to %llu bytes: %s",
+                              i, (unsigned long long)capacity, host_strerror(errno, eb, sizeof eb));
             goto fail;
         }
         d->capacity = capacity;

@@ -1,4 +1,4 @@
-/* test_backend.c - conformance suite of the device backend interface (host by default, VRAM_TEST_BACKEND=cuda for CUDA). */
+/* test_backend.c - conformance suite of the backend interface (host; VRAM_TEST_BACKEND=cuda). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -8,6 +8,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -183,6 +184,32 @@ static void test_device_info_bad_index(void **state)
     assert_true(vram__last_error()[0] != '\0');
 }
 
+static void test_host_create_checks_config(void **state)
+{
+    (void)state;
+    if (!g_host) skip();
+    vram_config cfg;
+    vram_backend *b = (vram_backend *)&cfg;
+    vram_config_init(&cfg);
+    cfg.host_devices = 0;
+    cfg.host_memory = 8 * MiB;
+    assert_int_equal(vram__backend_host_create(&cfg, &b), VRAM_ECONFIG);
+    assert_null(b);
+    assert_non_null(strstr(vram__last_error(), "VRAM_HOST_DEVICES"));
+    cfg.host_devices = 17;
+    assert_int_equal(vram__backend_host_create(&cfg, &b), VRAM_ECONFIG);
+    cfg.host_devices = 16;
+    cfg.host_memory = MiB; /* less than one granule */
+    assert_int_equal(vram__backend_host_create(&cfg, &b), VRAM_ECONFIG);
+    assert_non_null(strstr(vram__last_error(), "VRAM_HOST_MEMORY"));
+    /* a capacity between granules is rounded down to whole granules */
+    cfg.host_memory = 5 * MiB + 12345;
+    assert_int_equal(vram__backend_host_create(&cfg, &b), 0);
+    assert_int_equal(b->device_count(b), 16);
+    assert_int_equal(info_of(b, 15).total, 4 * MiB);
+    b->destroy(b);
+}
+
 /* ---- reserve ---- */
 
 static void test_reserve_rounds_and_aligns(void **state)
@@ -210,7 +237,8 @@ static void test_reserve_rounds_and_aligns(void **state)
         }
     /* reserving maps nothing */
     if (g_host) assert_int_equal(used_bytes(b, 0), 0);
-    for (int i = 0; i < N; i++) b->unreserve(b, &bufs[i]);
+    for (int i = 0; i < N; i++)
+        b->unreserve(b, &bufs[i]);
 }
 
 static void test_reserve_bad_args(void **state)
@@ -356,8 +384,11 @@ static int read_faults(uintptr_t addr)
         _exit(1);
     }
     int status = 0;
-    while (waitpid(pid, &status, 0) < 0) {
-    }
+    pid_t got;
+    do {
+        got = waitpid(pid, &status, 0);
+    } while (got < 0 && errno == EINTR);
+    assert_int_equal(got, pid);
     if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return 1;
     if (WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV) return 1; /* a sanitizer's handler */
     if (WIFEXITED(status) && WEXITSTATUS(status) == 1) return 0;
@@ -461,10 +492,12 @@ static void test_fragmentation_and_coalescing(void **state)
     size_t slot = cap / 8 / g * g;
     assert_true(slot >= g);
     vram_buf s[8];
-    for (int i = 0; i < 8; i++) new_mapped(b, 0, slot, &s[i]);
+    for (int i = 0; i < 8; i++)
+        new_mapped(b, 0, slot, &s[i]);
     size_t rest = cap - 8 * slot;
     /* free every other slot: half the device is free, in slot-sized holes */
-    for (int i = 0; i < 8; i += 2) assert_int_equal(b->unmap(b, &s[i]), 0);
+    for (int i = 0; i < 8; i += 2)
+        assert_int_equal(b->unmap(b, &s[i]), 0);
     assert_int_equal(info_of(b, 0).free, 4 * slot + rest);
     vram_buf two;
     memset(&two, 0, sizeof two);
@@ -481,7 +514,8 @@ static void test_fragmentation_and_coalescing(void **state)
     assert_int_equal(info_of(b, 0).free, cap - 3 * slot - two.reserved);
     /* everything back: the whole device maps as one extent again */
     assert_int_equal(b->unmap(b, &two), 0);
-    for (int i = 3; i < 8; i += 2) assert_int_equal(b->unmap(b, &s[i]), 0);
+    for (int i = 3; i < 8; i += 2)
+        assert_int_equal(b->unmap(b, &s[i]), 0);
     assert_int_equal(info_of(b, 0).free, cap);
     vram_buf all;
     new_mapped(b, 0, cap, &all);
@@ -490,18 +524,23 @@ static void test_fragmentation_and_coalescing(void **state)
     assert_int_equal(b->map(b, &s[0]), VRAM_ENOMEM);
     b->unreserve(b, &all);
     /* coalescing from the other side: free in reverse order */
-    for (int i = 0; i < 8; i++) assert_int_equal(b->map(b, &s[i]), 0);
-    for (int i = 7; i >= 0; i--) assert_int_equal(b->unmap(b, &s[i]), 0);
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(b->map(b, &s[i]), 0);
+    for (int i = 7; i >= 0; i--)
+        assert_int_equal(b->unmap(b, &s[i]), 0);
     new_mapped(b, 0, cap, &all);
     b->unreserve(b, &all);
     /* and in a scattered order */
     static const int order[8] = {3, 6, 0, 5, 1, 7, 2, 4};
-    for (int i = 0; i < 8; i++) assert_int_equal(b->map(b, &s[i]), 0);
-    for (int i = 0; i < 8; i++) assert_int_equal(b->unmap(b, &s[order[i]]), 0);
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(b->map(b, &s[i]), 0);
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(b->unmap(b, &s[order[i]]), 0);
     new_mapped(b, 0, cap, &all);
     b->unreserve(b, &all);
     b->unreserve(b, &two);
-    for (int i = 0; i < 8; i++) b->unreserve(b, &s[i]);
+    for (int i = 0; i < 8; i++)
+        b->unreserve(b, &s[i]);
     assert_int_equal(info_of(b, 0).free, cap);
 }
 
@@ -545,7 +584,8 @@ static void test_free_matches_mapped(void **state)
         mapped -= bufs[order[i]].reserved;
         if (g_host) assert_int_equal(info_of(b, 0).free, info.total - mapped);
     }
-    for (int i = 0; i < N; i++) b->unreserve(b, &bufs[i]);
+    for (int i = 0; i < N; i++)
+        b->unreserve(b, &bufs[i]);
     if (g_host) assert_int_equal(info_of(b, 0).free, info.total);
 }
 
@@ -691,17 +731,20 @@ static void test_inject_nth_call_and_clear(void **state)
     vram__backend_host_inject(b, "to_host", 2, VRAM_EIO);
     vram__backend_host_inject(b, "to_host", 0, 0);
     unsigned char tmp[16];
-    for (int i = 0; i < 3; i++) assert_int_equal(b->to_host(b, &bufs[0], 0, tmp, sizeof tmp), 0);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(b->to_host(b, &bufs[0], 0, tmp, sizeof tmp), 0);
     /* re-arming replaces the earlier count */
     vram__backend_host_inject(b, "to_host", 5, VRAM_EIO);
     vram__backend_host_inject(b, "to_host", 1, VRAM_EIO);
     assert_int_equal(b->to_host(b, &bufs[0], 0, tmp, sizeof tmp), VRAM_EIO);
     assert_string_equal(vram__last_error(), "injected failure: to_host #1");
-    for (int i = 0; i < 6; i++) assert_int_equal(b->to_host(b, &bufs[0], 0, tmp, sizeof tmp), 0);
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(b->to_host(b, &bufs[0], 0, tmp, sizeof tmp), 0);
     /* an unknown operation is ignored */
     vram__backend_host_inject(b, "frobnicate", 1, VRAM_EIO);
     assert_int_equal(b->to_host(b, &bufs[0], 0, tmp, sizeof tmp), 0);
-    for (int i = 0; i < 4; i++) b->unreserve(b, &bufs[i]);
+    for (int i = 0; i < 4; i++)
+        b->unreserve(b, &bufs[i]);
 }
 
 static void test_inject_reserve(void **state)
@@ -750,7 +793,8 @@ static void test_inject_to_host_keeps_device(void **state)
     assert_int_equal(b->to_host(b, &buf, 0, dst, n), VRAM_EIO);
     assert_string_equal(vram__last_error(), "injected failure: to_host #1");
     assert_true(buf.mapped);
-    for (size_t i = 0; i < n; i += 4096) assert_int_equal(dst[i], 0x5A); /* nothing copied */
+    for (size_t i = 0; i < n; i += 4096)
+        assert_int_equal(dst[i], 0x5A); /* nothing copied */
     /* the device still holds its bytes and the next copy works */
     assert_int_equal(b->to_host(b, &buf, 0, dst, n), 0);
     assert_true(vram_checksum(dst, n) == synthetic_sum(81, n));
@@ -866,19 +910,19 @@ typedef struct model_worker {
     int device;
     size_t bytes;
     int cycles;
-    int line;         /* first failure: source line, 0 = none */
+    int line; /* first failure: source line, 0 = none */
     int rc;
     char msg[VRAM_ERRMSG_MAX];
 } model_worker;
 
-#define WCHECK(w, cond, code)                                                                  \
-    do {                                                                                       \
-        if (!(cond)) {                                                                         \
-            (w)->line = __LINE__;                                                              \
-            (w)->rc = (code);                                                                  \
-            snprintf((w)->msg, sizeof (w)->msg, "%s", vram__last_error());                    \
-            goto out;                                                                          \
-        }                                                                                      \
+#define WCHECK(w, cond, code)                                                                      \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            (w)->line = __LINE__;                                                                  \
+            (w)->rc = (code);                                                                      \
+            snprintf((w)->msg, sizeof(w)->msg, "%s", vram__last_error());                          \
+            goto out;                                                                              \
+        }                                                                                          \
     } while (0)
 
 /* One model's life on its own buffer: load, then offload/restore cycles,
@@ -954,13 +998,15 @@ static void test_concurrent_models(void **state)
         w[i].cycles = 8;
         assert_int_equal(pthread_create(&th[i], NULL, model_worker_main, &w[i]), 0);
     }
-    for (int i = 0; i < T; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < T; i++)
+        pthread_join(th[i], NULL);
     for (int i = 0; i < T; i++)
         if (w[i].line)
             fail_msg("worker %d failed at line %d: %s (%s)", i, w[i].line, vram_err_name(w[i].rc),
                      w[i].msg);
     if (g_host)
-        for (int d = 0; d < ndev; d++) assert_int_equal(used_bytes(b, d), 0);
+        for (int d = 0; d < ndev; d++)
+            assert_int_equal(used_bytes(b, d), 0);
 }
 
 /* ---- runner ---- */
@@ -993,6 +1039,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(test_device_count_and_info),
         T(test_device_info_bad_index),
+        cmocka_unit_test(test_host_create_checks_config),
         T(test_reserve_rounds_and_aligns),
         T(test_reserve_bad_args),
         T(test_reserve_on_every_device),
