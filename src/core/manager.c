@@ -280,13 +280,35 @@ void vram_manager_destroy(vram_manager *m)
 static pthread_mutex_t g_global_lock = PTHREAD_MUTEX_INITIALIZER;
 static vram_manager *g_global;
 
+/* At exit: a full teardown, unless some thread still holds a lease or is
+ * mid-transfer (exit() from another thread): then only the monitor stops
+ * and the process's end frees the rest, rather than waiting forever. */
 static void global_destroy(void)
 {
     pthread_mutex_lock(&g_global_lock);
     vram_manager *m = g_global;
     g_global = NULL;
     pthread_mutex_unlock(&g_global_lock);
-    vram_manager_destroy(m);
+    if (!m) return;
+    pthread_mutex_lock(&m->lock);
+    int busy = 0;
+    for (size_t i = 0; i < m->nmodels; i++) {
+        vram_state s = m->models[i]->state;
+        if (m->models[i]->leases > 0 || m->models[i]->readers > 0 ||
+            (s != VRAM_STATE_GPU && s != VRAM_STATE_CPU && s != VRAM_STATE_UNLOADED))
+            busy = 1;
+    }
+    if (busy) {
+        m->stopping = 1;
+        pthread_cond_broadcast(&m->monitor_cond);
+        pthread_cond_broadcast(&m->mem_cond);
+    }
+    pthread_mutex_unlock(&m->lock);
+    if (!busy) {
+        vram_manager_destroy(m);
+    } else if (m->monitor_started) {
+        pthread_join(m->monitor, NULL);
+    }
 }
 
 vram_manager *vram_global_manager(double idle_timeout)

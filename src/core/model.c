@@ -568,6 +568,7 @@ static int restore_locked(vram_model *model)
             if (!model->allocs[i].buf.mapped) uncharge(m, &model->allocs[i]);
         model->failures++;
         set_last_error(model, rc, "restore");
+        model->pending &= ~PENDING_OFFLOAD; /* it is off the device already */
         model->state = VRAM_STATE_CPU;
         vram__log(VRAM_LOG_ERROR, "restore-failed model=%s error=%s: %s (backup intact on CPU)",
                   model->name, vram_err_name(rc), vram__last_error());
