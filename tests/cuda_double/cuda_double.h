@@ -1,0 +1,82 @@
+/* cuda_double.h - the control API of the CUDA driver and NVML test doubles. */
+#ifndef VRAM_CUDA_DOUBLE_H
+#define VRAM_CUDA_DOUBLE_H
+
+/*
+ * libcuda_double.so implements the part of the CUDA driver API that libvram
+ * uses, on host memory (see libcuda_double.c for the model). Environment,
+ * read on first use and again after vram_double_configure(-1, 0):
+ *   VRAM_DOUBLE_DEVICES       devices (default 1, 0-16)
+ *   VRAM_DOUBLE_MEMORY        bytes per device, K/M/G suffixes (default 2G)
+ *   VRAM_DOUBLE_GRANULARITY   allocation granularity (default 2M)
+ *   VRAM_DOUBLE_FAIL          failures to inject: "FN:N:CODE[,...]" - the Nth
+ *                             call of FN from now fails with CODE ("OOM",
+ *                             "INVALID_VALUE", "NO_DEVICE", "UNSUPPORTED_PTX",
+ *                             ..., a CUDA_ERROR_* name or a number); N "*"
+ *                             fails every call
+ *   VRAM_DOUBLE_LAZY          1: stream work runs only when synchronized
+ *   VRAM_DOUBLE_VMM           0: devices report no virtual memory management
+ *   VRAM_DOUBLE_PTX_ISA       newest PTX ISA the "JIT" accepts (default 9.0)
+ *   VRAM_DOUBLE_QUIET         1: no line on stderr per API misuse
+ *   CUDA_VISIBLE_DEVICES      honoured at the first cuInit, as the driver does
+ *                             (indices and GPU-UUID prefixes)
+ * Device i's UUID is GPU-d0b1e000-0000-4000-8000-<i as 12 hex digits>; the
+ * NVML double uses the same ones.
+ */
+
+/* Counters of the double: what is alive now and what happened. */
+typedef struct vram_double_stats {
+    long reservations;           /* cuMemAddressReserve ranges alive */
+    long allocations;            /* cuMemCreate handles alive (not yet destroyed) */
+    long mappings;               /* cuMemMap mappings alive */
+    long host_allocs;            /* cuMemHostAlloc blocks alive */
+    long dev_allocs;             /* cuMemAlloc blocks alive */
+    long streams;                /* streams alive */
+    long modules;                /* modules loaded */
+    long ctx_retained;           /* primary context references held, all devices */
+    long violations;             /* API misuse seen (printed to stderr as it happens) */
+    long async_copies;           /* cuMemcpy*Async calls accepted */
+    long pageable_copies;        /* of those, with pageable host memory */
+    long stream_syncs;           /* cuStreamSynchronize calls */
+    long launches;               /* kernel launches accepted */
+    long max_pending;            /* most operations ever queued on one stream at a sync */
+    unsigned long long used[16]; /* bytes allocated per physical device */
+} vram_double_stats;
+
+/* Control functions exported by libcuda_double.so (typedefs for dlsym). */
+typedef int (*vram_double_configure_fn)(int devices, unsigned long long memory);
+typedef int (*vram_double_set_fail_fn)(const char *spec);
+typedef void (*vram_double_set_flag_fn)(const char *name, int value);
+typedef long (*vram_double_calls_fn)(const char *fn);
+typedef void (*vram_double_get_stats_fn)(vram_double_stats *out);
+typedef int (*vram_double_ctx_depth_fn)(void);
+typedef int (*vram_double_accessible_fn)(unsigned long long addr);
+
+/*
+ * vram_double_configure(devices, memory): sets the device count and memory
+ *   per device (devices < 0: read the environment again); only while nothing
+ *   is alive (no context retained, no allocation): returns 0, or -1.
+ *   Visibility (CUDA_VISIBLE_DEVICES) is read again at the next cuInit.
+ * vram_double_set_fail(spec): replaces the injected failures (NULL or "":
+ *   none); -1 for a malformed spec.
+ * vram_double_set_flag(name, value): "lazy", "vmm", "quiet".
+ * vram_double_calls(fn): calls of the named entry point so far.
+ * vram_double_get_stats(out): the counters above.
+ * vram_double_ctx_depth(): contexts pushed in the calling thread now.
+ * vram_double_accessible(addr): 1 when addr is mapped and read/write, 0 when
+ *   reserved without access, -1 when not a reserved device address.
+ */
+
+/* libnvml_double.so: NVML's device queries. Environment:
+ *   VRAM_NVML_DOUBLE_DEVICES  "FREE:UTIL[:TOTAL],..." per device, sizes with
+ *                             K/M/G suffixes, UTIL a percentage or "-" for
+ *                             "not supported" (default "8G:0")
+ *   VRAM_NVML_DOUBLE_INIT     an nvmlReturn_t for nvmlInit_v2 to fail with
+ *                             (9 = NVML_ERROR_DRIVER_NOT_LOADED)
+ * vram_nvml_double_set(devices, init_error): the same at run time (devices
+ *   NULL: unchanged); -1 for a malformed spec.
+ * vram_nvml_double_inits(): nvmlInit_v2 calls not yet shut down. */
+typedef int (*vram_nvml_double_set_fn)(const char *devices, int init_error);
+typedef int (*vram_nvml_double_inits_fn)(void);
+
+#endif /* VRAM_CUDA_DOUBLE_H */

@@ -1,0 +1,840 @@
+/* test_cuda.c - the CUDA backend and NVML pick against their test doubles. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend/backend.h"
+#include "backend/nvml.h"
+#include "core/internal.h"
+#include "cuda_double.h"
+
+#ifndef VRAM_CUDA_DOUBLE_PATH
+#define VRAM_CUDA_DOUBLE_PATH "libcuda_double.so"
+#endif
+#ifndef VRAM_NVML_DOUBLE_PATH
+#define VRAM_NVML_DOUBLE_PATH "libnvml_double.so"
+#endif
+
+#define MIB ((size_t)1 << 20)
+#define GRAN (2 * MIB)
+
+/* ---- the double's control API ---- */
+
+static struct {
+    void *h, *nh;
+    const char *path, *nvml_path;
+    vram_double_configure_fn configure;
+    vram_double_set_fail_fn set_fail;
+    vram_double_set_flag_fn set_flag;
+    vram_double_calls_fn calls;
+    vram_double_get_stats_fn stats;
+    vram_double_ctx_depth_fn depth;
+    vram_double_accessible_fn accessible;
+    vram_nvml_double_set_fn nvml_set;
+    vram_nvml_double_inits_fn nvml_inits;
+    long violations_at_start;
+} D;
+
+#define BIND(handle, field, name)                                                                  \
+    do {                                                                                           \
+        void *p_ = dlsym(handle, name);                                                            \
+        if (!p_) return -1;                                                                        \
+        memcpy(&D.field, &p_, sizeof p_);                                                          \
+    } while (0)
+
+/* Opens the doubles the backend will open (same paths, so the same
+ * objects) and binds their control functions; -1 when the library at
+ * VRAM_CUDA_LIBRARY is not the double. */
+static int open_doubles(void)
+{
+    const char *p = getenv("VRAM_CUDA_LIBRARY");
+    D.path = p && *p ? p : VRAM_CUDA_DOUBLE_PATH;
+    p = getenv("VRAM_NVML_LIBRARY");
+    D.nvml_path = p && *p ? p : VRAM_NVML_DOUBLE_PATH;
+    setenv("VRAM_NVML_LIBRARY", D.nvml_path, 1);
+    D.h = dlopen(D.path, RTLD_NOW | RTLD_LOCAL);
+    D.nh = dlopen(D.nvml_path, RTLD_NOW | RTLD_LOCAL);
+    if (!D.h || !D.nh) return -1;
+    BIND(D.h, configure, "vram_double_configure");
+    BIND(D.h, set_fail, "vram_double_set_fail");
+    BIND(D.h, set_flag, "vram_double_set_flag");
+    BIND(D.h, calls, "vram_double_calls");
+    BIND(D.h, stats, "vram_double_get_stats");
+    BIND(D.h, depth, "vram_double_ctx_depth");
+    BIND(D.h, accessible, "vram_double_accessible");
+    BIND(D.nh, nvml_set, "vram_nvml_double_set");
+    BIND(D.nh, nvml_inits, "vram_nvml_double_inits");
+    return 0;
+}
+
+static vram_double_stats stats(void)
+{
+    vram_double_stats s;
+    D.stats(&s);
+    return s;
+}
+
+/* Every test starts from 2 devices of 256 MiB, no failures, eager streams. */
+static int setup(void **state)
+{
+    (void)state;
+    unsetenv("CUDA_VISIBLE_DEVICES");
+    if (D.configure(2, 256 * MIB) != 0) {
+        fprintf(stderr, "double still holds resources from an earlier test\n");
+        return -1;
+    }
+    D.set_fail(NULL);
+    D.set_flag("lazy", 0);
+    D.set_flag("vmm", 1);
+    D.nvml_set("8G:0", 0);
+    D.violations_at_start = stats().violations;
+    return 0;
+}
+
+/* ... and ends with nothing alive in the double and no API misuse. */
+static int teardown(void **state)
+{
+    (void)state;
+    vram_double_stats s = stats();
+    assert_int_equal(s.reservations, 0);
+    assert_int_equal(s.allocations, 0);
+    assert_int_equal(s.mappings, 0);
+    assert_int_equal(s.host_allocs, 0);
+    assert_int_equal(s.dev_allocs, 0);
+    assert_int_equal(s.streams, 0);
+    assert_int_equal(s.modules, 0);
+    assert_int_equal(s.ctx_retained, 0);
+    assert_int_equal(s.violations, D.violations_at_start);
+    assert_int_equal(D.depth(), 0);
+    assert_int_equal(D.nvml_inits(), 0);
+    D.set_fail(NULL);
+    return 0;
+}
+
+static int make_backend_chunk(vram_backend **b, size_t chunk)
+{
+    vram_config cfg;
+    vram_config_init(&cfg);
+    snprintf(cfg.cuda_library, sizeof cfg.cuda_library, "%s", D.path);
+    cfg.visible_devices[0] = '\0';
+    cfg.chunk_bytes = chunk;
+    return vram__backend_cuda_create(&cfg, b);
+}
+
+static vram_backend *make_backend(size_t chunk)
+{
+    vram_backend *b = NULL;
+    int rc = make_backend_chunk(&b, chunk);
+    if (rc) fprintf(stderr, "cuda backend: %s\n", vram__last_error());
+    assert_int_equal(rc, 0);
+    assert_non_null(b);
+    return b;
+}
+
+#define assert_msg_has(needle)                                                                     \
+    do {                                                                                           \
+        const char *m_ = vram__last_error();                                                       \
+        if (!strstr(m_, (needle))) fail_msg("message \"%s\" lacks \"%s\"", m_, (needle));          \
+    } while (0)
+
+/* ---- creation ---- */
+
+static void test_create_reports_devices(void **state)
+{
+    (void)state;
+    vram_backend *b = make_backend(64 * MIB);
+    assert_string_equal(b->name, "cuda");
+    assert_int_equal(b->version, VRAM_BACKEND_VERSION);
+    assert_int_equal(b->device_count(b), 2);
+    vram_dev_info info;
+    assert_int_equal(b->device_info(b, 1, &info), 0);
+    assert_non_null(strstr(info.name, "test double"));
+    assert_string_equal(info.uuid, "GPU-d0b1e000-0000-4000-8000-000000000001");
+    assert_int_equal(info.total, 256 * MIB);
+    assert_int_equal(info.free, 256 * MIB);
+    assert_int_equal(info.granularity, GRAN);
+    assert_int_equal(b->device_info(b, 2, &info), VRAM_EINVAL);
+    assert_int_equal(stats().ctx_retained, 2);
+    assert_int_equal(D.depth(), 0);
+    b->destroy(b);
+}
+
+static void test_library_missing_is_enodev(void **state)
+{
+    (void)state;
+    vram_config cfg;
+    vram_config_init(&cfg);
+    snprintf(cfg.cuda_library, sizeof cfg.cuda_library, "/nonexistent/libcuda-missing.so.1");
+    vram_backend *b = (vram_backend *)&cfg; /* must be set to NULL */
+    assert_int_equal(vram__backend_cuda_create(&cfg, &b), VRAM_ENODEV);
+    assert_null(b);
+    assert_msg_has("/nonexistent/libcuda-missing.so.1");
+    assert_msg_has("VRAM_CUDA_LIBRARY");
+
+    /* a library that is not a CUDA driver */
+    snprintf(cfg.cuda_library, sizeof cfg.cuda_library, "libm.so.6");
+    assert_int_equal(vram__backend_cuda_create(&cfg, &b), VRAM_ENODEV);
+    assert_msg_has("libm.so.6");
+    assert_msg_has("has no cuInit");
+}
+
+/* The CUDA toolkit's stub libcuda (where one is installed) cannot name its
+ * own errors: the message still names the error. */
+static void test_stub_library_is_enodev(void **state)
+{
+    (void)state;
+    const char *stub = "/usr/local/cuda/lib64/stubs/libcuda.so";
+    FILE *f = fopen(stub, "rb");
+    if (!f) skip();
+    fclose(f);
+    vram_config cfg;
+    vram_config_init(&cfg);
+    snprintf(cfg.cuda_library, sizeof cfg.cuda_library, "%s", stub);
+    vram_backend *b = NULL;
+    assert_int_equal(vram__backend_cuda_create(&cfg, &b), VRAM_ENODEV);
+    assert_null(b);
+    assert_msg_has("cuInit");
+    assert_msg_has("CUDA_ERROR_STUB_LIBRARY");
+}
+
+static void test_cuinit_failure_is_enodev(void **state)
+{
+    (void)state;
+    vram_backend *b = NULL;
+    assert_int_equal(D.set_fail("cuInit:1:NO_DEVICE"), 0);
+    assert_int_equal(make_backend_chunk(&b, 0), VRAM_ENODEV);
+    assert_null(b);
+    assert_msg_has("cuInit");
+    assert_msg_has("CUDA_ERROR_NO_DEVICE: no CUDA-capable device is detected");
+
+    assert_int_equal(D.set_fail("cuInit:1:STUB_LIBRARY"), 0);
+    assert_int_equal(make_backend_chunk(&b, 0), VRAM_ENODEV);
+    assert_msg_has("CUDA_ERROR_STUB_LIBRARY");
+}
+
+static void test_zero_devices_is_enodev(void **state)
+{
+    (void)state;
+    vram_backend *b = NULL;
+    assert_int_equal(D.configure(0, 0), 0);
+    assert_int_equal(make_backend_chunk(&b, 0), VRAM_ENODEV);
+    assert_null(b);
+    assert_msg_has("CUDA_ERROR_NO_DEVICE");
+}
+
+static void test_device_without_vmm_is_enodev(void **state)
+{
+    (void)state;
+    vram_backend *b = NULL;
+    D.set_flag("vmm", 0);
+    assert_int_equal(make_backend_chunk(&b, 0), VRAM_ENODEV);
+    assert_null(b);
+    assert_msg_has("virtual memory management");
+    assert_int_equal(stats().ctx_retained, 0);
+}
+
+static void test_visible_none_is_enodev(void **state)
+{
+    (void)state;
+    vram_config cfg;
+    vram_config_init(&cfg);
+    snprintf(cfg.cuda_library, sizeof cfg.cuda_library, "%s", D.path);
+    snprintf(cfg.visible_devices, sizeof cfg.visible_devices, "none");
+    vram_backend *b = NULL;
+    assert_int_equal(vram__backend_cuda_create(&cfg, &b), VRAM_ENODEV);
+    assert_msg_has("none");
+}
+
+/* ---- ranges ---- */
+
+static void test_reserve_map_unmap_keeps_address(void **state)
+{
+    (void)state;
+    vram_backend *b = make_backend(64 * MIB);
+    vram_buf buf;
+    memset(&buf, 0, sizeof buf);
+    assert_int_equal(b->reserve(b, 0, 3 * MIB + 5, &buf), 0);
+    assert_int_equal(buf.size, 3 * MIB + 5);
+    assert_int_equal(buf.reserved, 4 * MIB);
+    assert_int_equal(buf.addr % GRAN, 0);
+    assert_int_equal(buf.mapped, 0);
+    uintptr_t addr = buf.addr;
+    assert_int_equal(D.accessible(addr), 0); /* reserved: touching it faults */
+
+    vram_dev_info info;
+    for (int cycle = 0; cycle < 3; cycle++) {
+        assert_int_equal(b->map(b, &buf), 0);
+        assert_int_equal(buf.mapped, 1);
+        assert_int_equal(buf.addr, addr);
+        assert_int_equal(D.accessible(addr), 1);
+        assert_int_equal(D.accessible(addr + buf.reserved - 1), 1);
+        assert_int_equal(b->device_info(b, 0, &info), 0);
+        assert_int_equal(info.free, 252 * MIB);
+        assert_int_equal(b->unmap(b, &buf), 0);
+        assert_int_equal(buf.mapped, 0);
+        assert_int_equal(buf.addr, addr);
+        assert_int_equal(D.accessible(addr), 0);
+        assert_int_equal(b->device_info(b, 0, &info), 0);
+        assert_int_equal(info.free, 256 * MIB);
+    }
+    assert_int_equal(b->unmap(b, &buf), 0); /* unmapping an unmapped range is nothing */
+    assert_int_equal(b->map(b, &buf), 0);
+    b->unreserve(b, &buf); /* unmaps first */
+    assert_int_equal(D.accessible(addr), -1);
+    assert_int_equal(b->reserve(b, 0, 0, &buf), VRAM_EINVAL);
+    assert_int_equal(b->reserve(b, 5, MIB, &buf), VRAM_EINVAL);
+    b->destroy(b);
+}
+
+static void test_map_oom_leaves_range_intact(void **state)
+{
+    (void)state;
+    vram_backend *b = make_backend(64 * MIB);
+    vram_buf buf;
+    memset(&buf, 0, sizeof buf);
+    assert_int_equal(b->reserve(b, 1, 4 * MIB, &buf), 0);
+    uintptr_t addr = buf.addr;
+
+    /* injected: the driver's own out-of-memory answer */
+    assert_int_equal(D.set_fail("cuMemCreate:1:OOM"), 0);
+    assert_int_equal(b->map(b, &buf), VRAM_ENOMEM);
+    assert_msg_has("cuMemCreate(4194304 bytes, device 1): CUDA_ERROR_OUT_OF_MEMORY: out of memory");
+    assert_int_equal(buf.mapped, 0);
+    assert_int_equal(buf.addr, addr);
+    assert_int_equal(D.accessible(addr), 0);
+    assert_int_equal(stats().allocations, 0);
+    assert_int_equal(b->map(b, &buf), 0); /* and the range still works */
+    assert_int_equal(buf.addr, addr);
+
+    /* real: the device is full */
+    vram_buf big;
+    memset(&big, 0, sizeof big);
+    assert_int_equal(b->reserve(b, 1, 254 * MIB, &big), 0);
+    assert_int_equal(b->map(b, &big), VRAM_ENOMEM);
+    assert_msg_has("CUDA_ERROR_OUT_OF_MEMORY");
+    assert_int_equal(big.mapped, 0);
+    assert_int_equal(D.accessible(big.addr), 0);
+    assert_int_equal(b->unmap(b, &buf), 0);
+    assert_int_equal(b->map(b, &big), 0); /* fits once the other is gone */
+    b->unreserve(b, &big);
+    b->unreserve(b, &buf);
+    b->destroy(b);
+}
+
+static void test_map_failures_release_what_was_created(void **state)
+{
+    (void)state;
+    vram_backend *b = make_backend(64 * MIB);
+    vram_buf buf;
+    memset(&buf, 0, sizeof buf);
+    assert_int_equal(b->reserve(b, 0, 2 * MIB, &buf), 0);
+
+    assert_int_equal(D.set_fail("cuMemMap:1:UNKNOWN"), 0);
+    assert_int_equal(b->map(b, &buf), VRAM_EBACKEND);
+    assert_msg_has("cuMemMap(");
+    assert_msg_has("CUDA_ERROR_UNKNOWN: unknown error");
+    assert_int_equal(buf.mapped, 0);
+    assert_int_equal(stats().allocations, 0);
+
+    assert_int_equal(D.set_fail("cuMemSetAccess:1:INVALID_VALUE"), 0);
+    assert_int_equal(b->map(b, &buf), VRAM_EBACKEND);
+    assert_msg_has("cuMemSetAccess(");
+    assert_msg_has("CUDA_ERROR_INVALID_VALUE: invalid argument");
+    assert_int_equal(buf.mapped, 0);
+    assert_int_equal(stats().allocations, 0);
+    assert_int_equal(stats().mappings, 0);
+    assert_int_equal(D.accessible(buf.addr), 0);
+
+    assert_int_equal(D.set_fail("cuMemUnmap:1:UNKNOWN"), 0);
+    assert_int_equal(b->map(b, &buf), 0);
+    assert_int_equal(b->unmap(b, &buf), VRAM_EBACKEND);
+    assert_int_equal(buf.mapped, 1); /* still mapped, still usable */
+    assert_int_equal(D.accessible(buf.addr), 1);
+    assert_int_equal(b->unmap(b, &buf), 0);
+
+    assert_int_equal(D.set_fail("cuMemAddressReserve:1:OOM"), 0);
+    vram_buf other;
+    memset(&other, 0, sizeof other);
+    assert_int_equal(b->reserve(b, 0, MIB, &other), VRAM_ENOMEM);
+    assert_msg_has("cuMemAddressReserve");
+    b->unreserve(b, &buf);
+    b->unreserve(b, &other); /* never reserved: nothing */
+    b->destroy(b);
+}
+
+/* ---- host memory and copies ---- */
+
+static void test_host_alloc_pinned_and_oom(void **state)
+{
+    (void)state;
+    vram_backend *b = make_backend(64 * MIB);
+    void *p = NULL;
+    assert_int_equal(b->host_alloc(b, 3 * MIB, &p), 0);
+    assert_non_null(p);
+    memset(p, 0xab, 3 * MIB);
+    assert_int_equal(stats().host_allocs, 1);
+    b->host_free(b, p, 3 * MIB);
+    b->host_free(b, NULL, 0);
+    assert_int_equal(D.set_fail("cuMemHostAlloc:1:OOM"), 0);
+    assert_int_equal(b->host_alloc(b, MIB, &p), VRAM_EHOSTMEM);
+    assert_null(p);
+    assert_msg_has("cuMemHostAlloc(1048576 bytes, portable): CUDA_ERROR_OUT_OF_MEMORY");
+    assert_int_equal(b->host_alloc(b, 0, &p), VRAM_EINVAL);
+    b->destroy(b);
+}
+
+static void fill(unsigned char *p, size_t n, uint64_t seed)
+{
+    vram_synthetic_fill(seed, 0, p, n);
+}
+
+static void test_chunked_copies_are_pipelined(void **state)
+{
+    (void)state;
+    const size_t chunk = 64 * 1024;
+    vram_backend *b = make_backend(chunk);
+    D.set_flag("lazy", 1); /* nothing runs before the stream is synchronized */
+    vram_buf buf;
+    memset(&buf, 0, sizeof buf);
+    const size_t size = MIB + 13;
+    assert_int_equal(b->reserve(b, 1, size, &buf), 0);
+    assert_int_equal(b->map(b, &buf), 0);
+    unsigned char *src, *dst;
+    assert_int_equal(b->host_alloc(b, size, (void **)&src), 0);
+    assert_int_equal(b->host_alloc(b, size, (void **)&dst), 0);
+
+    const size_t sizes[] = {1, 7, chunk - 1, chunk, chunk + 1, 5 * chunk + 13, size};
+    const size_t offs[] = {0, 3, chunk - 1};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        for (size_t j = 0; j < sizeof offs / sizeof offs[0]; j++) {
+            size_t n = sizes[i], off = offs[j];
+            if (off + n > size) continue;
+            size_t chunks = (n + chunk - 1) / chunk;
+            fill(src, n, i * 10 + j);
+            memset(dst, 0, n);
+            long h0 = D.calls("cuMemcpyHtoDAsync_v2"), d0 = D.calls("cuMemcpyDtoHAsync_v2");
+            long s0 = D.calls("cuStreamSynchronize");
+            assert_int_equal(b->to_device(b, &buf, off, src, n), 0);
+            assert_int_equal(D.calls("cuMemcpyHtoDAsync_v2") - h0, (long)chunks);
+            assert_int_equal(D.calls("cuStreamSynchronize") - s0, 1);
+            /* after to_device returned, the bytes are on the device */
+            assert_memory_equal((unsigned char *)buf.addr + off, src, n);
+            assert_int_equal(b->to_host(b, &buf, off, dst, n), 0);
+            assert_int_equal(D.calls("cuMemcpyDtoHAsync_v2") - d0, (long)chunks);
+            assert_int_equal(D.calls("cuStreamSynchronize") - s0, 2);
+            assert_memory_equal(dst, src, n);
+        }
+    }
+    /* every chunk of a copy was queued before the first one ran */
+    assert_true(stats().max_pending >= (long)((size + chunk - 1) / chunk));
+    assert_int_equal(b->to_device(b, &buf, 0, src, 0), 0);
+    assert_int_equal(b->to_host(b, &buf, size, dst, 1), VRAM_EINVAL);
+    assert_int_equal(b->to_host(b, &buf, 0, NULL, 1), VRAM_EINVAL);
+    b->host_free(b, src, size);
+    b->host_free(b, dst, size);
+    assert_int_equal(b->unmap(b, &buf), 0);
+    assert_int_equal(b->to_host(b, &buf, 0, dst, 1), VRAM_EINVAL); /* not mapped */
+    b->unreserve(b, &buf);
+    b->destroy(b);
+}
+
+static void test_pageable_upload_and_download(void **state)
+{
+    (void)state;
+    vram_backend *b = make_backend(64 * 1024);
+    D.set_flag("lazy", 1);
+    vram_buf buf;
+    memset(&buf, 0, sizeof buf);
+    const size_t n = 300 * 1024 + 3;
+    assert_int_equal(b->reserve(b, 0, n, &buf), 0);
+    assert_int_equal(b->map(b, &buf), 0);
+    unsigned char *user = malloc(n), *want = malloc(n), *back = malloc(n);
+    assert_non_null(user);
+    assert_non_null(want);
+    assert_non_null(back);
+    fill(want, n, 99);
+    memcpy(user, want, n);
+    long pg0 = stats().pageable_copies;
+    assert_int_equal(b->to_device(b, &buf, 0, user, n), 0);
+    memset(user, 0x5a, n); /* the caller reuses its buffer at once */
+    assert_true(stats().pageable_copies - pg0 >= 5);
+    assert_int_equal(b->to_host(b, &buf, 0, back, n), 0); /* pageable destination too */
+    assert_memory_equal(back, want, n);
+    free(user);
+    free(want);
+    free(back);
+    b->unreserve(b, &buf);
+    b->destroy(b);
+}
+
+static void test_copy_errors_carry_driver_names(void **state)
+{
+    (void)state;
+    const size_t chunk = 64 * 1024;
+    vram_backend *b = make_backend(chunk);
+    vram_buf buf;
+    memset(&buf, 0, sizeof buf);
+    assert_int_equal(b->reserve(b, 0, 4 * chunk, &buf), 0);
+    assert_int_equal(b->map(b, &buf), 0);
+    void *h;
+    assert_int_equal(b->host_alloc(b, 4 * chunk, &h), 0);
+    assert_int_equal(D.set_fail("cuMemcpyHtoDAsync_v2:2:ILLEGAL_ADDRESS"), 0);
+    long s0 = D.calls("cuStreamSynchronize");
+    assert_int_equal(b->to_device(b, &buf, 0, h, 4 * chunk), VRAM_EBACKEND);
+    assert_msg_has("cuMemcpyHtoDAsync_v2(65536 bytes at offset 65536");
+    assert_msg_has("CUDA_ERROR_ILLEGAL_ADDRESS: an illegal memory access was encountered");
+    assert_int_equal(D.calls("cuStreamSynchronize") - s0, 1); /* drained before returning */
+
+    assert_int_equal(D.set_fail("cuStreamSynchronize:1:LAUNCH_FAILED"), 0);
+    assert_int_equal(b->to_host(b, &buf, 0, h, chunk), VRAM_EBACKEND);
+    assert_msg_has("cuStreamSynchronize");
+    assert_msg_has("CUDA_ERROR_LAUNCH_FAILED");
+
+    assert_int_equal(D.set_fail("cuMemcpyDtoHAsync_v2:1:OOM"), 0);
+    assert_int_equal(b->to_host(b, &buf, 0, h, chunk), VRAM_ENOMEM);
+    assert_int_equal(b->to_host(b, &buf, 0, h, 4 * chunk), 0); /* and it works again */
+    b->host_free(b, h, 4 * chunk);
+    b->unreserve(b, &buf);
+    b->destroy(b);
+}
+
+/* ---- checksum kernel ---- */
+
+static void test_checksum_kernel_matches_host(void **state)
+{
+    (void)state;
+    vram_backend *b = make_backend(64 * MIB);
+    D.set_flag("lazy", 1);
+    vram_buf buf;
+    memset(&buf, 0, sizeof buf);
+    const size_t size = 8 * MIB + 5; /* over a million words: the grid strides */
+    assert_int_equal(b->reserve(b, 0, size, &buf), 0);
+    assert_int_equal(b->map(b, &buf), 0);
+    unsigned char *h;
+    assert_int_equal(b->host_alloc(b, size, (void **)&h), 0);
+    fill(h, size, 7);
+    assert_int_equal(b->to_device(b, &buf, 0, h, size), 0);
+
+    static const struct {
+        size_t off, n;
+    } cases[] = {
+        {0, 8 * MIB + 5}, {0, 1},       {8, 1000},        {16, 13},
+        {4096, 7},        {8 * MIB, 5}, {64, 2048 * 256}, {0, 2048 * 256 * 8 + 3},
+    };
+    long l0 = stats().launches;
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        uint64_t sum = 0;
+        assert_int_equal(b->checksum(b, &buf, cases[i].off, cases[i].n, &sum), 0);
+        assert_int_equal(sum,
+                         vram__checksum_partial(h + cases[i].off, cases[i].n, cases[i].off / 8));
+    }
+    assert_int_equal(stats().launches - l0, (long)(sizeof cases / sizeof cases[0]));
+    uint64_t sum;
+    assert_int_equal(b->checksum(b, &buf, 0, size, &sum), 0);
+    assert_int_equal(sum + vram__checksum_final(size), vram_checksum(h, size));
+    assert_int_equal(b->checksum(b, &buf, 0, 0, &sum), 0);
+    assert_int_equal(sum, 0);
+    assert_int_equal(b->checksum(b, &buf, 4, 8, &sum), VRAM_EINVAL);
+    assert_int_equal(D.calls("cuModuleLoadData"), 1); /* loaded once, on first use */
+    b->host_free(b, h, size);
+    b->unreserve(b, &buf);
+    b->destroy(b);
+}
+
+static void test_checksum_module_failure_is_enotsup(void **state)
+{
+    (void)state;
+    vram_backend *b = make_backend(64 * MIB);
+    vram_buf buf;
+    memset(&buf, 0, sizeof buf);
+    assert_int_equal(b->reserve(b, 0, MIB, &buf), 0);
+    assert_int_equal(b->map(b, &buf), 0);
+    long m0 = D.calls("cuModuleLoadData"), l0 = stats().launches;
+    assert_int_equal(D.set_fail("cuModuleLoadData:*:UNSUPPORTED_PTX"), 0);
+    uint64_t sum = 42;
+    assert_int_equal(b->checksum(b, &buf, 0, 64, &sum), VRAM_ENOTSUP);
+    assert_msg_has("cuModuleLoadData");
+    assert_msg_has("CUDA_ERROR_UNSUPPORTED_PTX_VERSION");
+    assert_int_equal(sum, 42);
+    assert_int_equal(b->checksum(b, &buf, 0, 64, &sum), VRAM_ENOTSUP);
+    assert_int_equal(D.calls("cuModuleLoadData") - m0, 1); /* the answer is kept */
+    assert_int_equal(stats().launches, l0);                /* nothing was launched */
+    b->unreserve(b, &buf);
+    b->destroy(b);
+}
+
+/* ---- contexts and threads ---- */
+
+typedef struct worker {
+    vram_backend *b;
+    int dev, id, cycles;
+    int failures;
+    char msg[256];
+} worker;
+
+#define WCHECK(cond)                                                                               \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            w->failures++;                                                                         \
+            snprintf(w->msg, sizeof w->msg, "line %d: %s (%s)", __LINE__, #cond,                   \
+                     vram__last_error());                                                          \
+            goto out;                                                                              \
+        }                                                                                          \
+    } while (0)
+
+/* One model's life on one device, from a thread that never made any
+ * context current itself. */
+static void *worker_main(void *arg)
+{
+    worker *w = arg;
+    vram_backend *b = w->b;
+    const size_t n = 3 * MIB + 17 * (size_t)w->id;
+    vram_buf buf;
+    memset(&buf, 0, sizeof buf);
+    unsigned char *pin = NULL;
+    unsigned char *want = malloc(n);
+    WCHECK(want != NULL);
+    fill(want, n, 1000 + (uint64_t)w->id);
+    WCHECK(b->reserve(b, w->dev, n, &buf) == 0);
+    WCHECK(D.depth() == 0);
+    WCHECK(b->host_alloc(b, n, (void **)&pin) == 0);
+    memcpy(pin, want, n);
+    WCHECK(b->map(b, &buf) == 0);
+    WCHECK(b->to_device(b, &buf, 0, pin, n) == 0);
+    uintptr_t addr = buf.addr;
+    for (int c = 0; c < w->cycles; c++) {
+        memset(pin, 0, n);
+        WCHECK(b->to_host(b, &buf, 0, pin, n) == 0); /* offload */
+        WCHECK(b->unmap(b, &buf) == 0);
+        WCHECK(b->map(b, &buf) == 0); /* restore at the same address */
+        WCHECK(buf.addr == addr);
+        WCHECK(b->to_device(b, &buf, 0, pin, n) == 0);
+        uint64_t sum = 0;
+        WCHECK(b->checksum(b, &buf, 0, n, &sum) == 0);
+        WCHECK(sum == vram__checksum_partial(want, n, 0));
+        vram_dev_info info;
+        WCHECK(b->device_info(b, w->dev, &info) == 0);
+        WCHECK(D.depth() == 0);
+    }
+    WCHECK(memcmp(pin, want, n) == 0);
+out:
+    if (buf.impl) b->unreserve(b, &buf);
+    if (pin) b->host_free(b, pin, n);
+    free(want);
+    return NULL;
+}
+
+static void test_threads_share_devices_and_streams(void **state)
+{
+    (void)state;
+    vram_backend *b = make_backend(256 * 1024);
+    enum { NT = 6 };
+    pthread_t t[NT];
+    worker w[NT];
+    for (int i = 0; i < NT; i++) {
+        memset(&w[i], 0, sizeof w[i]);
+        w[i].b = b;
+        w[i].dev = i % 2;
+        w[i].id = i;
+        w[i].cycles = 4;
+        assert_int_equal(pthread_create(&t[i], NULL, worker_main, &w[i]), 0);
+    }
+    for (int i = 0; i < NT; i++) {
+        pthread_join(t[i], NULL);
+        if (w[i].failures) fail_msg("worker %d: %s", i, w[i].msg);
+    }
+    assert_true(stats().streams <= 2 * 4); /* a small pool per device */
+    assert_true(stats().streams >= 2);
+    b->destroy(b);
+}
+
+/* ---- NVML ---- */
+
+static void test_nvml_picks_most_free_then_least_busy(void **state)
+{
+    (void)state;
+    char uuid[96], why[1024];
+    int idx = -1;
+    assert_int_equal(D.nvml_set("8G:10,16G:50,16G:5,12G:0", 0), 0);
+    assert_int_equal(vram__nvml_pick(uuid, sizeof uuid, &idx, why, sizeof why), 0);
+    assert_int_equal(idx, 2);
+    assert_string_equal(uuid, "GPU-d0b1e000-0000-4000-8000-000000000002");
+    assert_non_null(strstr(why, "picked GPU 2 GPU-d0b1e000-0000-4000-8000-000000000002"));
+    assert_non_null(strstr(why, "5% busy"));
+
+    /* more free memory beats a lower utilization */
+    assert_int_equal(D.nvml_set("16G:50,15G:0", 0), 0);
+    assert_int_equal(vram__nvml_pick(uuid, sizeof uuid, &idx, why, sizeof why), 0);
+    assert_int_equal(idx, 0);
+
+    /* free memory within the tie margin: utilization decides */
+    assert_int_equal(D.nvml_set("16G:30,16.1G:20", 0), 0);
+    assert_int_equal(vram__nvml_pick(uuid, sizeof uuid, &idx, why, sizeof why), 0);
+    assert_int_equal(idx, 1);
+    assert_int_equal(D.nvml_set("16.1G:30,16G:20", 0), 0);
+    assert_int_equal(vram__nvml_pick(uuid, sizeof uuid, &idx, why, sizeof why), 0);
+    assert_int_equal(idx, 1);
+    assert_int_equal(D.nvml_set("16G:30,16.5G:90", 0), 0);
+    assert_int_equal(vram__nvml_pick(uuid, sizeof uuid, &idx, why, sizeof why), 0);
+    assert_int_equal(idx, 1);
+
+    /* a device that cannot report its utilization ranks after one that can */
+    assert_int_equal(D.nvml_set("16G:-,16G:90", 0), 0);
+    assert_int_equal(vram__nvml_pick(uuid, sizeof uuid, &idx, why, sizeof why), 0);
+    assert_int_equal(idx, 1);
+    assert_int_equal(D.nvml_set("16G:-", 0), 0);
+    assert_int_equal(vram__nvml_pick(uuid, sizeof uuid, &idx, why, sizeof why), 0);
+    assert_non_null(strstr(why, "busy unknown"));
+    assert_int_equal(D.nvml_inits(), 0); /* shut down every time */
+}
+
+static void test_nvml_missing_is_a_clear_error(void **state)
+{
+    (void)state;
+    char uuid[96] = "x", why[512];
+    setenv("VRAM_NVML_LIBRARY", "/nonexistent/libnvidia-ml.so.1", 1);
+    int rc = vram__nvml_pick(uuid, sizeof uuid, NULL, why, sizeof why);
+    setenv("VRAM_NVML_LIBRARY", D.nvml_path, 1);
+    assert_int_equal(rc, VRAM_ENODEV);
+    assert_string_equal(uuid, "");
+    assert_non_null(strstr(why, "/nonexistent/libnvidia-ml.so.1"));
+    assert_non_null(strstr(why, "no GPU picked"));
+
+    /* NVML present, driver not loaded */
+    assert_int_equal(D.nvml_set(NULL, 9), 0);
+    assert_int_equal(vram__nvml_pick(uuid, sizeof uuid, NULL, why, sizeof why), VRAM_ENODEV);
+    assert_non_null(strstr(why, "nvmlInit_v2: Driver Not Loaded"));
+    assert_int_equal(D.nvml_set("", 0), 0);
+    assert_int_equal(vram__nvml_pick(uuid, sizeof uuid, NULL, why, sizeof why), VRAM_ENODEV);
+    assert_non_null(strstr(why, "no GPU"));
+}
+
+static void test_nvml_pin_selects_the_cuda_device(void **state)
+{
+    (void)state;
+    char uuid[96], why[512];
+    assert_int_equal(D.nvml_set("4G:0,8G:0", 0), 0);
+    assert_int_equal(vram__nvml_pin_best(uuid, sizeof uuid, why, sizeof why), 0);
+    assert_string_equal(getenv("CUDA_VISIBLE_DEVICES"), "GPU-d0b1e000-0000-4000-8000-000000000001");
+    assert_int_equal(D.configure(2, 256 * MIB), 0); /* the driver reads it at its next cuInit */
+    vram_backend *b = make_backend(0);
+    assert_int_equal(b->device_count(b), 1);
+    vram_dev_info info;
+    assert_int_equal(b->device_info(b, 0, &info), 0);
+    assert_string_equal(info.uuid, uuid);
+    b->destroy(b);
+    unsetenv("CUDA_VISIBLE_DEVICES");
+}
+
+/* ---- the whole manager on the CUDA backend ---- */
+
+static uint64_t synthetic_checksum(uint64_t seed, size_t n)
+{
+    unsigned char *p = malloc(n);
+    assert_non_null(p);
+    vram_synthetic_fill(seed, 0, p, n);
+    uint64_t c = vram_checksum(p, n);
+    free(p);
+    return c;
+}
+
+static void test_manager_cycles_on_cuda(void **state)
+{
+    (void)state;
+    vram_config cfg;
+    vram_config_init(&cfg);
+    cfg.backend = VRAM_BACKEND_CUDA;
+    snprintf(cfg.cuda_library, sizeof cfg.cuda_library, "%s", D.path);
+    cfg.no_monitor_thread = 1;
+    cfg.idle_timeout = 0;
+    cfg.chunk_bytes = 256 * 1024;
+    cfg.log_level = VRAM_LOG_ERROR;
+    D.set_flag("lazy", 1);
+    vram_manager *m = NULL;
+    assert_int_equal(vram_manager_create(&cfg, &m), 0);
+    assert_string_equal(vram_manager_backend(m), "cuda");
+
+    const size_t n = 5 * MIB + 3;
+    const uint64_t want = synthetic_checksum(11, n);
+    vram_model_opts o;
+    vram_model_opts_init(&o);
+    o.source = "synthetic:5242883:11";
+    o.device = 1;
+    vram_model *model = NULL;
+    assert_int_equal(vram_manager_register(m, "m1", &o, &model), 0);
+
+    vram_lease *l = NULL;
+    assert_int_equal(vram_model_acquire(model, &l), 0);
+    void *ptr = vram_lease_ptr(l);
+    assert_int_equal(D.accessible((uintptr_t)ptr), 1);
+    uint64_t c = 0;
+    long l0 = stats().launches;
+    assert_int_equal(vram_model_checksum(model, &c), 0);
+    assert_int_equal(c, want);
+    assert_true(stats().launches > l0); /* computed by the kernel path */
+    vram_lease_end(l);
+
+    for (int cycle = 0; cycle < 3; cycle++) {
+        assert_int_equal(vram_model_offload(model, VRAM_WAIT), 0);
+        assert_int_equal(vram_model_state(model), VRAM_STATE_CPU);
+        assert_int_equal(D.accessible((uintptr_t)ptr), 0);   /* unmapped, address kept */
+        assert_int_equal(vram_model_checksum(model, &c), 0); /* from the pinned backup */
+        assert_int_equal(c, want);
+        assert_int_equal(vram_model_acquire(model, &l), 0);
+        assert_ptr_equal(vram_lease_ptr(l), ptr);
+        assert_int_equal(vram_model_checksum(model, &c), 0);
+        assert_int_equal(c, want);
+        vram_lease_end(l);
+    }
+    char *js = vram_manager_devices_json(m);
+    assert_non_null(js);
+    assert_non_null(strstr(js, "GPU-d0b1e000-0000-4000-8000-000000000001"));
+    free(js);
+    assert_int_equal(vram_model_release(model, VRAM_WAIT), 0);
+    vram_manager_destroy(m);
+}
+
+int main(void)
+{
+    if (open_doubles() != 0) {
+        fprintf(stderr,
+                "test_cuda: the driver double is needed (VRAM_CUDA_LIBRARY=%s, "
+                "VRAM_NVML_LIBRARY=%s): %s; skipped\n",
+                D.path, D.nvml_path, dlerror());
+        return 77;
+    }
+    vram_set_log_level(VRAM_LOG_ERROR);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_create_reports_devices, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_library_missing_is_enodev, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_cuinit_failure_is_enodev, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stub_library_is_enodev, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_zero_devices_is_enodev, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_device_without_vmm_is_enodev, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_visible_none_is_enodev, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reserve_map_unmap_keeps_address, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_map_oom_leaves_range_intact, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_map_failures_release_what_was_created, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_host_alloc_pinned_and_oom, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_chunked_copies_are_pipelined, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pageable_upload_and_download, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_copy_errors_carry_driver_names, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_checksum_kernel_matches_host, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_checksum_module_failure_is_enotsup, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_threads_share_devices_and_streams, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nvml_picks_most_free_then_least_busy, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nvml_missing_is_a_clear_error, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nvml_pin_selects_the_cuda_device, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_manager_cycles_on_cuda, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
