@@ -530,6 +530,7 @@ static void test_checksum_kernel_matches_host(void **state)
         {4096, 7},        {8 * MIB, 5}, {64, 2048 * 256}, {0, 2048 * 256 * 8 + 3},
     };
     long l0 = stats().launches;
+    long loads0 = D.calls("cuModuleLoadData");
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         uint64_t sum = 0;
         assert_int_equal(b->checksum(b, &buf, cases[i].off, cases[i].n, &sum), 0);
@@ -543,7 +544,7 @@ static void test_checksum_kernel_matches_host(void **state)
     assert_int_equal(b->checksum(b, &buf, 0, 0, &sum), 0);
     assert_int_equal(sum, 0);
     assert_int_equal(b->checksum(b, &buf, 4, 8, &sum), VRAM_EINVAL);
-    assert_int_equal(D.calls("cuModuleLoadData"), 1); /* loaded once, on first use */
+    assert_int_equal(D.calls("cuModuleLoadData") - loads0, 1); /* loaded once, on first use */
     b->host_free(b, h, size);
     b->unreserve(b, &buf);
     b->destroy(b);
@@ -802,6 +803,61 @@ static void test_manager_cycles_on_cuda(void **state)
     vram_manager_destroy(m);
 }
 
+/* CUDA_ERROR_OUT_OF_MEMORY from the driver (another process took the memory)
+ * evicts idle models through the core and retries; when nothing is left to
+ * evict it is the core's clear ENOMEM with the model intact on the CPU. */
+static void test_driver_oom_evicts_then_fails_cleanly(void **state)
+{
+    (void)state;
+    vram_config cfg;
+    vram_config_init(&cfg);
+    cfg.backend = VRAM_BACKEND_CUDA;
+    snprintf(cfg.cuda_library, sizeof cfg.cuda_library, "%s", D.path);
+    cfg.no_monitor_thread = 1;
+    cfg.idle_timeout = 0;
+    cfg.evict_wait = 0.1;
+    cfg.log_level = VRAM_LOG_ERROR;
+    vram_manager *m = NULL;
+    assert_int_equal(vram_manager_create(&cfg, &m), 0);
+    vram_model_opts o;
+    vram_model_opts_init(&o);
+    vram_model *a = NULL, *b = NULL;
+    o.source = "synthetic:4M:1";
+    assert_int_equal(vram_manager_register(m, "a", &o, &a), 0);
+    o.source = "synthetic:4M:2";
+    assert_int_equal(vram_manager_register(m, "b", &o, &b), 0);
+    vram_lease *l = NULL;
+    assert_int_equal(vram_model_acquire(b, &l), 0);
+    vram_lease_end(l);
+    assert_int_equal(vram_model_offload(b, VRAM_WAIT), 0);
+    assert_int_equal(vram_model_acquire(a, &l), 0);
+    vram_lease_end(l);
+
+    /* the next cuMemCreate fails: a (idle) is evicted and b's restore retried */
+    assert_int_equal(D.set_fail("cuMemCreate:1:OOM"), 0);
+    assert_int_equal(vram_model_acquire(b, &l), 0);
+    assert_int_equal(vram_model_state(a), VRAM_STATE_CPU);
+    uint64_t c = 0;
+    assert_int_equal(vram_model_checksum(b, &c), 0);
+    assert_int_equal(c, synthetic_checksum(2, 4 * MIB));
+    vram_lease_end(l);
+
+    /* every cuMemCreate fails: nothing to evict helps; a stays on the CPU, intact */
+    assert_int_equal(D.set_fail("cuMemCreate:*:OOM"), 0);
+    assert_int_equal(vram_model_acquire(a, &l), VRAM_ENOMEM);
+    assert_null(l);
+    assert_int_equal(vram_model_state(a), VRAM_STATE_CPU);
+    assert_int_equal(vram_model_checksum(a, &c), 0);
+    assert_int_equal(c, synthetic_checksum(1, 4 * MIB));
+    char *st = vram_model_status_json(m, "a");
+    assert_non_null(strstr(st, "CUDA_ERROR_OUT_OF_MEMORY"));
+    free(st);
+    assert_int_equal(D.set_fail(""), 0);
+    assert_int_equal(vram_model_acquire(a, &l), 0);
+    vram_lease_end(l);
+    vram_manager_destroy(m);
+}
+
 int main(void)
 {
     if (open_doubles() != 0) {
@@ -814,6 +870,7 @@ int main(void)
     vram_set_log_level(VRAM_LOG_ERROR);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_create_reports_devices, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_driver_oom_evicts_then_fails_cleanly, setup, teardown),
         cmocka_unit_test_setup_teardown(test_library_missing_is_enodev, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cuinit_failure_is_enodev, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stub_library_is_enodev, setup, teardown),
