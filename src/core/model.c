@@ -69,6 +69,25 @@ static void uncharge(vram_manager *m, vram_alloc *a)
     mem_broadcast(m);
 }
 
+/* Waits on m->mem_cond for at most min(0.25 s, until deadline). Lock held. */
+static void mem_wait(vram_manager *m, double deadline)
+{
+    double wait = deadline - vram__now();
+    if (wait > 0.25) wait = 0.25; /* re-check evictability now and then */
+    if (wait <= 0) return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += (time_t)wait;
+    ts.tv_nsec += (long)((wait - (double)(time_t)wait) * 1e9);
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    m->mem_waiters++;
+    pthread_cond_timedwait(&m->mem_cond, &m->lock, &ts);
+    m->mem_waiters--;
+}
+
 /* ---- eviction and budgets ---- */
 
 /* Offloads the least recently used idle model on dev (never self, never one
@@ -136,29 +155,20 @@ static int charge(vram_manager *m, int dev, uint64_t bytes, vram_model *self)
                                 self->name, (double)bytes / 1e9, dev, (double)d->used / 1e9,
                                 (double)d->budget / 1e9, holders, m->cfg.evict_wait);
         }
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        double wait = deadline - now;
-        if (wait > 0.25) wait = 0.25; /* re-check evictability now and then */
-        ts.tv_sec += (time_t)wait;
-        ts.tv_nsec += (long)((wait - (double)(time_t)wait) * 1e9);
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        m->mem_waiters++;
-        pthread_cond_timedwait(&m->mem_cond, &m->lock, &ts);
-        m->mem_waiters--;
+        mem_wait(m, deadline);
     }
     d->used += bytes;
     return 0;
 }
 
-/* Maps a's range, evicting idle models when the backend itself reports no
- * memory (other processes on a real GPU). Lock NOT held. */
+/* Maps a's range. When the backend itself reports no memory (fragmented,
+ * or other processes on a real GPU) it evicts idle models, least recently
+ * used first, and retries; with nothing idle it waits for memory up to
+ * evict_wait seconds like a budget charge does. Lock NOT held. */
 static int map_with_evict(vram_model *model, vram_alloc *a)
 {
     vram_manager *m = model->m;
+    double deadline = -1;
     for (;;) {
         int rc = m->backend->map(m->backend, &a->buf);
         if (rc != VRAM_ENOMEM) return rc;
@@ -166,8 +176,18 @@ static int map_with_evict(vram_model *model, vram_alloc *a)
         snprintf(msg, sizeof msg, "%s", vram__last_error());
         pthread_mutex_lock(&m->lock);
         int e = evict_one(m, a->buf.device, model, ++m->charge_seq);
+        if (!e) {
+            double now = vram__now();
+            if (deadline < 0) deadline = now + m->cfg.evict_wait;
+            if (now >= deadline || m->stopping) {
+                pthread_mutex_unlock(&m->lock);
+                return vram__errorf(VRAM_ENOMEM, "%s; no idle model left to evict after waiting "
+                                                 "%.1f s",
+                                    msg, m->cfg.evict_wait);
+            }
+            mem_wait(m, deadline);
+        }
         pthread_mutex_unlock(&m->lock);
-        if (!e) return vram__errorf(VRAM_ENOMEM, "%s; no idle model left to evict", msg);
     }
 }
 

@@ -33,7 +33,7 @@ static void test_config(vram_config *cfg, uint64_t host_memory)
     cfg->backend = VRAM_BACKEND_HOST;
     cfg->host_memory = host_memory;
     cfg->host_devices = 1;
-    cfg->evict_wait = 0.3;
+    cfg->evict_wait = 0; /* fail at once; test_bounded_wait_for_memory waits */
     cfg->log_level = VRAM_LOG_ERROR;
     cfg->chunk_bytes = 4 * MiB;
 }
@@ -572,6 +572,28 @@ static void test_bounded_wait_for_memory(void **state)
     vram_manager_destroy(m);
 }
 
+/* The backend itself out of memory (fragmented, or another process on a real
+ * GPU) with nothing idle to evict: the acquire waits, bounded, and retries. */
+static void test_backend_enomem_waits_and_retries(void **state)
+{
+    (void)state;
+    vram_config cfg;
+    test_config(&cfg, 64 * MiB);
+    cfg.evict_wait = 2;
+    cfg.no_monitor_thread = 1;
+    vram_manager *m = NULL;
+    assert_int_equal(vram_manager_create(&cfg, &m), 0);
+    vram_model *model = add_synthetic(m, "m", "synthetic:4M:1");
+    vram__backend_host_inject(backend_of(m), "map", 1, VRAM_ENOMEM);
+    vram_lease *l = NULL;
+    double t0 = vram__now();
+    assert_int_equal(vram_model_acquire(model, &l), 0);
+    assert_true(vram__now() - t0 < 1.9); /* one short wait, not the whole bound */
+    assert_int_equal(model->failures, 0);
+    vram_lease_end(l);
+    vram_manager_destroy(m);
+}
+
 static void test_gpu_budget(void **state)
 {
     (void)state;
@@ -915,6 +937,7 @@ int main(void)
         cmocka_unit_test(test_upload_download_bounds),
         cmocka_unit_test(test_lru_eviction),
         cmocka_unit_test(test_bounded_wait_for_memory),
+        cmocka_unit_test(test_backend_enomem_waits_and_retries),
         cmocka_unit_test(test_gpu_budget),
         cmocka_unit_test(test_host_budget),
         cmocka_unit_test(test_idle_timeout_fake_clock),
