@@ -19,9 +19,14 @@
  *   Pages of the memfd stay resident once touched, like VRAM, so mapping
  *   an extent again costs page-table setup only, never zeroing.
  * - reserve = an anonymous PROT_NONE range aligned to the granularity;
- *   map = the extent mapped MAP_SHARED|MAP_FIXED over that same range and
- *   prefaulted; unmap = PROT_NONE anonymous memory MAP_FIXED over it again
- *   (the addresses stay reserved and fault if touched); unreserve = munmap.
+ *   map = physical extents mapped MAP_SHARED|MAP_FIXED over that same range
+ *   and prefaulted; unmap = PROT_NONE anonymous memory MAP_FIXED over it
+ *   again (the addresses stay reserved and fault if touched); unreserve =
+ *   munmap.
+ * - Like cuMemCreate's pages, the memory behind one range need not be
+ *   contiguous: map takes one extent when one is large enough, else several
+ *   (scatter) and maps each piece at its place in the range, so a map fails
+ *   for lack of memory only when fewer free bytes than it needs are left.
  * - One mutex guards the allocators and the fault-injection counters;
  *   copies run without it.
  */
@@ -38,11 +43,12 @@ enum {
     OP_TO_HOST,
     OP_TO_DEVICE,
     OP_CHECKSUM,
+    OP_MAP_PIECE,
     OP_COUNT
 };
 
 static const char *const op_names[OP_COUNT] = {
-    "reserve", "map", "unmap", "host_alloc", "to_host", "to_device", "checksum",
+    "reserve", "map", "unmap", "host_alloc", "to_host", "to_device", "checksum", "map_piece",
 };
 
 typedef struct host_extent {
@@ -75,10 +81,16 @@ typedef struct host_ctx {
     int populate_fallback; /* kernel without MADV_POPULATE_*: use MAP_POPULATE */
 } host_ctx;
 
-/* buf->impl of a reserved range. */
+/* buf->impl of a reserved range. While buf->mapped, pieces holds the
+ * physical extents behind it in address order (piece i starts where the
+ * pieces before it end): &one when a single extent backs the range, else an
+ * array that map allocates before taking any memory and unmap frees, so
+ * that giving memory back never needs an allocation. */
 typedef struct host_range {
     uint64_t magic;
-    uint64_t ext_off; /* the physical extent's offset while buf->mapped */
+    host_extent *pieces; /* NULL while not mapped */
+    size_t npieces;
+    host_extent one;
 } host_range;
 
 static const char *host_strerror(int e, char *buf, size_t len)
@@ -112,7 +124,9 @@ static int inject_check(host_ctx *c, int op)
     return 0;
 }
 
-/* Beyond backend.h's five operations, "unmap" and "checksum" can fail too.
+/* Beyond backend.h's five operations, "unmap" and "checksum" can fail too,
+ * and "map_piece": the mmap of one piece inside a map, counted per piece (a
+ * map in one extent has one), so that a map fails midway, its memory taken.
  * Only calls that get past the argument checks count; err >= 0 becomes
  * VRAM_EBACKEND; an unknown name is logged and ignored. */
 void vram__backend_host_inject(vram_backend *b, const char *what, int n, int err)
@@ -142,10 +156,9 @@ void vram__backend_host_inject(vram_backend *b, const char *what, int n, int err
 /* ---- extent allocator (caller holds c->lock) ---- */
 
 /* First fit. Returns 0 and the offset, or -1 when no free extent is large
- * enough; *largest then holds the largest free extent. */
-static int extent_alloc(host_dev *d, uint64_t len, uint64_t *off, uint64_t *largest)
+ * enough. */
+static int extent_alloc(host_dev *d, uint64_t len, uint64_t *off)
 {
-    uint64_t big = 0;
     for (size_t i = 0; i < d->nfree; i++) {
         host_extent *e = &d->free_ext[i];
         if (e->len >= len) {
@@ -159,9 +172,7 @@ static int extent_alloc(host_dev *d, uint64_t len, uint64_t *off, uint64_t *larg
             d->used += len;
             return 0;
         }
-        if (e->len > big) big = e->len;
     }
-    *largest = big;
     return -1;
 }
 
@@ -201,6 +212,43 @@ static void extent_free(host_dev *d, uint64_t off, uint64_t len)
         return;
     }
     d->used -= len;
+}
+
+/* Takes extents that together cover len bytes into out[0..n), in the order
+ * they are to be mapped: one extent (first fit) when one is large enough;
+ * else the largest free extent whole (the first of equals), again and again,
+ * until the rest fits in one, taken first fit. Returns n, or 0 having taken
+ * nothing when fewer than len bytes are free or more than max pieces would
+ * be needed. Every piece is a multiple of the granularity when len is, so
+ * n <= len / granularity; and n <= nfree <= free_cap. */
+static size_t extent_take(host_dev *d, uint64_t len, host_extent *out, size_t max)
+{
+    if (max == 0 || len == 0 || d->capacity - d->used < len) return 0;
+    size_t n = 0;
+    uint64_t left = len, off = 0;
+    for (;;) { /* left > 0 here, and free bytes >= left */
+        if (extent_alloc(d, left, &off) == 0) {
+            out[n].off = off;
+            out[n].len = left;
+            return n + 1;
+        }
+        if (n + 2 > max) { /* a whole extent now and one more after it: too many */
+            while (n > 0) {
+                n--;
+                extent_free(d, out[n].off, out[n].len);
+            }
+            return 0;
+        }
+        size_t big = 0; /* there is a free extent, and every one is smaller than left */
+        for (size_t i = 1; i < d->nfree; i++)
+            if (d->free_ext[i].len > d->free_ext[big].len) big = i;
+        out[n++] = d->free_ext[big];
+        left -= d->free_ext[big].len;
+        d->used += d->free_ext[big].len;
+        memmove(&d->free_ext[big], &d->free_ext[big + 1],
+                (d->nfree - big - 1) * sizeof(host_extent));
+        d->nfree--;
+    }
 }
 
 /* ---- devices ---- */
@@ -277,7 +325,9 @@ static int host_reserve(vram_backend *b, int dev, size_t bytes, vram_buf *buf)
     if (span_end > end) munmap((void *)end, span_end - end);
 
     r->magic = HOST_RANGE_MAGIC;
-    r->ext_off = 0;
+    r->pieces = NULL;
+    r->npieces = 0;
+    r->one.off = r->one.len = 0;
     buf->device = dev;
     buf->addr = addr;
     buf->size = bytes;
@@ -295,6 +345,94 @@ static int range_to_none(vram_buf *buf)
     return p == MAP_FAILED ? errno : 0;
 }
 
+/* Gives the range's pieces back to its device and frees their array;
+ * the range must no longer map them. Never fails. */
+static void range_release(host_ctx *c, vram_buf *buf, host_range *r)
+{
+    if (r->npieces && buf->device >= 0 && buf->device < c->ndev) {
+        host_dev *d = &c->devs[buf->device];
+        pthread_mutex_lock(&c->lock);
+        for (size_t i = 0; i < r->npieces; i++)
+            extent_free(d, r->pieces[i].off, r->pieces[i].len);
+        pthread_mutex_unlock(&c->lock);
+    }
+    if (r->pieces != &r->one) free(r->pieces);
+    r->pieces = NULL;
+    r->npieces = 0;
+}
+
+/* Takes device memory for the whole range into r->pieces: one extent into
+ * r->one when one is large enough, else an array allocated (without the
+ * lock) before anything is taken. Returns 0, VRAM_ENOMEM when fewer free
+ * bytes than the range needs are left, or VRAM_EHOSTMEM; on failure
+ * nothing is taken and r->pieces stays NULL. */
+static int range_take(host_ctx *c, vram_buf *buf, host_range *r)
+{
+    host_dev *d = &c->devs[buf->device];
+    pthread_mutex_lock(&c->lock);
+    size_t n = extent_take(d, buf->reserved, &r->one, 1);
+    uint64_t free_now = d->capacity - d->used;
+    pthread_mutex_unlock(&c->lock);
+    host_extent *arr = NULL;
+    if (n == 0 && free_now >= buf->reserved) {
+        /* scattered: room for the most pieces the range can need */
+        size_t max = buf->reserved / HOST_GRANULARITY;
+        if (max > d->free_cap) max = d->free_cap;
+        arr = malloc(max * sizeof *arr);
+        if (!arr)
+            return vram__errorf(VRAM_EHOSTMEM,
+                                "host device %d: map of %zu bytes: out of host memory for its "
+                                "list of %zu pieces",
+                                buf->device, buf->reserved, max);
+        pthread_mutex_lock(&c->lock);
+        n = extent_take(d, buf->reserved, arr, max); /* 0 only if memory went meanwhile */
+        free_now = d->capacity - d->used;
+        pthread_mutex_unlock(&c->lock);
+        if (n == 1) { /* memory came back meanwhile: one extent after all */
+            r->one = arr[0];
+            free(arr);
+            arr = NULL;
+        }
+    }
+    if (n == 0) {
+        free(arr);
+        return vram__errorf(VRAM_ENOMEM,
+                            "host device %d: out of device memory: asked %zu bytes (%.1f MiB), "
+                            "%llu bytes (%.1f MiB) free of %llu (%.1f MiB)",
+                            buf->device, buf->reserved, mib(buf->reserved),
+                            (unsigned long long)free_now, mib(free_now),
+                            (unsigned long long)d->capacity, mib(d->capacity));
+    }
+    r->pieces = arr ? arr : &r->one;
+    r->npieces = n;
+    return 0;
+}
+
+/* mmaps the range's pieces in turn from its start, each MAP_SHARED|
+ * MAP_FIXED at its offset in the device's memfd, with extra flags
+ * (MAP_POPULATE or 0). inject: each piece counts as a "map_piece" call.
+ * Returns 0; a positive errno when an mmap failed; or a negative VRAM code
+ * (message set) when an injected failure hit. Pieces already mapped stay. */
+static int pieces_mmap(host_ctx *c, const vram_buf *buf, const host_range *r, int flags, int inject)
+{
+    int fd = c->devs[buf->device].fd;
+    size_t at = 0;
+    for (size_t i = 0; i < r->npieces; i++) {
+        if (inject) {
+            int rc = inject_check(c, OP_MAP_PIECE);
+            if (rc) return rc;
+        }
+        void *p = mmap((char *)buf->addr + at, (size_t)r->pieces[i].len, PROT_READ | PROT_WRITE,
+                       MAP_SHARED | MAP_FIXED | flags, fd, (off_t)r->pieces[i].off);
+        if (p == MAP_FAILED) return errno;
+        at += (size_t)r->pieces[i].len;
+    }
+    return 0;
+}
+
+/* Takes the memory, then maps and prefaults it. On failure every piece
+ * taken is given back and PROT_NONE covers the whole range again: the
+ * range is exactly as before. */
 static int host_map(vram_backend *b, vram_buf *buf)
 {
     host_ctx *c = b->ctx;
@@ -306,51 +444,27 @@ static int host_map(vram_backend *b, vram_buf *buf)
                             (unsigned long)buf->addr);
     int rc = inject_check(c, OP_MAP);
     if (rc) return rc;
-
-    host_dev *d = &c->devs[buf->device];
-    uint64_t off = 0, largest = 0, free_now;
-    pthread_mutex_lock(&c->lock);
-    int fit = extent_alloc(d, buf->reserved, &off, &largest) == 0;
-    free_now = d->capacity - d->used;
-    pthread_mutex_unlock(&c->lock);
-    if (!fit) {
-        if (free_now >= buf->reserved)
-            return vram__errorf(VRAM_ENOMEM,
-                                "host device %d: out of device memory: asked %zu bytes (%.1f MiB), "
-                                "%llu bytes (%.1f MiB) free but fragmented, largest free extent "
-                                "%llu bytes (%.1f MiB)",
-                                buf->device, buf->reserved, mib(buf->reserved),
-                                (unsigned long long)free_now, mib(free_now),
-                                (unsigned long long)largest, mib(largest));
-        return vram__errorf(VRAM_ENOMEM,
-                            "host device %d: out of device memory: asked %zu bytes (%.1f MiB), "
-                            "%llu bytes (%.1f MiB) free of %llu (%.1f MiB)",
-                            buf->device, buf->reserved, mib(buf->reserved),
-                            (unsigned long long)free_now, mib(free_now),
-                            (unsigned long long)d->capacity, mib(d->capacity));
-    }
+    rc = range_take(c, buf, r);
+    if (rc) return rc;
 
     int populate = __atomic_load_n(&c->populate_fallback, __ATOMIC_RELAXED) ? MAP_POPULATE : 0;
-    void *p = mmap((void *)buf->addr, buf->reserved, PROT_READ | PROT_WRITE,
-                   MAP_SHARED | MAP_FIXED | populate, d->fd, (off_t)off);
-    int e = p == MAP_FAILED ? errno : 0;
+    int e = pieces_mmap(c, buf, r, populate, 1);
     const char *what = "mmap";
     if (!e && !populate) {
         /* THP for shmem only helps when enabled ("advise"); harmless otherwise.
-         * The range and the extent are both granularity (2 MiB) aligned. */
-        (void)madvise(p, buf->reserved, MADV_HUGEPAGE);
+         * The range and every piece are granularity (2 MiB) aligned. */
+        (void)madvise((void *)buf->addr, buf->reserved, MADV_HUGEPAGE);
         /* Prefault the page tables so that a restore copies at memcpy speed.
          * A read populate maps shmem pages writable (no write-notify on
          * shmem) and measured twice as fast as MADV_POPULATE_WRITE. Unlike
-         * MAP_POPULATE it reports failure (host RAM exhausted). */
-        if (madvise(p, buf->reserved, MADV_POPULATE_READ) != 0) {
+         * MAP_POPULATE it reports failure (host RAM exhausted). One call
+         * covers every piece. */
+        if (madvise((void *)buf->addr, buf->reserved, MADV_POPULATE_READ) != 0) {
             e = errno;
             what = "madvise(MADV_POPULATE_READ)";
             if (e == EINVAL) { /* kernel older than 5.14 */
                 __atomic_store_n(&c->populate_fallback, 1, __ATOMIC_RELAXED);
-                p = mmap((void *)buf->addr, buf->reserved, PROT_READ | PROT_WRITE,
-                         MAP_SHARED | MAP_FIXED | MAP_POPULATE, d->fd, (off_t)off);
-                e = p == MAP_FAILED ? errno : 0;
+                e = pieces_mmap(c, buf, r, MAP_POPULATE, 0);
                 what = "mmap";
             }
         }
@@ -358,22 +472,24 @@ static int host_map(vram_backend *b, vram_buf *buf)
     if (e) {
         /* leave the range exactly as before: reserved, nothing behind it */
         int e2 = range_to_none(buf);
-        pthread_mutex_lock(&c->lock);
-        extent_free(d, off, buf->reserved);
-        pthread_mutex_unlock(&c->lock);
-        char eb[128];
-        const char *es = host_strerror(e, eb, sizeof eb);
+        size_t npieces = r->npieces;
+        range_release(c, buf, r);
         if (e2)
             vram__log(VRAM_LOG_ERROR,
                       "host backend: could not restore PROT_NONE over %#lx after a failed map",
                       (unsigned long)buf->addr);
+        if (e < 0) return e; /* injected, message set */
+        char eb[128];
+        const char *es = host_strerror(e, eb, sizeof eb);
         return vram__errorf(VRAM_EHOSTMEM,
-                            "host device %d: map of %zu bytes (%.1f MiB) at %#lx: %s: %s "
-                            "(host RAM behind the emulated device exhausted?)",
-                            buf->device, buf->reserved, mib(buf->reserved),
-                            (unsigned long)buf->addr, what, es);
+                            "host device %d: map of %zu bytes (%.1f MiB) in %zu piece%s at %#lx: "
+                            "%s: %s (host RAM behind the emulated device exhausted?)",
+                            buf->device, buf->reserved, mib(buf->reserved), npieces,
+                            npieces == 1 ? "" : "s", (unsigned long)buf->addr, what, es);
     }
-    r->ext_off = off;
+    if (r->npieces > 1)
+        vram__log(VRAM_LOG_DEBUG, "host device %d: %zu bytes at %#lx mapped in %zu pieces",
+                  buf->device, buf->reserved, (unsigned long)buf->addr, r->npieces);
     buf->mapped = 1;
     return 0;
 }
@@ -394,9 +510,7 @@ static int host_unmap(vram_backend *b, vram_buf *buf)
                             buf->device, buf->reserved, (unsigned long)buf->addr,
                             host_strerror(e, eb, sizeof eb));
     }
-    pthread_mutex_lock(&c->lock);
-    extent_free(&c->devs[buf->device], r->ext_off, buf->reserved);
-    pthread_mutex_unlock(&c->lock);
+    range_release(c, buf, r);
     buf->mapped = 0;
     return 0;
 }
@@ -407,12 +521,8 @@ static void host_unreserve(vram_backend *b, vram_buf *buf)
     host_range *r = range_of(buf);
     if (!r) return;
     munmap((void *)buf->addr, buf->reserved);
-    if (buf->mapped && buf->device >= 0 && buf->device < c->ndev) {
-        /* the munmap dropped the mapping; give the extent back */
-        pthread_mutex_lock(&c->lock);
-        extent_free(&c->devs[buf->device], r->ext_off, buf->reserved);
-        pthread_mutex_unlock(&c->lock);
-    }
+    /* the munmap dropped any mapping; give its pieces back */
+    range_release(c, buf, r);
     r->magic = 0;
     free(r);
     buf->addr = 0;

@@ -161,7 +161,7 @@ static int charge(vram_manager *m, int dev, uint64_t bytes, vram_model *self)
     return 0;
 }
 
-/* Maps a's range. When the backend itself reports no memory (fragmented,
+/* Maps a's range. When the backend itself reports no memory (full,
  * or other processes on a real GPU) it evicts idle models, least recently
  * used first, and retries; with nothing idle it waits for memory up to
  * evict_wait seconds like a budget charge does. Lock NOT held. */

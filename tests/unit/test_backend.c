@@ -141,6 +141,23 @@ static uint64_t used_bytes(vram_backend *b, int dev)
     return info.total - info.free;
 }
 
+/* Host only: the number of mappings (VMAs) of this process that overlap
+ * [addr, addr+len), from /proc/self/maps. A range backed by one extent is
+ * one mapping; one backed by pieces far apart in the device is several. */
+static int vma_count(uintptr_t addr, size_t len)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    assert_non_null(f);
+    char line[512];
+    int n = 0;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo = 0, hi = 0;
+        if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && lo < addr + len && hi > addr) n++;
+    }
+    fclose(f);
+    return n;
+}
+
 /* ---- devices ---- */
 
 static void test_device_count_and_info(void **state)
@@ -499,16 +516,33 @@ static void test_fragmentation_and_coalescing(void **state)
     for (int i = 0; i < 8; i += 2)
         assert_int_equal(b->unmap(b, &s[i]), 0);
     assert_int_equal(info_of(b, 0).free, 4 * slot + rest);
+    /* a range larger than any hole maps all the same, in pieces */
     vram_buf two;
     memset(&two, 0, sizeof two);
     assert_int_equal(b->reserve(b, 0, 2 * slot + rest, &two), 0);
+    assert_int_equal(b->map(b, &two), 0);
+    assert_true(vma_count(two.addr, two.reserved) >= 2);
+    fill_device(b, &two, 30);
+    assert_true(device_sum(b, &two) == synthetic_sum(30, two.size));
+    assert_int_equal(info_of(b, 0).free, 4 * slot + rest - two.reserved);
+    assert_int_equal(b->unmap(b, &two), 0);
+    assert_int_equal(info_of(b, 0).free, 4 * slot + rest);
+    /* more than is free still fails, and says how much is free */
+    vram_buf over;
+    memset(&over, 0, sizeof over);
+    assert_int_equal(b->reserve(b, 0, 4 * slot + rest + g, &over), 0);
     vram__clear_error();
-    assert_int_equal(b->map(b, &two), VRAM_ENOMEM);
-    assert_non_null(strstr(vram__last_error(), "fragmented"));
-    assert_int_equal(two.mapped, 0);
-    /* freeing slot 1 joins holes 0, 1 and 2 into one of three slots */
+    assert_int_equal(b->map(b, &over), VRAM_ENOMEM);
+    assert_int_equal(over.mapped, 0);
+    char want[64];
+    snprintf(want, sizeof want, "%zu bytes", 4 * slot + rest);
+    assert_non_null(strstr(vram__last_error(), want));
+    b->unreserve(b, &over);
+    assert_int_equal(info_of(b, 0).free, 4 * slot + rest);
+    /* freeing slot 1 joins holes 0, 1 and 2 into one of three slots: one extent */
     assert_int_equal(b->unmap(b, &s[1]), 0);
     assert_int_equal(b->map(b, &two), 0);
+    assert_int_equal(vma_count(two.addr, two.reserved), 1);
     fill_device(b, &two, 31);
     assert_true(device_sum(b, &two) == synthetic_sum(31, two.size));
     assert_int_equal(info_of(b, 0).free, cap - 3 * slot - two.reserved);
@@ -542,6 +576,223 @@ static void test_fragmentation_and_coalescing(void **state)
     for (int i = 0; i < 8; i++)
         b->unreserve(b, &s[i]);
     assert_int_equal(info_of(b, 0).free, cap);
+}
+
+/* Host only: maps eight slots of an eighth of device 0 each, fills them
+ * (seed 200 + i) and unmaps slots 1, 3 and 5: three eighths are free, in
+ * holes of one slot each. Returns the slot size. */
+static size_t fragment_device(vram_backend *b, vram_buf s[8])
+{
+    vram_dev_info info = info_of(b, 0);
+    size_t slot = (size_t)info.total / 8;
+    assert_int_equal(slot % info.granularity, 0);
+    for (int i = 0; i < 8; i++) {
+        new_mapped(b, 0, slot, &s[i]);
+        fill_device(b, &s[i], 200 + (uint64_t)i);
+    }
+    for (int i = 1; i < 7; i += 2)
+        assert_int_equal(b->unmap(b, &s[i]), 0);
+    assert_int_equal(info_of(b, 0).free, 3 * slot);
+    return slot;
+}
+
+/* The slots still mapped hold their bytes. */
+static void check_slots(vram_backend *b, vram_buf s[8])
+{
+    for (int i = 0; i < 8; i++)
+        if (s[i].mapped)
+            assert_true(device_sum(b, &s[i]) == synthetic_sum(200 + (uint64_t)i, s[i].size));
+}
+
+static void test_scatter_map_round_trips(void **state)
+{
+    vram_backend *b = *state;
+    if (!g_host) skip(); /* where the memory of a range lies is the host backend's own */
+    vram_buf s[8];
+    size_t slot = fragment_device(b, s);
+    size_t g = info_of(b, 0).granularity;
+    uint64_t cap = info_of(b, 0).total;
+    /* larger than any hole (and one granule short of all that is free): no
+     * single extent fits, three pieces do */
+    size_t n = 3 * slot - 2 * g + 12345;
+    vram_buf x;
+    memset(&x, 0, sizeof x);
+    assert_int_equal(b->reserve(b, 0, n, &x), 0);
+    assert_int_equal(x.reserved, 3 * slot - g);
+    vram__clear_error();
+    int rc = b->map(b, &x);
+    if (rc) fprintf(stderr, "map: %s: %s\n", vram_err_name(rc), vram__last_error());
+    assert_int_equal(rc, 0);
+    const uintptr_t addr = x.addr;
+    assert_int_equal(vma_count(x.addr, x.reserved), 3);
+    assert_int_equal(info_of(b, 0).free, 3 * slot - x.reserved);
+    /* the bytes round-trip, whole and across the piece boundaries */
+    unsigned char *src = xmalloc(n), *dst = xmalloc(n);
+    vram_synthetic_fill(210, 0, src, n);
+    assert_int_equal(b->to_device(b, &x, 0, src, n), 0);
+    memset(dst, 0, n);
+    assert_int_equal(b->to_host(b, &x, 0, dst, n), 0);
+    assert_memory_equal(src, dst, n);
+    assert_memory_equal((const void *)x.addr, src, n);
+    for (size_t k = 1; k <= 2; k++) {
+        size_t off = k * slot - 4097, len = 8194; /* straddles the end of piece k */
+        memset(dst, 0, len);
+        assert_int_equal(b->to_host(b, &x, off, dst, len), 0);
+        assert_memory_equal(src + off, dst, len);
+        unsigned char patch[3001];
+        memset(patch, 0x40 + (int)k, sizeof patch);
+        assert_int_equal(b->to_device(b, &x, k * slot - 1500, patch, sizeof patch), 0);
+        memcpy(src + k * slot - 1500, patch, sizeof patch);
+    }
+    assert_int_equal(b->to_host(b, &x, 0, dst, n), 0);
+    assert_memory_equal(src, dst, n);
+    if (b->checksum) {
+        uint64_t sum = 0;
+        assert_int_equal(b->checksum(b, &x, 0, n, &sum), 0);
+        assert_true(sum == vram__checksum_partial(src, n, 0));
+    }
+    check_slots(b, s); /* the pieces overlap no one else's memory */
+
+    /* offload/restore cycles: same address, exact free figures, and every
+     * other cycle a filler in the first hole shifts where the pieces go */
+    uint64_t want = vram_checksum(src, n);
+    void *backup = NULL;
+    assert_int_equal(b->host_alloc(b, n, &backup), 0);
+    unsigned char *junk = xmalloc(n);
+    memset(junk, 0xEE, n);
+    vram_buf filler;
+    memset(&filler, 0, sizeof filler);
+    assert_int_equal(b->reserve(b, 0, g, &filler), 0);
+    for (int cycle = 0; cycle < 6; cycle++) {
+        assert_int_equal(b->to_host(b, &x, 0, backup, n), 0);
+        assert_true(vram_checksum(backup, n) == want);
+        assert_int_equal(b->unmap(b, &x), 0);
+        assert_true(x.addr == addr);
+        assert_int_equal(read_faults(x.addr + slot), 1);
+        uint64_t free_now = 3 * slot - (filler.mapped ? g : 0);
+        assert_int_equal(info_of(b, 0).free, free_now);
+        if (cycle % 2 == 0) {
+            assert_int_equal(b->map(b, &filler), 0);
+            free_now -= g;
+        } else {
+            assert_int_equal(b->unmap(b, &filler), 0);
+            free_now += g;
+        }
+        assert_int_equal(info_of(b, 0).free, free_now);
+        assert_int_equal(b->map(b, &x), 0);
+        assert_true(x.addr == addr);
+        assert_true(vma_count(x.addr, x.reserved) >= 3);
+        assert_int_equal(info_of(b, 0).free, free_now - x.reserved);
+        assert_int_equal(b->to_device(b, &x, 0, junk, n), 0);
+        assert_true(device_sum(b, &x) != want);
+        assert_int_equal(b->to_device(b, &x, 0, backup, n), 0);
+        assert_true(device_sum(b, &x) == want);
+        check_slots(b, s);
+    }
+    /* what is left is less than a slot: slot 1 cannot come back */
+    uint64_t free_now = info_of(b, 0).free;
+    vram__clear_error();
+    assert_int_equal(b->map(b, &s[1]), VRAM_ENOMEM);
+    assert_int_equal(s[1].mapped, 0);
+    char want_msg[64];
+    snprintf(want_msg, sizeof want_msg, "%llu bytes", (unsigned long long)free_now);
+    assert_non_null(strstr(vram__last_error(), "host device 0"));
+    assert_non_null(strstr(vram__last_error(), want_msg));
+    snprintf(want_msg, sizeof want_msg, "%zu bytes", slot);
+    assert_non_null(strstr(vram__last_error(), want_msg));
+    assert_int_equal(info_of(b, 0).free, free_now);
+    /* unreserve gives every piece back */
+    b->unreserve(b, &x);
+    b->unreserve(b, &filler);
+    assert_int_equal(info_of(b, 0).free, 3 * slot);
+    b->host_free(b, backup, n);
+    free(junk);
+    free(src);
+    free(dst);
+    check_slots(b, s);
+    for (int i = 0; i < 8; i++)
+        b->unreserve(b, &s[i]);
+    assert_int_equal(info_of(b, 0).free, cap);
+    /* all coalesced again: the whole device maps as one extent */
+    vram_buf all;
+    new_mapped(b, 0, (size_t)cap, &all);
+    assert_int_equal(vma_count(all.addr, all.reserved), 1);
+    b->unreserve(b, &all);
+}
+
+/* The case that used to fail: a 32 MiB device and models of 8, 12, 16, 8
+ * and 4 MiB offloaded and restored in random order. A restore fails exactly
+ * when fewer bytes are free than it needs, however scattered they are. */
+static void test_scatter_random_models(void **state)
+{
+    (void)state;
+    if (!g_host) skip();
+    vram_config cfg;
+    vram_config_init(&cfg);
+    cfg.backend = VRAM_BACKEND_HOST;
+    cfg.host_devices = 1;
+    cfg.host_memory = 32 * MiB;
+    vram_backend *b = NULL;
+    assert_int_equal(vram__backend_host_create(&cfg, &b), 0);
+    enum { M = 5 };
+    static const size_t mib[M] = {8, 12, 16, 8, 4};
+    vram_buf buf[M];
+    void *backup[M];
+    uint64_t seed[M];
+    size_t mapped = 0;
+    for (int i = 0; i < M; i++) {
+        memset(&buf[i], 0, sizeof buf[i]);
+        assert_int_equal(b->reserve(b, 0, mib[i] * MiB - 1000 * (size_t)i, &buf[i]), 0);
+        assert_int_equal(buf[i].reserved, mib[i] * MiB);
+        assert_int_equal(b->host_alloc(b, buf[i].size, &backup[i]), 0);
+        seed[i] = 0; /* no bytes yet */
+    }
+    uint64_t rnd = 0x1234567;
+    int scattered = 0, refused = 0;
+    for (int step = 0; step < 300; step++) {
+        rnd = rnd * 6364136223846793005ULL + 1442695040888963407ULL;
+        int i = (int)((rnd >> 33) % M);
+        vram_buf *x = &buf[i];
+        if (x->mapped) { /* offload */
+            assert_int_equal(b->to_host(b, x, 0, backup[i], x->size), 0);
+            assert_true(vram_checksum(backup[i], x->size) == synthetic_sum(seed[i], x->size));
+            assert_int_equal(b->unmap(b, x), 0);
+            mapped -= x->reserved;
+        } else { /* restore, or a first load */
+            uint64_t free_before = info_of(b, 0).free;
+            assert_int_equal(free_before, 32 * MiB - mapped);
+            vram__clear_error();
+            int rc = b->map(b, x);
+            if (free_before < x->reserved) {
+                assert_int_equal(rc, VRAM_ENOMEM);
+                assert_int_equal(x->mapped, 0);
+                assert_null(strstr(vram__last_error(), "fragmented"));
+                assert_int_equal(read_faults(x->addr), 1);
+                refused++;
+            } else {
+                if (rc) fprintf(stderr, "map: %s\n", vram__last_error());
+                assert_int_equal(rc, 0);
+                mapped += x->reserved;
+                if (vma_count(x->addr, x->reserved) > 1) scattered++;
+                if (seed[i] == 0) {
+                    seed[i] = 300 + (uint64_t)step;
+                    fill_device(b, x, seed[i]);
+                } else {
+                    assert_int_equal(b->to_device(b, x, 0, backup[i], x->size), 0);
+                }
+                assert_true(device_sum(b, x) == synthetic_sum(seed[i], x->size));
+            }
+        }
+        assert_int_equal(info_of(b, 0).free, 32 * MiB - mapped);
+    }
+    assert_true(scattered > 0); /* these would have failed before */
+    assert_true(refused > 0);
+    for (int i = 0; i < M; i++) {
+        b->host_free(b, backup[i], buf[i].size);
+        b->unreserve(b, &buf[i]);
+    }
+    assert_int_equal(info_of(b, 0).free, 32 * MiB);
+    b->destroy(b);
 }
 
 static void test_unreserve_mapped_frees_memory(void **state)
@@ -706,6 +957,64 @@ static void test_inject_map_leaves_range_unmapped(void **state)
     fill_device(b, &buf, 71);
     assert_true(device_sum(b, &buf) == synthetic_sum(71, buf.size));
     b->unreserve(b, &buf);
+}
+
+static void test_inject_map_piece_midway(void **state)
+{
+    vram_backend *b = *state;
+    if (!g_host) skip();
+    vram_buf s[8];
+    size_t slot = fragment_device(b, s);
+    vram_buf x;
+    memset(&x, 0, sizeof x);
+    assert_int_equal(b->reserve(b, 0, 3 * slot, &x), 0); /* three pieces */
+    const uintptr_t addr = x.addr;
+    const uint64_t free_before = info_of(b, 0).free;
+    for (int nth = 1; nth <= 3; nth++) {
+        vram__backend_host_inject(b, "map_piece", nth, VRAM_EHOSTMEM);
+        assert_int_equal(b->map(b, &x), VRAM_EHOSTMEM);
+        char want[64];
+        snprintf(want, sizeof want, "injected failure: map_piece #%d", nth);
+        assert_string_equal(vram__last_error(), want);
+        /* exactly as before: nothing taken, nothing mapped, all of it faults */
+        assert_int_equal(x.mapped, 0);
+        assert_true(x.addr == addr);
+        assert_int_equal(x.reserved, 3 * slot);
+        assert_int_equal(info_of(b, 0).free, free_before);
+        assert_int_equal(vma_count(x.addr, x.reserved), 1);
+        for (int k = 0; k < 3; k++) {
+            assert_int_equal(read_faults(x.addr + (size_t)k * slot), 1);
+            assert_int_equal(read_faults(x.addr + (size_t)k * slot + slot - 1), 1);
+        }
+        check_slots(b, s);
+    }
+    /* one-shot: the next map works, at the same address, in pieces */
+    assert_int_equal(b->map(b, &x), 0);
+    assert_true(x.addr == addr);
+    assert_int_equal(vma_count(x.addr, x.reserved), 3);
+    assert_int_equal(info_of(b, 0).free, 0);
+    fill_device(b, &x, 220);
+    assert_true(device_sum(b, &x) == synthetic_sum(220, x.size));
+    check_slots(b, s);
+    /* a map in one extent counts as one piece */
+    assert_int_equal(b->unmap(b, &x), 0);
+    assert_int_equal(b->unmap(b, &s[0]), 0); /* joins holes 0 and 1 */
+    vram_buf two;
+    memset(&two, 0, sizeof two);
+    assert_int_equal(b->reserve(b, 0, 2 * slot, &two), 0);
+    vram__backend_host_inject(b, "map_piece", 1, VRAM_EIO);
+    assert_int_equal(b->map(b, &two), VRAM_EIO);
+    assert_int_equal(two.mapped, 0);
+    assert_int_equal(info_of(b, 0).free, free_before + slot);
+    assert_int_equal(read_faults(two.addr), 1);
+    assert_int_equal(b->map(b, &two), 0);
+    assert_int_equal(vma_count(two.addr, two.reserved), 1);
+    b->unreserve(b, &two);
+    b->unreserve(b, &x);
+    check_slots(b, s);
+    for (int i = 0; i < 8; i++)
+        b->unreserve(b, &s[i]);
+    assert_int_equal(used_bytes(b, 0), 0);
 }
 
 static void test_inject_nth_call_and_clear(void **state)
@@ -1009,6 +1318,41 @@ static void test_concurrent_models(void **state)
             assert_int_equal(used_bytes(b, d), 0);
 }
 
+/* Models that fill the holes of a fragmented device exactly, offloaded and
+ * restored at the same time: the two larger than any hole map in pieces
+ * every time, and however the free memory is scattered each restore fits. */
+static void test_concurrent_scatter(void **state)
+{
+    vram_backend *b = *state;
+    if (!g_host) skip();
+    vram_buf s[8];
+    size_t slot = fragment_device(b, s); /* three holes of one slot */
+    enum { T = 3 };
+    const size_t bytes[T] = {slot + slot / 4, slot + slot / 4, slot / 2}; /* 3 slots in all */
+    pthread_t th[T];
+    model_worker w[T];
+    for (int i = 0; i < T; i++) {
+        memset(&w[i], 0, sizeof w[i]);
+        w[i].b = b;
+        w[i].id = 10 + i;
+        w[i].device = 0;
+        w[i].bytes = bytes[i] - (size_t)i * 4096 - 7;
+        w[i].cycles = 12;
+        assert_int_equal(pthread_create(&th[i], NULL, model_worker_main, &w[i]), 0);
+    }
+    for (int i = 0; i < T; i++)
+        pthread_join(th[i], NULL);
+    for (int i = 0; i < T; i++)
+        if (w[i].line)
+            fail_msg("worker %d failed at line %d: %s (%s)", i, w[i].line, vram_err_name(w[i].rc),
+                     w[i].msg);
+    assert_int_equal(info_of(b, 0).free, 3 * slot);
+    check_slots(b, s);
+    for (int i = 0; i < 8; i++)
+        b->unreserve(b, &s[i]);
+    assert_int_equal(used_bytes(b, 0), 0);
+}
+
 /* ---- runner ---- */
 
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
@@ -1050,12 +1394,15 @@ int main(void)
         T(test_capacity_enomem),
         T(test_capacity_per_device),
         T(test_fragmentation_and_coalescing),
+        T(test_scatter_map_round_trips),
+        cmocka_unit_test(test_scatter_random_models),
         T(test_unreserve_mapped_frees_memory),
         T(test_free_matches_mapped),
         T(test_host_alloc_free),
         T(test_copy_bounds),
         T(test_checksum_entry),
         T(test_inject_map_leaves_range_unmapped),
+        T(test_inject_map_piece_midway),
         T(test_inject_nth_call_and_clear),
         T(test_inject_reserve),
         T(test_inject_host_alloc),
@@ -1065,6 +1412,7 @@ int main(void)
         T(test_inject_ignored_elsewhere),
         T(test_inject_counts_across_threads),
         T(test_concurrent_models),
+        T(test_concurrent_scatter),
     };
     return cmocka_run_group_tests_name(g_kind, tests, NULL, NULL);
 }

@@ -572,7 +572,7 @@ static void test_bounded_wait_for_memory(void **state)
     vram_manager_destroy(m);
 }
 
-/* The backend itself out of memory (fragmented, or another process on a real
+/* The backend itself out of memory (full, or another process on a real
  * GPU) with nothing idle to evict: the acquire waits, bounded, and retries. */
 static void test_backend_enomem_waits_and_retries(void **state)
 {
