@@ -1,0 +1,22 @@
+# 30-fuzz.cmake - libFuzzer targets (VRAM_FUZZ=ON, clang only): fuzz_safetensors and its CTest smoke run.
+if(VRAM_FUZZ)
+  if(NOT CMAKE_C_COMPILER_ID MATCHES "Clang")
+    message(FATAL_ERROR "VRAM_FUZZ=ON needs clang: cmake -DCMAKE_C_COMPILER=clang -DVRAM_FUZZ=ON")
+  endif()
+  set(VRAM_FUZZ_FLAGS -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+      -fno-omit-frame-pointer -g)
+  # The parser is compiled into the target (instrumented for coverage); the
+  # rest (error details) comes from the library.
+  add_executable(fuzz_safetensors fuzz/fuzz_safetensors.c src/loader/st_parse.c)
+  target_include_directories(fuzz_safetensors PRIVATE include src)
+  target_compile_definitions(fuzz_safetensors PRIVATE _GNU_SOURCE VRAM_BUILDING)
+  target_compile_options(fuzz_safetensors PRIVATE ${VRAM_FUZZ_FLAGS})
+  target_link_options(fuzz_safetensors PRIVATE ${VRAM_FUZZ_FLAGS})
+  target_link_libraries(fuzz_safetensors PRIVATE vram_static PkgConfig::JANSSON)
+
+  enable_testing()
+  add_test(NAME fuzz/safetensors-smoke
+    COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-smoke --binary $<TARGET_FILE:fuzz_safetensors>
+            --seconds 30 --work ${CMAKE_BINARY_DIR}/fuzz-smoke)
+  set_tests_properties(fuzz/safetensors-smoke PROPERTIES LABELS fuzz TIMEOUT 300)
+endif()

@@ -1,0 +1,1063 @@
+/* st_parse.c - validation of safetensors headers and sharded-checkpoint indexes, as pure functions over memory. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/internal.h"
+#include "loader/st_parse.h"
+
+/* ---- dtypes ---- */
+
+/* Every dtype of the format (huggingface/safetensors' Dtype, bit widths). */
+static const vram__st_dtype st_dtypes[] = {
+    {"BOOL", 8}, {"F4", 4},      {"F6_E2M3", 6}, {"F6_E3M2", 6}, {"U8", 8},
+    {"I8", 8},   {"F8_E5M2", 8}, {"F8_E4M3", 8}, {"F8_E8M0", 8}, {"I16", 16},
+    {"U16", 16}, {"F16", 16},    {"BF16", 16},   {"I32", 32},    {"U32", 32},
+    {"F32", 32}, {"C64", 64},    {"F64", 64},    {"I64", 64},    {"U64", 64},
+};
+
+/* See st_parse.h. The result points at a static table entry. */
+const vram__st_dtype *vram__st_dtype_find(const char *name)
+{
+    for (size_t i = 0; i < sizeof st_dtypes / sizeof st_dtypes[0]; i++)
+        if (strcmp(st_dtypes[i].name, name) == 0) return &st_dtypes[i];
+    return NULL;
+}
+
+/* See st_parse.h. Checked arithmetic: elements, then bits, then bytes. */
+int vram__st_tensor_bytes(const vram__st_dtype *dt, int ndim, const int64_t *shape, uint64_t *bytes)
+{
+    uint64_t elems = 1, bits = 0;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0) return -1;
+        if (__builtin_mul_overflow(elems, (uint64_t)shape[i], &elems)) return -1;
+    }
+    if (__builtin_mul_overflow(elems, (uint64_t)dt->bits, &bits)) return -1;
+    if (bits % 8 != 0) return -2;
+    *bytes = bits / 8;
+    return 0;
+}
+
+/* ---- message helpers ---- */
+
+/* Writes s into buf (cap bytes, at least 16) quoted for a message: about 96
+ * bytes of it, control bytes, DEL, quotes and backslashes as \xNN, "..."
+ * when cut; cuts fall between UTF-8 characters, never inside one. Returns
+ * buf. */
+const char *vram__st_quote(const char *s, char *buf, size_t cap)
+{
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        int boundary = (*p & 0xc0) != 0x80;
+        if (boundary && (o >= 96 || o + 12 >= cap)) {
+            memcpy(buf + o, "...", 3);
+            o += 3;
+            break;
+        }
+        if (*p < 0x20 || *p == 0x7f || *p == '\'' || *p == '\\')
+            o += (size_t)snprintf(buf + o, cap - o, "\\x%02x", *p);
+        else
+            buf[o++] = (char)*p;
+    }
+    buf[o] = '\0';
+    return buf;
+}
+
+/* Formats a shape as "[10, 20]" into buf (cap bytes). */
+static const char *shape_text(int ndim, const int64_t *shape, char *buf, size_t cap)
+{
+    size_t o = 0;
+    o += (size_t)snprintf(buf + o, cap - o, "[");
+    for (int i = 0; i < ndim && o < cap; i++)
+        o += (size_t)snprintf(buf + o, cap - o, "%s%" PRId64, i ? ", " : "", shape[i]);
+    if (o < cap) snprintf(buf + o, cap - o, "]");
+    return buf;
+}
+
+/* Offset of the first byte of p[0, n) that is not well-formed UTF-8
+ * (RFC 3629: no overlongs, no surrogates, nothing above U+10FFFF), or n. */
+static uint64_t utf8_bad_at(const unsigned char *p, uint64_t n)
+{
+    uint64_t i = 0;
+    while (i < n) {
+        unsigned c = p[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        unsigned need, min;
+        uint32_t cp;
+        if (c >= 0xc2 && c <= 0xdf) {
+            need = 1, min = 0x80, cp = c & 0x1f;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            need = 2, min = 0x800, cp = c & 0x0f;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            need = 3, min = 0x10000, cp = c & 0x07;
+        } else {
+            return i;
+        }
+        if (n - i <= need) return i;
+        for (unsigned k = 1; k <= need; k++) {
+            unsigned cc = p[i + k];
+            if ((cc & 0xc0) != 0x80) return i;
+            cp = (cp << 6) | (cc & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return i;
+        i += need + 1;
+    }
+    return n;
+}
+
+/* ---- a small JSON reader over a buffer ----
+ * Reads the grammar of RFC 8259 (as jansson does: no NUL in strings, no lone
+ * surrogates, integers within int64) without building a tree: the parsers
+ * below pull exactly the values the schema allows and refuse the rest, so
+ * that memory stays a small multiple of what is kept (names, offsets),
+ * whatever the input. Strings are decoded into r->buf. */
+
+typedef struct jr {
+    const char *p;
+    size_t n, i;
+    const char *what, *kind; /* the file and "header" / "index", for messages */
+    char *buf;               /* the last string read, decoded and NUL-terminated */
+    size_t blen, bcap;
+} jr;
+
+/* Refuses the input as malformed JSON at the current offset. */
+static int jr_syntax(jr *r, const char *msg)
+{
+    return vram__errorf(VRAM_EFORMAT, "%s: %s is not valid JSON: %s at offset %zu", r->what,
+                        r->kind, msg, r->i);
+}
+
+/* Skips white space; returns the next byte or -1 at the end. */
+static int jr_peek(jr *r)
+{
+    while (r->i < r->n) {
+        char c = r->p[r->i];
+        if (c != ' ' && c != '\t' && c != '\n' && c != '\r') return (unsigned char)c;
+        r->i++;
+    }
+    return -1;
+}
+
+/* Consumes the byte c (after white space) or refuses with msg. */
+static int jr_expect(jr *r, char c, const char *msg)
+{
+    if (jr_peek(r) != (unsigned char)c) return jr_syntax(r, msg);
+    r->i++;
+    return 0;
+}
+
+/* A value of the wrong type was found at r->i: a syntax error when the
+ * input simply ended there, else VRAM_EFORMAT with the formatted message. */
+static int jr_wrong(jr *r, const char *fmt, ...) VRAM_PRINTF(2, 3);
+static int jr_wrong(jr *r, const char *fmt, ...)
+{
+    if (jr_peek(r) == -1) return jr_syntax(r, "unexpected end of input");
+    char msg[VRAM_ERRMSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return vram__errorf(VRAM_EFORMAT, "%s", msg);
+}
+
+/* Appends k bytes to r->buf (kept NUL-terminated), growing it; VRAM_EHOSTMEM
+ * when out of memory. */
+static int jr_put(jr *r, const char *s, size_t k)
+{
+    if (r->blen + k + 1 > r->bcap) {
+        size_t cap = r->bcap ? r->bcap * 2 : 64;
+        if (cap < r->blen + k + 1) cap = r->blen + k + 1;
+        char *nb = realloc(r->buf, cap);
+        if (!nb) return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", r->what);
+        r->buf = nb;
+        r->bcap = cap;
+    }
+    memcpy(r->buf + r->blen, s, k);
+    r->blen += k;
+    r->buf[r->blen] = '\0';
+    return 0;
+}
+
+/* Parses 4 hex digits at s (the caller checked they are in bounds). */
+static int hex4(const char *s, unsigned *out)
+{
+    unsigned v = 0;
+    for (int k = 0; k < 4; k++) {
+        char c = s[k];
+        v <<= 4;
+        if (c >= '0' && c <= '9')
+            v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F')
+            v |= (unsigned)(c - 'A' + 10);
+        else
+            return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Reads the string at r->i into r->buf (the input is valid UTF-8). */
+static int jr_string(jr *r)
+{
+    int rc = jr_put(r, "", 0);
+    if (rc) return rc;
+    r->blen = 0;
+    r->buf[0] = '\0';
+    if (jr_peek(r) != '"') return jr_syntax(r, "expected a string");
+    size_t run = ++r->i; /* start of the bytes not yet copied */
+    for (;;) {
+        if (r->i >= r->n) return jr_syntax(r, "unterminated string");
+        unsigned char c = (unsigned char)r->p[r->i];
+        if (c == '"') {
+            rc = jr_put(r, r->p + run, r->i - run);
+            r->i++;
+            return rc;
+        }
+        if (c < 0x20) return jr_syntax(r, "control character in a string");
+        if (c != '\\') {
+            r->i++;
+            continue;
+        }
+        rc = jr_put(r, r->p + run, r->i - run);
+        if (rc) return rc;
+        if (r->i + 1 >= r->n) return jr_syntax(r, "unterminated string");
+        char e = r->p[r->i + 1], out[4];
+        size_t k = 1, adv = 2;
+        switch (e) {
+        case '"':
+        case '\\':
+        case '/': out[0] = e; break;
+        case 'b': out[0] = '\b'; break;
+        case 'f': out[0] = '\f'; break;
+        case 'n': out[0] = '\n'; break;
+        case 'r': out[0] = '\r'; break;
+        case 't': out[0] = '\t'; break;
+        case 'u': {
+            unsigned cp, lo;
+            if (r->n - r->i < 6 || hex4(r->p + r->i + 2, &cp) < 0)
+                return jr_syntax(r, "invalid \\u escape");
+            adv = 6;
+            if (cp >= 0xd800 && cp <= 0xdbff) {
+                if (r->n - r->i < 12 || r->p[r->i + 6] != '\\' || r->p[r->i + 7] != 'u' ||
+                    hex4(r->p + r->i + 8, &lo) < 0 || lo < 0xdc00 || lo > 0xdfff)
+                    return jr_syntax(r, "invalid Unicode (a lone surrogate)");
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                adv = 12;
+            } else if (cp >= 0xdc00 && cp <= 0xdfff) {
+                return jr_syntax(r, "invalid Unicode (a lone surrogate)");
+            } else if (cp == 0) {
+                return jr_syntax(r, "\\u0000 is not allowed in a string");
+            }
+            if (cp < 0x80) {
+                out[0] = (char)cp;
+            } else if (cp < 0x800) {
+                out[0] = (char)(0xc0 | (cp >> 6));
+                out[1] = (char)(0x80 | (cp & 0x3f));
+                k = 2;
+            } else if (cp < 0x10000) {
+                out[0] = (char)(0xe0 | (cp >> 12));
+                out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+                out[2] = (char)(0x80 | (cp & 0x3f));
+                k = 3;
+            } else {
+                out[0] = (char)(0xf0 | (cp >> 18));
+                out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+                out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+                out[3] = (char)(0x80 | (cp & 0x3f));
+                k = 4;
+            }
+            break;
+        }
+        default: return jr_syntax(r, "invalid escape in a string");
+        }
+        rc = jr_put(r, out, k);
+        if (rc) return rc;
+        r->i += adv;
+        run = r->i;
+    }
+}
+
+enum { JR_INT, JR_REAL, JR_BIG };
+
+/* Reads the number at r->i: *kind JR_INT with *neg and *mag (|value| within
+ * int64), JR_REAL (a fraction or exponent) or JR_BIG (an integer beyond
+ * int64). */
+static int jr_number(jr *r, int *kind, int *neg, uint64_t *mag)
+{
+    const char *p = r->p;
+    size_t n = r->n, i = r->i;
+    int big = 0, real = 0;
+    *neg = 0;
+    *mag = 0;
+#define JR_DIGIT(k) ((k) < n && p[k] >= '0' && p[k] <= '9')
+    if (i < n && p[i] == '-') *neg = 1, i++;
+    if (!JR_DIGIT(i)) return r->i = i, jr_syntax(r, "invalid number");
+    if (p[i] == '0') {
+        i++;
+    } else {
+        while (JR_DIGIT(i)) {
+            unsigned d = (unsigned)(p[i] - '0');
+            if (*mag > (UINT64_MAX - d) / 10)
+                big = 1;
+            else
+                *mag = *mag * 10 + d;
+            i++;
+        }
+    }
+    if (i < n && p[i] == '.') {
+        i++;
+        if (!JR_DIGIT(i)) return r->i = i, jr_syntax(r, "invalid number");
+        while (JR_DIGIT(i))
+            i++;
+        real = 1;
+    }
+    if (i < n && (p[i] == 'e' || p[i] == 'E')) {
+        i++;
+        if (i < n && (p[i] == '+' || p[i] == '-')) i++;
+        if (!JR_DIGIT(i)) return r->i = i, jr_syntax(r, "invalid number");
+        while (JR_DIGIT(i))
+            i++;
+        real = 1;
+    }
+#undef JR_DIGIT
+    r->i = i;
+    if (real)
+        *kind = JR_REAL;
+    else if (big || *mag > (*neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX))
+        *kind = JR_BIG;
+    else
+        *kind = JR_INT;
+    return 0;
+}
+
+/* Reads and discards any value, nested at most 64 deep. */
+static int jr_skip(jr *r, int depth)
+{
+    if (depth > 64) return jr_syntax(r, "values nested deeper than 64 levels");
+    int c = jr_peek(r), rc;
+    if (c == '"') return jr_string(r);
+    if (c == '{' || c == '[') {
+        int close = c == '{' ? '}' : ']';
+        r->i++;
+        if (jr_peek(r) == close) return r->i++, 0;
+        for (;;) {
+            if (c == '{') {
+                if ((rc = jr_string(r)) || (rc = jr_expect(r, ':', "expected ':'"))) return rc;
+            }
+            if ((rc = jr_skip(r, depth + 1))) return rc;
+            int d = jr_peek(r);
+            if (d == ',') {
+                r->i++;
+                continue;
+            }
+            if (d == close) return r->i++, 0;
+            return jr_syntax(r, c == '{' ? "expected ',' or '}'" : "expected ',' or ']'");
+        }
+    }
+    if (c == '-' || (c >= '0' && c <= '9')) {
+        int kind, neg;
+        uint64_t mag;
+        return jr_number(r, &kind, &neg, &mag);
+    }
+    static const char *const lits[] = {"true", "false", "null"};
+    for (int k = 0; k < 3; k++) {
+        size_t len = strlen(lits[k]);
+        if (r->n - r->i >= len && memcmp(r->p + r->i, lits[k], len) == 0) {
+            r->i += len;
+            return 0;
+        }
+    }
+    return jr_syntax(r, "expected a value");
+}
+
+/* Refuses anything but white space after the top-level value. */
+static int jr_end(jr *r)
+{
+    if (jr_peek(r) != -1) return jr_syntax(r, "unexpected data after the top-level object");
+    return 0;
+}
+
+/* ---- string sets (names kept for the duplicate check) ---- */
+
+typedef struct strset {
+    char *arena; /* NUL-terminated strings back to back */
+    size_t len, cap;
+    size_t *offs; /* start of each string in arena, in insertion order */
+    size_t n, ncap;
+} strset;
+
+/* Appends a copy of str (k bytes and its NUL); -1 when out of memory, s
+ * unchanged then. */
+static int strset_add(strset *s, const char *str, size_t k)
+{
+    if (s->len + k + 1 > s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 256;
+        if (cap < s->len + k + 1) cap = s->len + k + 1;
+        char *na = realloc(s->arena, cap);
+        if (!na) return -1;
+        s->arena = na;
+        s->cap = cap;
+    }
+    if (s->n == s->ncap) {
+        size_t cap = s->ncap ? s->ncap * 2 : 16;
+        size_t *no = realloc(s->offs, cap * sizeof *no);
+        if (!no) return -1;
+        s->offs = no;
+        s->ncap = cap;
+    }
+    memcpy(s->arena + s->len, str, k + 1);
+    s->offs[s->n++] = s->len;
+    s->len += k + 1;
+    return 0;
+}
+
+/* Frees the set's memory; the struct is left empty and reusable. */
+static void strset_free(strset *s)
+{
+    free(s->arena);
+    free(s->offs);
+    memset(s, 0, sizeof *s);
+}
+
+/* qsort_r order of arena offsets by the strings there. */
+static int cmp_arena_off(const void *a, const void *b, void *arena)
+{
+    return strcmp((const char *)arena + *(const size_t *)a,
+                  (const char *)arena + *(const size_t *)b);
+}
+
+/* The offsets of s sorted by string (new array), NULL when out of memory. */
+static size_t *strset_sorted(const strset *s)
+{
+    size_t *o = malloc((s->n ? s->n : 1) * sizeof *o);
+    if (!o) return NULL;
+    if (s->n) memcpy(o, s->offs, s->n * sizeof *o);
+    qsort_r(o, s->n, sizeof *o, cmp_arena_off, s->arena);
+    return o;
+}
+
+/* Sets *dup to a string s holds twice (or NULL). Returns 0 or -1 when out
+ * of memory. */
+static int strset_dup(const strset *s, const char **dup)
+{
+    *dup = NULL;
+    size_t *o = strset_sorted(s);
+    if (!o) return -1;
+    for (size_t i = 1; i < s->n && !*dup; i++)
+        if (strcmp(s->arena + o[i - 1], s->arena + o[i]) == 0) *dup = s->arena + o[i];
+    free(o);
+    return 0;
+}
+
+/* ---- headers ---- */
+
+/* See st_parse.h. */
+void vram__st_header_free(vram__st_header *h)
+{
+    if (!h) return;
+    for (size_t i = 0; i < h->ntensors; i++)
+        free(h->tensors[i].name);
+    free(h->tensors);
+    h->tensors = NULL;
+    h->ntensors = 0;
+}
+
+/* File order: by begin, then end, then name (a total order). */
+static int cmp_tensor_begin(const void *a, const void *b)
+{
+    const vram__st_tensor *x = a, *y = b;
+    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
+    if (x->end != y->end) return x->end < y->end ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+/* qsort order of string pointers. */
+static int cmp_name_ptr(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Reads a non-negative integer element field[idx] of tensor qname. */
+static int read_u64(jr *r, const char *qname, const char *field, int idx, uint64_t *out)
+{
+    int c = jr_peek(r), kind, neg;
+    uint64_t mag;
+    if (c != '-' && (c < '0' || c > '9'))
+        return jr_wrong(r, "%s: tensor '%s': %s[%d] is not an integer", r->what, qname, field, idx);
+    int rc = jr_number(r, &kind, &neg, &mag);
+    if (rc) return rc;
+    if (kind == JR_REAL)
+        return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': %s[%d] is not an integer", r->what,
+                            qname, field, idx);
+    if (kind == JR_BIG)
+        return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': %s[%d] is too large", r->what, qname,
+                            field, idx);
+    if (neg && mag)
+        return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': %s[%d] is negative (-%" PRIu64 ")",
+                            r->what, qname, field, idx, mag);
+    *out = mag;
+    return 0;
+}
+
+/* Reads a JSON array of at most max non-negative integers into v; *count
+ * gets how many. Refuses longer arrays with too_long. */
+static int read_u64_array(jr *r, const char *qname, const char *field, int max, uint64_t *v,
+                          int *count, const char *too_long)
+{
+    *count = 0;
+    r->i++; /* '[' */
+    if (jr_peek(r) == ']') return r->i++, 0;
+    for (;;) {
+        if (*count == max)
+            return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': %s", r->what, qname, too_long);
+        int rc = read_u64(r, qname, field, *count, &v[*count]);
+        if (rc) return rc;
+        (*count)++;
+        int c = jr_peek(r);
+        if (c == ',') {
+            r->i++;
+            continue;
+        }
+        if (c == ']') return r->i++, 0;
+        return jr_syntax(r, "expected ',' or ']'");
+    }
+}
+
+/* Reads and validates one tensor entry into *t (t->name set). */
+static int parse_entry(jr *r, vram__st_tensor *t, uint64_t data_size)
+{
+    const char *what = r->what;
+    char qname[400];
+    size_t len = strlen(t->name);
+    vram__st_quote(t->name, qname, sizeof qname);
+    if (len == 0) return vram__errorf(VRAM_EFORMAT, "%s: a tensor has an empty name", what);
+    if (len > VRAM_ST_MAX_NAME)
+        return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': name of %zu bytes is longer than %d",
+                            what, qname, len, VRAM_ST_MAX_NAME);
+    if (jr_peek(r) != '{')
+        return jr_wrong(r, "%s: tensor '%s': entry is not a JSON object", what, qname);
+    r->i++;
+    unsigned seen = 0;
+    int rc;
+    if (jr_peek(r) == '}') {
+        r->i++;
+    } else {
+        for (;;) {
+            if ((rc = jr_string(r))) return rc;
+            unsigned which = strcmp(r->buf, "dtype") == 0          ? 1u
+                             : strcmp(r->buf, "shape") == 0        ? 2u
+                             : strcmp(r->buf, "data_offsets") == 0 ? 4u
+                                                                   : 0u;
+            char qk[160];
+            if (!which)
+                return vram__errorf(VRAM_EFORMAT,
+                                    "%s: tensor '%s': unexpected key '%s' (expected only dtype, "
+                                    "shape, data_offsets)",
+                                    what, qname, vram__st_quote(r->buf, qk, sizeof qk));
+            if (seen & which)
+                return vram__errorf(VRAM_EFORMAT,
+                                    "%s: header names a key twice ('%s' in tensor "
+                                    "'%s')",
+                                    what, r->buf, qname);
+            seen |= which;
+            if ((rc = jr_expect(r, ':', "expected ':'"))) return rc;
+            int c = jr_peek(r);
+            if (which == 1) {
+                if (c != '"')
+                    return jr_wrong(r, "%s: tensor '%s': dtype is not a string", what, qname);
+                if ((rc = jr_string(r))) return rc;
+                t->dtype = vram__st_dtype_find(r->buf);
+                if (!t->dtype)
+                    return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': unknown dtype '%s'", what,
+                                        qname, vram__st_quote(r->buf, qk, sizeof qk));
+            } else if (which == 2) {
+                if (c != '[')
+                    return jr_wrong(r, "%s: tensor '%s': shape is not an array", what, qname);
+                uint64_t v[VRAM_MAX_DIMS];
+                char msg[64];
+                snprintf(msg, sizeof msg, "shape has more than %d dimensions", VRAM_MAX_DIMS);
+                if ((rc = read_u64_array(r, qname, "shape", VRAM_MAX_DIMS, v, &t->ndim, msg)))
+                    return rc;
+                for (int d = 0; d < t->ndim; d++)
+                    t->shape[d] = (int64_t)v[d];
+            } else {
+                const char *bad = "data_offsets is not an array [begin, end]";
+                if (c != '[') return jr_wrong(r, "%s: tensor '%s': %s", what, qname, bad);
+                uint64_t v[2];
+                int k = 0;
+                if ((rc = read_u64_array(r, qname, "data_offsets", 2, v, &k, bad))) return rc;
+                if (k != 2)
+                    return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': %s", what, qname, bad);
+                t->begin = v[0];
+                t->end = v[1];
+            }
+            c = jr_peek(r);
+            if (c == ',') {
+                r->i++;
+                continue;
+            }
+            if (c == '}') {
+                r->i++;
+                break;
+            }
+            return jr_syntax(r, "expected ',' or '}'");
+        }
+    }
+    if (seen != 7)
+        return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': entry has no \"%s\"", what, qname,
+                            !(seen & 1)   ? "dtype"
+                            : !(seen & 2) ? "shape"
+                                          : "data_offsets");
+
+    char st[256];
+    uint64_t need = 0;
+    int brc = vram__st_tensor_bytes(t->dtype, t->ndim, t->shape, &need);
+    if (brc == -1)
+        return vram__errorf(VRAM_EFORMAT,
+                            "%s: tensor '%s': shape %s of %s overflows (too many elements)", what,
+                            qname, shape_text(t->ndim, t->shape, st, sizeof st), t->dtype->name);
+    if (brc == -2)
+        return vram__errorf(VRAM_EFORMAT,
+                            "%s: tensor '%s': shape %s of %s (%u-bit) does not end on a byte "
+                            "boundary",
+                            what, qname, shape_text(t->ndim, t->shape, st, sizeof st),
+                            t->dtype->name, t->dtype->bits);
+    if (t->begin > t->end)
+        return vram__errorf(VRAM_EFORMAT,
+                            "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64
+                            "] end before they begin",
+                            what, qname, t->begin, t->end);
+    if (t->end > data_size)
+        return vram__errorf(VRAM_EFORMAT,
+                            "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64
+                            "] reach past the data section (%" PRIu64 " bytes)",
+                            what, qname, t->begin, t->end, data_size);
+    if (t->end - t->begin != need)
+        return vram__errorf(VRAM_EFORMAT,
+                            "%s: tensor '%s': data_offsets [%" PRIu64 ", %" PRIu64 "] hold %" PRIu64
+                            " bytes but shape %s of %s needs %" PRIu64,
+                            what, qname, t->begin, t->end, t->end - t->begin,
+                            shape_text(t->ndim, t->shape, st, sizeof st), t->dtype->name, need);
+    return 0;
+}
+
+/* Reads __metadata__: an object of strings; its keys go to keys. */
+static int parse_meta(jr *r, strset *keys, size_t *count)
+{
+    if (jr_peek(r) != '{') return jr_wrong(r, "%s: __metadata__ is not a JSON object", r->what);
+    r->i++;
+    if (jr_peek(r) == '}') return r->i++, 0;
+    for (;;) {
+        int rc = jr_string(r);
+        if (rc) return rc;
+        if (strset_add(keys, r->buf, r->blen) < 0)
+            return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", r->what);
+        if ((rc = jr_expect(r, ':', "expected ':'"))) return rc;
+        if (jr_peek(r) != '"') {
+            char qk[400];
+            return jr_wrong(r, "%s: __metadata__ value of '%s' is not a string", r->what,
+                            vram__st_quote(r->buf, qk, sizeof qk));
+        }
+        if ((rc = jr_string(r))) return rc;
+        (*count)++;
+        int c = jr_peek(r);
+        if (c == ',') {
+            r->i++;
+            continue;
+        }
+        if (c == '}') return r->i++, 0;
+        return jr_syntax(r, "expected ',' or '}'");
+    }
+}
+
+/* See st_parse.h. One pass over the header builds the tensor list; then
+ * duplicate names, file order and overlaps are checked. On failure every
+ * allocation is freed before returning. */
+int vram__st_parse_header(const char *json, uint64_t n, uint64_t file_size, const char *what,
+                          vram__st_header *out)
+{
+    memset(out, 0, sizeof *out);
+    if (file_size < 8)
+        return vram__errorf(VRAM_EFORMAT,
+                            "%s: file of %" PRIu64
+                            " bytes is too short for a safetensors header (8-byte length first)",
+                            what, file_size);
+    if (n > VRAM_ST_MAX_HEADER)
+        return vram__errorf(VRAM_EFORMAT,
+                            "%s: header length %" PRIu64 " is larger than the limit of %" PRIu64
+                            " bytes",
+                            what, n, VRAM_ST_MAX_HEADER);
+    if (n > file_size - 8)
+        return vram__errorf(VRAM_EFORMAT,
+                            "%s: header length %" PRIu64 " runs past the end of the file (%" PRIu64
+                            " bytes)",
+                            what, n, file_size);
+    if (n == 0) return vram__errorf(VRAM_EFORMAT, "%s: header is empty (length 0)", what);
+    uint64_t bad = utf8_bad_at((const unsigned char *)json, n);
+    if (bad < n)
+        return vram__errorf(VRAM_EFORMAT,
+                            "%s: header is not valid UTF-8 (byte 0x%02x at header offset %" PRIu64
+                            ")",
+                            what, (unsigned char)json[bad], bad);
+
+    jr r = {json, (size_t)n, 0, what, "header", NULL, 0, 0};
+    vram__st_header h;
+    memset(&h, 0, sizeof h);
+    h.header_len = n;
+    h.data_start = 8 + n;
+    h.data_size = file_size - 8 - n;
+    strset meta;
+    memset(&meta, 0, sizeof meta);
+    char **names = NULL;
+    size_t cap = 0;
+    int rc = 0, seen_meta = 0;
+    int c = jr_peek(&r);
+    if (c == '[') {
+        rc = vram__errorf(VRAM_EFORMAT, "%s: header is a JSON array, not an object", what);
+        goto fail;
+    }
+    if ((rc = jr_expect(&r, '{', "expected '{'"))) goto fail;
+    if (jr_peek(&r) == '}') {
+        r.i++;
+    } else {
+        for (;;) {
+            if ((rc = jr_string(&r)) || (rc = jr_expect(&r, ':', "expected ':'"))) goto fail;
+            if (strcmp(r.buf, "__metadata__") == 0) {
+                if (seen_meta++) {
+                    rc = vram__errorf(VRAM_EFORMAT,
+                                      "%s: header names a key twice "
+                                      "('__metadata__')",
+                                      what);
+                    goto fail;
+                }
+                if ((rc = parse_meta(&r, &meta, &h.nmeta))) goto fail;
+            } else {
+                if (h.ntensors == cap) {
+                    size_t nc = cap ? cap * 2 : 64;
+                    vram__st_tensor *nt = realloc(h.tensors, nc * sizeof *nt);
+                    if (!nt) {
+                        rc = vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
+                        goto fail;
+                    }
+                    h.tensors = nt;
+                    cap = nc;
+                }
+                vram__st_tensor *t = &h.tensors[h.ntensors];
+                memset(t, 0, sizeof *t);
+                t->name = malloc(r.blen + 1);
+                if (!t->name) {
+                    rc = vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
+                    goto fail;
+                }
+                memcpy(t->name, r.buf, r.blen + 1);
+                h.ntensors++;
+                if ((rc = parse_entry(&r, t, h.data_size))) goto fail;
+            }
+            c = jr_peek(&r);
+            if (c == ',') {
+                r.i++;
+                continue;
+            }
+            if (c == '}') {
+                r.i++;
+                break;
+            }
+            rc = jr_syntax(&r, "expected ',' or '}'");
+            goto fail;
+        }
+    }
+    if ((rc = jr_end(&r))) goto fail;
+
+    /* duplicate names: in __metadata__, and among tensors */
+    const char *dup = NULL;
+    char qd[400];
+    if (strset_dup(&meta, &dup) < 0) {
+        rc = vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
+        goto fail;
+    }
+    if (dup) {
+        rc = vram__errorf(VRAM_EFORMAT, "%s: header names a key twice ('%s' in __metadata__)", what,
+                          vram__st_quote(dup, qd, sizeof qd));
+        goto fail;
+    }
+    names = malloc((h.ntensors ? h.ntensors : 1) * sizeof *names);
+    if (!names) {
+        rc = vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
+        goto fail;
+    }
+    for (size_t i = 0; i < h.ntensors; i++)
+        names[i] = h.tensors[i].name;
+    qsort(names, h.ntensors, sizeof *names, cmp_name_ptr);
+    for (size_t i = 1; i < h.ntensors; i++)
+        if (strcmp(names[i - 1], names[i]) == 0) {
+            rc = vram__errorf(VRAM_EFORMAT, "%s: header names a key twice (tensor '%s')", what,
+                              vram__st_quote(names[i], qd, sizeof qd));
+            goto fail;
+        }
+
+    /* file order, and no two tensors share a byte */
+    if (h.ntensors) qsort(h.tensors, h.ntensors, sizeof *h.tensors, cmp_tensor_begin);
+    const vram__st_tensor *last = NULL; /* the non-empty tensor reaching furthest */
+    for (size_t i = 0; i < h.ntensors; i++) {
+        const vram__st_tensor *t = &h.tensors[i];
+        if (t->end == t->begin) continue;
+        if (last && t->begin < last->end) {
+            char qa[400], qb[400];
+            rc = vram__errorf(VRAM_EFORMAT,
+                              "%s: tensors '%s' [%" PRIu64 ", %" PRIu64 "] and '%s' [%" PRIu64
+                              ", %" PRIu64 "] overlap",
+                              what, vram__st_quote(last->name, qa, sizeof qa), last->begin,
+                              last->end, vram__st_quote(t->name, qb, sizeof qb), t->begin, t->end);
+            goto fail;
+        }
+        if (!last || t->end > last->end) last = t;
+    }
+    h.data_end = last ? last->end : 0;
+    free(names);
+    free(r.buf);
+    strset_free(&meta);
+    *out = h;
+    return 0;
+
+fail:
+    free(names);
+    free(r.buf);
+    strset_free(&meta);
+    vram__st_header_free(&h);
+    return rc;
+}
+
+/* See st_parse.h. The 8-byte length is read little-endian and bounded
+ * before the header is looked at. */
+int vram__st_parse_buffer(const void *data, size_t size, const char *what, vram__st_header *out)
+{
+    memset(out, 0, sizeof *out);
+    if (size < 8)
+        return vram__errorf(VRAM_EFORMAT,
+                            "%s: file of %zu bytes is too short for a safetensors "
+                            "header (8-byte length first)",
+                            what, size);
+    const unsigned char *p = data;
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--)
+        n = (n << 8) | p[i];
+    if (n > VRAM_ST_MAX_HEADER || n > (uint64_t)size - 8)
+        return vram__st_parse_header(NULL, n, size, what, out); /* refuses with its message */
+    return vram__st_parse_header((const char *)p + 8, n, size, what, out);
+}
+
+/* ---- index ---- */
+
+/* See st_parse.h. */
+void vram__st_index_free(vram__st_index *ix)
+{
+    if (!ix) return;
+    free(ix->names);
+    free(ix->shards);
+    free(ix->shard_of);
+    free(ix->names_arena);
+    free(ix->shards_arena);
+    memset(ix, 0, sizeof *ix);
+}
+
+/* Returns NULL when name is a plain file name in the same directory, else
+ * why not. */
+static const char *shard_name_problem(const char *name)
+{
+    size_t len = strlen(name);
+    if (len == 0) return "is empty";
+    if (len > VRAM_ST_MAX_SHARD_NAME) return "is too long";
+    if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0) return "is not a file name";
+    if (strchr(name, '/') || strchr(name, '\\'))
+        return "is not a plain file name in the index's directory (path traversal refused)";
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++)
+        if (*p < 0x20 || *p == 0x7f) return "holds a control character";
+    return NULL;
+}
+
+/* Orders entry indices by their shard's name (arg: the shards strset). */
+static int cmp_entry_shard(const void *a, const void *b, void *arg)
+{
+    const strset *s = arg;
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    int c = strcmp(s->arena + s->offs[x], s->arena + s->offs[y]);
+    return c ? c : (x < y ? -1 : x > y);
+}
+
+/* Reads weight_map: tensor name -> shard file name. */
+static int parse_weight_map(jr *r, strset *names, strset *shards)
+{
+    if (jr_peek(r) != '{') return jr_wrong(r, "%s: \"weight_map\" is not a JSON object", r->what);
+    r->i++;
+    if (jr_peek(r) == '}') return r->i++, 0;
+    for (;;) {
+        char qname[400], qs[400];
+        int rc = jr_string(r);
+        if (rc) return rc;
+        if (r->blen == 0 || r->blen > VRAM_ST_MAX_NAME)
+            return vram__errorf(VRAM_EFORMAT,
+                                "%s: weight_map has a tensor name of %zu bytes "
+                                "(must be 1 to %d)",
+                                r->what, r->blen, VRAM_ST_MAX_NAME);
+        if (strset_add(names, r->buf, r->blen) < 0)
+            return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", r->what);
+        vram__st_quote(r->buf, qname, sizeof qname);
+        if ((rc = jr_expect(r, ':', "expected ':'"))) return rc;
+        if (jr_peek(r) != '"')
+            return jr_wrong(r, "%s: tensor '%s': weight_map value is not a string", r->what, qname);
+        if ((rc = jr_string(r))) return rc;
+        const char *why = shard_name_problem(r->buf);
+        if (why)
+            return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': shard name '%s' %s", r->what, qname,
+                                vram__st_quote(r->buf, qs, sizeof qs), why);
+        if (strset_add(shards, r->buf, r->blen) < 0)
+            return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", r->what);
+        int c = jr_peek(r);
+        if (c == ',') {
+            r->i++;
+            continue;
+        }
+        if (c == '}') return r->i++, 0;
+        return jr_syntax(r, "expected ',' or '}'");
+    }
+}
+
+/* See st_parse.h. The names and shard names live in two arenas handed to
+ * *out on success; on failure everything is freed. */
+int vram__st_parse_index(const char *json, size_t n, const char *what, vram__st_index *out)
+{
+    memset(out, 0, sizeof *out);
+    if (n > VRAM_ST_MAX_HEADER)
+        return vram__errorf(VRAM_EFORMAT,
+                            "%s: index of %zu bytes is larger than the limit of %" PRIu64 " bytes",
+                            what, n, VRAM_ST_MAX_HEADER);
+    if (n == 0) return vram__errorf(VRAM_EFORMAT, "%s: index is empty", what);
+    uint64_t bad = utf8_bad_at((const unsigned char *)json, n);
+    if (bad < n)
+        return vram__errorf(
+            VRAM_EFORMAT, "%s: index is not valid UTF-8 (byte 0x%02x at index offset %" PRIu64 ")",
+            what, (unsigned char)json[bad], bad);
+    jr r = {json, n, 0, what, "index", NULL, 0, 0};
+    strset keys, names, shards;
+    memset(&keys, 0, sizeof keys);
+    memset(&names, 0, sizeof names);
+    memset(&shards, 0, sizeof shards);
+    vram__st_index ix;
+    memset(&ix, 0, sizeof ix);
+    size_t *order = NULL;
+    int rc = 0, has_wm = 0;
+    const char *dup = NULL;
+    char qd[400];
+    int c = jr_peek(&r);
+    if (c == '[') {
+        rc = vram__errorf(VRAM_EFORMAT, "%s: index is a JSON array, not an object", what);
+        goto fail;
+    }
+    if ((rc = jr_expect(&r, '{', "expected '{'"))) goto fail;
+    if (jr_peek(&r) == '}') {
+        r.i++;
+    } else {
+        for (;;) {
+            if ((rc = jr_string(&r))) goto fail;
+            if (strset_add(&keys, r.buf, r.blen) < 0) {
+                rc = vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
+                goto fail;
+            }
+            int is_wm = strcmp(r.buf, "weight_map") == 0;
+            int is_meta = strcmp(r.buf, "metadata") == 0;
+            if ((rc = jr_expect(&r, ':', "expected ':'"))) goto fail;
+            if (is_wm) {
+                has_wm = 1;
+                if ((rc = parse_weight_map(&r, &names, &shards))) goto fail;
+            } else {
+                if (is_meta && jr_peek(&r) != '{') {
+                    rc = jr_wrong(&r, "%s: \"metadata\" is not a JSON object", what);
+                    goto fail;
+                }
+                if ((rc = jr_skip(&r, 1))) goto fail;
+            }
+            c = jr_peek(&r);
+            if (c == ',') {
+                r.i++;
+                continue;
+            }
+            if (c == '}') {
+                r.i++;
+                break;
+            }
+            rc = jr_syntax(&r, "expected ',' or '}'");
+            goto fail;
+        }
+    }
+    if ((rc = jr_end(&r))) goto fail;
+    if (strset_dup(&keys, &dup) < 0) goto oom;
+    if (dup) {
+        rc = vram__errorf(VRAM_EFORMAT, "%s: index names a key twice ('%s')", what,
+                          vram__st_quote(dup, qd, sizeof qd));
+        goto fail;
+    }
+    if (!has_wm) {
+        rc = vram__errorf(VRAM_EFORMAT, "%s: index has no \"weight_map\" object", what);
+        goto fail;
+    }
+    if (names.n == 0) {
+        rc = vram__errorf(VRAM_EFORMAT, "%s: weight_map is empty", what);
+        goto fail;
+    }
+    if (strset_dup(&names, &dup) < 0) goto oom;
+    if (dup) {
+        rc = vram__errorf(VRAM_EFORMAT, "%s: index names a key twice (tensor '%s' in weight_map)",
+                          what, vram__st_quote(dup, qd, sizeof qd));
+        goto fail;
+    }
+    /* shards: the distinct file names, sorted; shard_of maps each entry */
+    ix.nentries = names.n;
+    ix.names = malloc(names.n * sizeof *ix.names);
+    ix.shard_of = malloc(names.n * sizeof *ix.shard_of);
+    ix.shards = malloc(names.n * sizeof *ix.shards);
+    order = malloc(names.n * sizeof *order);
+    if (!ix.names || !ix.shard_of || !ix.shards || !order) goto oom;
+    for (size_t i = 0; i < names.n; i++) {
+        ix.names[i] = names.arena + names.offs[i];
+        order[i] = i;
+    }
+    qsort_r(order, names.n, sizeof *order, cmp_entry_shard, &shards);
+    for (size_t k = 0; k < names.n; k++) {
+        const char *s = shards.arena + shards.offs[order[k]];
+        if (ix.nshards == 0 || strcmp(ix.shards[ix.nshards - 1], s) != 0)
+            ix.shards[ix.nshards++] = (char *)s;
+        ix.shard_of[order[k]] = ix.nshards - 1;
+    }
+    ix.names_arena = names.arena;
+    ix.shards_arena = shards.arena;
+    free(names.offs);
+    free(shards.offs);
+    free(order);
+    free(r.buf);
+    strset_free(&keys);
+    *out = ix;
+    return 0;
+
+oom:
+    rc = vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
+fail:
+    free(ix.names);
+    free(ix.shards);
+    free(ix.shard_of);
+    free(order);
+    free(r.buf);
+    strset_free(&keys);
+    strset_free(&names);
+    strset_free(&shards);
+    return rc;
+}
