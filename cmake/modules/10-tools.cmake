@@ -1,0 +1,52 @@
+# 10-tools.cmake - vramd and vramctl, their server library (HTTP, MCP, metrics), install rules, integration and MCP tests.
+pkg_check_modules(MHD REQUIRED IMPORTED_TARGET libmicrohttpd)
+pkg_check_modules(CURL REQUIRED IMPORTED_TARGET libcurl)
+
+file(GLOB VRAM_SERVER_SOURCES CONFIGURE_DEPENDS src/server/*.c)
+add_library(vram_server STATIC ${VRAM_SERVER_SOURCES})
+target_include_directories(vram_server PUBLIC include src)
+target_link_libraries(vram_server PUBLIC vram_static PkgConfig::MHD PkgConfig::JANSSON
+                      Threads::Threads)
+
+add_executable(vramd tools/vramd.c)
+target_link_libraries(vramd PRIVATE vram_server)
+
+add_executable(vramctl tools/vramctl.c)
+target_include_directories(vramctl PRIVATE include src)
+target_link_libraries(vramctl PRIVATE vram_static PkgConfig::CURL PkgConfig::JANSSON
+                      Threads::Threads)
+
+install(TARGETS vramd vramctl RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+
+if(VRAM_BUILD_TESTS)
+  enable_testing()
+  find_program(VRAM_PYTHON3 NAMES python3)
+  set(VRAM_TOOL_ENV "VRAMD=$<TARGET_FILE:vramd>" "VRAMCTL=$<TARGET_FILE:vramctl>"
+      "VRAM_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
+
+  # Integration tests: python3 (standard library only) driving vramd on a free port.
+  file(GLOB VRAM_INTEGRATION_TESTS CONFIGURE_DEPENDS tests/integration/test_*.py)
+  foreach(src ${VRAM_INTEGRATION_TESTS})
+    get_filename_component(name ${src} NAME_WE)
+    if(VRAM_PYTHON3)
+      add_test(NAME integration/${name} COMMAND ${VRAM_PYTHON3} ${src})
+    else()
+      add_test(NAME integration/${name} COMMAND sh -c "echo 'python3 not found: skipped'; exit 77")
+    endif()
+    set_tests_properties(integration/${name} PROPERTIES LABELS integration TIMEOUT 300
+                         SKIP_RETURN_CODE 77 ENVIRONMENT "${VRAM_TOOL_ENV}")
+  endforeach()
+  if(TEST integration/test_seed)
+    # the seed's curl lines name port 7861 (make run uses it too)
+    set_tests_properties(integration/test_seed PROPERTIES RESOURCE_LOCK vram_port_7861)
+  endif()
+
+  # MCP: the official TypeScript SDK client over both transports, and the
+  # official conformance suite (pinned in tests/mcp/package-lock.json).
+  foreach(t sdk-http sdk-stdio conformance)
+    add_test(NAME mcp/${t} COMMAND bash ${CMAKE_SOURCE_DIR}/tests/mcp/run ${t})
+    set_tests_properties(mcp/${t} PROPERTIES LABELS integration TIMEOUT 600
+                         SKIP_RETURN_CODE 77 RESOURCE_LOCK vram_tests_mcp
+                         ENVIRONMENT "${VRAM_TOOL_ENV}")
+  endforeach()
+endif()

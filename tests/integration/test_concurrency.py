@@ -1,0 +1,100 @@
+# test_concurrency.py - many clients changing state while others read status: no error, no hang, consistent final state.
+import random
+import threading
+import time
+
+from vramtest import Vramd, check, eq, expected_checksum, finish
+
+NAMES = ["m0", "m1", "m2", "m3", "m4"]
+SIZES = {"m0": "8M", "m1": "12M", "m2": "16M", "m3": "8M", "m4": "4M"}
+models = [f"{n}=synthetic:{SIZES[n]}:{i}" + (",immediate_offload=1" if i % 2 else "")
+          for i, n in enumerate(NAMES)]
+EXPECT = {n: expected_checksum(SIZES[n], i) for i, n in enumerate(NAMES)}
+DURATION = 6.0
+
+# a device that holds every model (48M of 64M): the storm is about the state machine, not budgets
+with Vramd("--evict-wait", "20", models=models, host_memory="64M") as d:
+    errors = []
+    counts = {"read": 0, "write": 0}
+    lock = threading.Lock()
+    stop_at = time.time() + DURATION
+
+    def note(kind, what):
+        with lock:
+            if kind == "err":
+                errors.append(what)
+            else:
+                counts[kind] += 1
+
+    def writer(seed):
+        rnd = random.Random(seed)
+        while time.time() < stop_at:
+            n = rnd.choice(NAMES)
+            op = rnd.choice(["run", "run", "load", "offload", "release", "offload_all",
+                             "release_all", "timeout", "patch"])
+            try:
+                if op in ("run", "load", "offload", "release"):
+                    s, _, b = d.post(f"/api/v1/models/{n}/{op}")
+                elif op == "offload_all":
+                    s, _, b = d.post("/api/gpu/offload")
+                elif op == "release_all":
+                    s, _, b = d.post("/api/gpu/release", {})
+                elif op == "timeout":
+                    s, _, b = d.post("/api/gpu/timeout", {"timeout": rnd.choice([300, 600])})
+                else:
+                    s, _, b = d.request("PATCH", f"/api/v1/models/{n}",
+                                        body={"release_timeout": rnd.choice([0, 3600])})
+                if s not in (200, 202):
+                    note("err", f"{op} {n}: {s} {b}")
+                elif op == "run" and b["checksum"] != EXPECT[n]:
+                    note("err", f"run {n}: checksum {b['checksum']} != {EXPECT[n]}")
+                else:
+                    note("write", op)
+            except Exception as e:
+                note("err", f"{op} {n}: {e!r}")
+
+    def reader(seed):
+        rnd = random.Random(seed)
+        while time.time() < stop_at:
+            try:
+                path = rnd.choice(["/api/gpu/status", "/api/v1/models", "/metrics",
+                                   f"/api/v1/models/{rnd.choice(NAMES)}", "/api/v1/devices"])
+                s, _, b = d.get(path)
+                if s != 200:
+                    note("err", f"GET {path}: {s} {b}")
+                elif path == "/api/gpu/status":
+                    if sorted(b) != NAMES:
+                        note("err", f"status lost models: {sorted(b)}")
+                    for name, st in b.items():
+                        if st["location"] not in ("GPU", "CPU", "未加载"):
+                            note("err", f"bad location {st['location']}")
+                note("read", path)
+            except Exception as e:
+                note("err", f"GET: {e!r}")
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    threads += [threading.Thread(target=reader, args=(100 + i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    check(not any(t.is_alive() for t in threads), "every client finished (no hang)")
+    eq(errors[:10], [], "no errors from concurrent clients")
+    check(counts["write"] > 50 and counts["read"] > 200, "enough work done", counts)
+    print(f"concurrency: {counts['write']} writes, {counts['read']} reads in {DURATION:.0f} s")
+
+    # final state: consistent and quiet
+    st = d.status()
+    for n, m in st.items():
+        eq(m["leases"], 0, f"{n}: no lease left")
+        check(m["state"] in ("gpu", "cpu", "unloaded"), f"{n}: settled state", m["state"])
+    used = sum(m["bytes"] for m in st.values() if m["location"] == "GPU")
+    check(used <= 64 << 20, "models on the GPU fit the device", used)
+    for n in NAMES:
+        s, _, b = d.post(f"/api/v1/models/{n}/run")
+        eq((s, b.get("checksum")), (200, EXPECT[n]), f"{n}: bytes intact after the storm")
+    s, _, b = d.post("/api/gpu/release")
+    eq(s, 200, "release all at the end")
+    check(all(m["location"] == "未加载" for m in d.status().values()), "all released")
+
+finish()

@@ -1,0 +1,153 @@
+# test_vramctl.py - the CLI against a running vramd: status table, --json, offload/release/timeout/load/run/devices, tokens, exit codes.
+import json
+import os
+import re
+import subprocess
+import tempfile
+
+from vramtest import VRAMCTL, Vramd, check, clean_env, eq, expected_checksum, finish, free_port
+
+
+def width(s):
+    """Display columns (CJK characters count 2)."""
+    return sum(2 if "\u2e80" <= ch <= "\ua4cf" or "\uac00" <= ch <= "\ud7a3" or
+               "\uff00" <= ch <= "\uff60" else 1 for ch in s)
+
+
+with Vramd(models=["Llasa-8B=synthetic:48M", "XCodec2=synthetic:8M:3,immediate_offload=1"],
+           host_memory="128M") as d:
+    r = d.ctl("status")
+    eq(r.returncode, 0, "status exit code")
+    lines = r.stdout.rstrip("\n").split("\n")
+    eq(len(lines), 3, "status: header and one row per model")
+    eq(lines[0].split(), ["NAME", "LOCATION", "STATE", "SIZE", "IDLE", "TIMEOUT", "LEASES"],
+       "status header")
+    check(lines[1].startswith("Llasa-8B ") and "未加载" in lines[1] and "48 MB" in lines[1] and
+          "10 minutes" in lines[1], "unloaded row", lines[1])
+    # columns line up in display width even with the CJK location
+    starts = [width(l[:l.index("10 minutes")]) for l in lines[1:]]
+    eq(len(set(starts)), 1, "TIMEOUT column aligned across rows")
+
+    d.post("/api/v1/models/Llasa-8B/load")
+    r = d.ctl("status")
+    row = [l for l in r.stdout.splitlines() if l.startswith("Llasa-8B")][0]
+    check(re.search(r"\bGPU\s+gpu\s+48 MB\s+\d+s\s+10 minutes\s+0$", row), "loaded row", row)
+
+    r = d.ctl("status", "--json")
+    eq(r.returncode, 0, "status --json")
+    js = json.loads(r.stdout)
+    eq(sorted(js), ["Llasa-8B", "XCodec2"], "--json is the raw status")
+    eq(js["Llasa-8B"]["location"], "GPU", "--json location")
+    r = d.ctl("status", "XCodec2")
+    eq((r.returncode, len(r.stdout.splitlines())), (0, 2), "status MODEL: one row")
+
+    r = d.ctl("run", "XCodec2")
+    eq(r.returncode, 0, "run exit code")
+    check(expected_checksum("8M", 3) in r.stdout, "run prints the checksum", r.stdout)
+    check("offloaded" in r.stdout and "acquire" in r.stdout, "run prints its steps", r.stdout)
+    r = d.ctl("--json", "run", "XCodec2")
+    eq(json.loads(r.stdout)["checksum"], expected_checksum("8M", 3), "run --json")
+
+    r = d.ctl("offload", "Llasa-8B")
+    eq(r.returncode, 0, "offload MODEL")
+    check("Llasa-8B" in r.stdout and "offloaded" in r.stdout, "offload prints what it did",
+          r.stdout)
+    eq(d.model("Llasa-8B")["location"], "CPU", "offload MODEL applied")
+    r = d.ctl("load", "Llasa-8B")
+    eq(r.returncode, 0, "load")
+    check("restored" in r.stdout and "GPU" in r.stdout, "load says what it did", r.stdout)
+    r = d.ctl("offload")
+    eq(r.returncode, 0, "offload all")
+    check("offloaded 1 model" in r.stdout, "offload all message", r.stdout)
+    r = d.ctl("release")
+    eq(r.returncode, 0, "release all")
+    check(all(v["location"] == "未加载" for v in d.status().values()), "release all applied")
+    r = d.ctl("release", "XCodec2")
+    eq(r.returncode, 0, "release MODEL")
+
+    r = d.ctl("timeout", "300")
+    eq(r.returncode, 0, "timeout all")
+    check("300" in r.stdout, "timeout message", r.stdout)
+    check(all(v["idle_timeout_seconds"] == 300 for v in d.status().values()), "timeout applied")
+    r = d.ctl("timeout", "2.5", "XCodec2")
+    eq((r.returncode, d.model("XCodec2")["idle_timeout_seconds"]), (0, 2.5), "timeout MODEL")
+    r = d.ctl("timeout", "abc")
+    eq(r.returncode, 64, "timeout abc is a usage error")
+    r = d.ctl("timeout", "-1")
+    eq(r.returncode, 1, "negative timeout: vramd refuses")
+    check(">= 0" in r.stderr and "EINVAL" in r.stderr and "400" in r.stderr,
+          "vramd's message is shown", r.stderr)
+
+    r = d.ctl("load", "nope")
+    eq(r.returncode, 1, "unknown model")
+    check("no model named 'nope'" in r.stderr and "404" in r.stderr, "404 message", r.stderr)
+    eq(r.stderr.count("\n"), 1, "one line")
+
+    r = d.ctl("devices")
+    eq(r.returncode, 0, "devices")
+    check("host-emulated" in r.stdout and "128 MB" in r.stdout, "devices table", r.stdout)
+
+    # URL from --url beats VRAM_URL
+    r = d.ctl("--url", d.url, "status", env={"VRAM_URL": "http://127.0.0.1:1"})
+    eq(r.returncode, 0, "--url flag wins over VRAM_URL")
+
+# usage errors and unreachable daemon
+port = free_port()
+env = clean_env({"VRAM_URL": f"http://127.0.0.1:{port}"})
+cwd = tempfile.mkdtemp()
+r = subprocess.run([VRAMCTL, "status"], env=env, capture_output=True, text=True, cwd=cwd)
+eq(r.returncode, 2, "unreachable vramd: exit 2")
+eq(r.stderr,
+   f"vramctl: cannot reach vramd at http://127.0.0.1:{port} (connection refused) — is it running? "
+   "start it with `vramd` or `make run`\n", "unreachable vramd: one clear line")
+eq(r.stdout, "", "nothing on stdout")
+for argv, code in (([], 64), (["bogus"], 64), (["status", "a", "b"], 64), (["load"], 64),
+                   (["--help"], 0), (["help"], 0), (["--version"], 0)):
+    r = subprocess.run([VRAMCTL, *argv], env=env, capture_output=True, text=True, cwd=cwd)
+    eq(r.returncode, code, f"vramctl {' '.join(argv)} exit code")
+r = subprocess.run([VRAMCTL, "--help"], env=env, capture_output=True, text=True, cwd=cwd)
+for word in ("status", "offload", "release", "timeout", "load", "run", "mcp", "VRAM_URL",
+             "VRAM_TOKEN", "--json"):
+    check(word in r.stdout, f"--help mentions {word}")
+
+# token: flag, environment, .env
+with Vramd("--token", "tok123", models=["m=synthetic:4M"]) as d:
+    r = d.ctl("offload")
+    eq(r.returncode, 1, "no token: refused")
+    check("401" in r.stderr and "Bearer" in r.stderr, "401 explained", r.stderr)
+    eq(d.ctl("status").returncode, 0, "status needs no token")
+    eq(d.ctl("--token", "tok123", "offload").returncode, 0, "--token")
+    eq(d.ctl("offload", env={"VRAM_TOKEN": "tok123"}).returncode, 0, "VRAM_TOKEN")
+    with open(os.path.join(d.cwd, ".env"), "w") as f:
+        f.write(f"# vramctl reads .env like vramd\nVRAM_TOKEN=tok123\nVRAM_URL={d.url}\n")
+    r = subprocess.run([VRAMCTL, "timeout", "42"], env=clean_env(), capture_output=True,
+                       text=True, cwd=d.cwd)
+    eq(r.returncode, 0, ".env gives URL and token")
+    eq(d.model("m")["idle_timeout_seconds"], 42, ".env: change applied")
+
+# make-model writes a safetensors file vramd serves
+tmp = tempfile.mkdtemp()
+path = os.path.join(tmp, "tiny.safetensors")
+r = subprocess.run([VRAMCTL, "make-model", path, "--size", "4M", "--dtypes", "BF16,F32",
+                    "--seed", "9"], capture_output=True, text=True)
+eq(r.returncode, 0, "make-model")
+check(os.path.getsize(path) >= 2 << 20, "make-model wrote the file (about --size)", r.stderr)
+r = subprocess.run([VRAMCTL, "make-model", path], capture_output=True, text=True)
+eq(r.returncode, 64, "make-model without --size is a usage error")
+with Vramd(models=[f"tiny={path}"]) as d:
+    sums = set()
+    for i in range(3):
+        s, _, b = d.post("/api/v1/models/tiny/run")
+        eq(s, 200, f"run of a safetensors model ({i})")
+        sums.add(b.get("checksum"))
+        d.post("/api/v1/models/tiny/offload")
+    eq(len(sums), 1, "safetensors model checksum stable across offloads")
+    check(d.model("tiny")["tensors"] > 0, "tensors counted", d.model("tiny"))
+
+r = subprocess.run([VRAMCTL, "pick-gpu"], capture_output=True, text=True,
+                   env=clean_env({"VRAM_NVML_LIBRARY": "/nonexistent/libnvidia-ml.so.1"}))
+eq(r.returncode, 1, "pick-gpu without NVML fails")
+check(r.stderr.startswith("vramctl: pick-gpu: ") and r.stderr.count("\n") == 1,
+      "pick-gpu without NVML: one clear line", r.stderr)
+
+finish()

@@ -1,0 +1,106 @@
+// sdk.mjs - the official MCP TypeScript SDK client against vramd: over Streamable HTTP (/mcp) or stdio (vramctl mcp).
+// usage: node sdk.mjs http|stdio
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { VRAMCTL, check, cleanEnv, eq, finish, getJson, startVramd } from './lib.mjs';
+
+const mode = process.argv[2];
+if (mode !== 'http' && mode !== 'stdio') {
+  console.error('usage: node sdk.mjs http|stdio');
+  process.exit(2);
+}
+
+const d = await startVramd(['Llasa-8B=synthetic:32M', 'XCodec2=synthetic:8M:2,immediate_offload=1']);
+const status = () => getJson(`${d.url}/api/gpu/status`);
+let stderr = '';
+try {
+  const transport = mode === 'http'
+    ? new StreamableHTTPClientTransport(new URL(`${d.url}/mcp`))
+    : new StdioClientTransport({ command: VRAMCTL, args: ['--url', d.url, 'mcp'], env: cleanEnv(), stderr: 'pipe' });
+  if (mode === 'stdio') transport.stderr?.on('data', (c) => { stderr += c; });
+  const client = new Client({ name: 'vram-sdk-test', version: '0.0.1' });
+  await client.connect(transport); // initialize + notifications/initialized
+
+  eq(client.getServerVersion()?.name, 'vramd', 'serverInfo.name');
+  check(client.getServerCapabilities()?.tools, 'server declares tools', client.getServerCapabilities());
+  check(typeof client.getInstructions() === 'string', 'instructions given');
+  if (mode === 'http') check(transport.sessionId && /^[\x21-\x7e]+$/.test(transport.sessionId), 'session id issued', transport.sessionId);
+
+  eq(await client.ping(), {}, 'ping');
+
+  const { tools } = await client.listTools();
+  eq(tools.map((t) => t.name).sort(),
+    ['get_gpu_status', 'load_model', 'offload_gpu', 'release_gpu', 'run_model', 'update_gpu_timeout'], 'tools/list');
+  for (const t of tools) {
+    check(t.description && t.description.length > 20, `${t.name}: description`);
+    eq(t.inputSchema.type, 'object', `${t.name}: inputSchema type`);
+    check(t.annotations && typeof t.annotations.readOnlyHint === 'boolean', `${t.name}: annotations`, t.annotations);
+  }
+
+  // the seed's four calls, as its Python example makes them
+  let r = await client.callTool({ name: 'get_gpu_status', arguments: {} });
+  check(!r.isError, 'get_gpu_status', r);
+  eq(JSON.parse(r.content[0].text)['Llasa-8B'].location, '未加载', 'get_gpu_status text is the status JSON');
+  eq(r.structuredContent.XCodec2.model_name, 'XCodec2', 'get_gpu_status structuredContent');
+
+  r = await client.callTool({ name: 'load_model', arguments: { model: 'Llasa-8B' } });
+  check(!r.isError, 'load_model', r);
+  eq((await status())['Llasa-8B'].location, 'GPU', 'load_model put it on the GPU');
+
+  r = await client.callTool({ name: 'run_model', arguments: { model: 'XCodec2' } });
+  check(!r.isError && /^0x[0-9a-f]{16}$/.test(r.structuredContent.checksum), 'run_model checksum', r);
+  eq(r.structuredContent.location, 'CPU', 'run_model with immediate offload ends on the CPU');
+
+  r = await client.callTool({ name: 'offload_gpu', arguments: {} });
+  check(!r.isError, 'offload_gpu {}', r);
+  eq((await status())['Llasa-8B'].location, 'CPU', 'offload_gpu moved it to the CPU');
+
+  r = await client.callTool({ name: 'release_gpu', arguments: {} });
+  check(!r.isError, 'release_gpu {}', r);
+  const st = await status();
+  check(Object.values(st).every((m) => m.location === '未加载'), 'release_gpu freed everything', st);
+
+  r = await client.callTool({ name: 'update_gpu_timeout', arguments: { timeout_seconds: 300 } });
+  check(!r.isError, 'update_gpu_timeout 300', r);
+  eq((await status())['Llasa-8B'].idle_timeout_seconds, 300, 'timeout applied');
+
+  r = await client.callTool({ name: 'offload_gpu', arguments: { model: 'XCodec2' } });
+  check(!r.isError, 'offload_gpu with a model', r);
+
+  // bad arguments: results with isError, nothing changed
+  for (const [name, args] of [['update_gpu_timeout', { timeout_seconds: -1 }],
+    ['update_gpu_timeout', { timeout_seconds: 'soon' }], ['update_gpu_timeout', {}],
+    ['release_gpu', { model: 'nope' }], ['run_model', {}], ['load_model', { model: 42 }]]) {
+    r = await client.callTool({ name, arguments: args });
+    check(r.isError === true && r.content[0].type === 'text' && r.content[0].text.length > 0,
+      `${name} ${JSON.stringify(args)}: isError with a message`, r);
+  }
+  eq((await status())['Llasa-8B'].idle_timeout_seconds, 300, 'bad calls changed nothing');
+
+  // an unknown tool is a protocol error
+  try {
+    await client.callTool({ name: 'no_such_tool', arguments: {} });
+    check(false, 'unknown tool throws');
+  } catch (e) {
+    eq(e.code, -32602, 'unknown tool: -32602');
+  }
+
+  if (mode === 'http') {
+    const sid = transport.sessionId;
+    await transport.terminateSession(); // DELETE
+    const res = await fetch(`${d.url}/mcp`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', Accept: 'application/json, text/event-stream', 'Mcp-Session-Id': sid },
+      body: JSON.stringify({ jsonrpc: '2.0', id: 99, method: 'ping' }),
+    });
+    eq(res.status, 404, 'a terminated session answers 404');
+  }
+  await client.close();
+  if (mode === 'stdio') check(stderr.includes('vramctl mcp'), 'the bridge logs to stderr', stderr);
+} catch (e) {
+  check(false, `unexpected exception: ${e?.stack || e}`);
+}
+const code = await d.stop();
+eq(code, 0, 'vramd exits 0 on SIGTERM');
+finish();
