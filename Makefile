@@ -3,7 +3,7 @@ BUILD   ?= build
 JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_FLAGS ?=
 
-.PHONY: all build run test unit sanitize asan tsan bench fuzz clean format install
+.PHONY: all build run test unit asan tsan bench fuzz clean format install
 
 all: build
 
@@ -19,13 +19,15 @@ run:
 	$(MAKE) build
 	@if [ -x scripts/run-demo ]; then scripts/run-demo; else $(BUILD)/seed_flow; fi
 
-# Everything: packages, build, all tests, then the unit tests under ASan+UBSan and TSan.
+# Everything: packages, build, all tests, the unit tests under ASan+UBSan and
+# TSan, then a short fuzz run of the safetensors parser.
 test:
 	scripts/bootstrap test
 	$(MAKE) build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 	$(MAKE) asan
 	$(MAKE) tsan
+	scripts/fuzz-smoke --seconds 20
 
 unit: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -L unit

@@ -77,6 +77,12 @@ struct vram_backend {
     /* Frees the backend; every range has been unreserved and every host
      * allocation freed before. */
     void (*destroy)(vram_backend *b);
+
+    /* Optional (NULL: device memory is not host-visible): a CPU pointer to
+     * [off, off+n) of a mapped range, or NULL when the range is not mapped
+     * or out of bounds. Loaders read files straight into it instead of
+     * staging. Valid while the range stays mapped. */
+    void *(*host_ptr)(vram_backend *b, const vram_buf *buf, size_t off, size_t n);
 };
 
 /* Creates the backend cfg asks for (auto: cuda when a driver and a device

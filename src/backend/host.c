@@ -656,6 +656,15 @@ static int host_to_device(vram_backend *b, const vram_buf *buf, size_t off, cons
     return 0;
 }
 
+/* Device memory of the host backend is host memory: its address, when the
+ * span is mapped and in bounds. */
+static void *host_host_ptr(vram_backend *b, const vram_buf *buf, size_t off, size_t n)
+{
+    (void)b;
+    if (!buf || !buf->mapped || off > buf->size || n > buf->size - off) return NULL;
+    return (void *)(buf->addr + off);
+}
+
 static int host_checksum(vram_backend *b, const vram_buf *buf, size_t off, size_t n, uint64_t *sum)
 {
     int rc = check_copy("checksum", buf, off, n, sum);
@@ -777,6 +786,7 @@ int vram__backend_host_create(const vram_config *cfg, vram_backend **out)
     b->to_host = host_to_host;
     b->to_device = host_to_device;
     b->checksum = host_checksum;
+    b->host_ptr = host_host_ptr;
     b->destroy = host_destroy;
     *out = b;
     return 0;
