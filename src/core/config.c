@@ -623,17 +623,7 @@ static const option *find_flag(const char *flag, size_t n)
 /* ------------------------------------------------------------------------ */
 
 /* Writes the message into err (when given) and the thread's error detail. */
-static int config_error(char *err, size_t errlen, const char *fmt, ...) VRAM_PRINTF(3, 4);
-static int config_error(char *err, size_t errlen, const char *fmt, ...)
-{
-    char msg[VRAM_ERRMSG_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    if (err && errlen) snprintf(err, errlen, "%s", msg);
-    return vram__errorf(VRAM_ECONFIG, "%s", msg);
-}
+#define config_error(err, errlen, ...) vram__errorf_to((err), (errlen), VRAM_ECONFIG, __VA_ARGS__)
 
 /* Quotes a value for a message: '12X', escaping odd bytes, cut after 64. */
 static void quote_value(const char *s, char *buf, size_t len)

@@ -20,6 +20,9 @@
  * (like dlerror): "cuMemCreate: CUDA_ERROR_OUT_OF_MEMORY (out of memory)".
  * Returns err so that `return vram__errorf(VRAM_EIO, "...")` reads well. */
 int vram__errorf(int err, const char *fmt, ...) VRAM_PRINTF(2, 3);
+/* The same, also copied into err (errlen bytes) when err is not NULL: for
+ * functions that report into a caller's buffer as well. */
+int vram__errorf_to(char *err, size_t errlen, int code, const char *fmt, ...) VRAM_PRINTF(4, 5);
 /* The calling thread's last detailed message ("" when none). */
 const char *vram__last_error(void);
 void vram__clear_error(void);

@@ -41,6 +41,16 @@ int vram__errorf(int err, const char *fmt, ...)
     return err;
 }
 
+int vram__errorf_to(char *err, size_t errlen, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tls_errmsg, sizeof tls_errmsg, fmt, ap);
+    va_end(ap);
+    if (err && errlen) snprintf(err, errlen, "%s", tls_errmsg);
+    return code;
+}
+
 const char *vram__last_error(void) { return tls_errmsg; }
 
 void vram__clear_error(void) { tls_errmsg[0] = '\0'; }

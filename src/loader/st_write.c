@@ -30,17 +30,7 @@ typedef struct mw_tensor {
 } mw_tensor;
 
 /* Sets the message in err (and the thread's detail) and returns code. */
-static int mw_fail(char *err, size_t errlen, int code, const char *fmt, ...) VRAM_PRINTF(4, 5);
-static int mw_fail(char *err, size_t errlen, int code, const char *fmt, ...)
-{
-    char msg[VRAM_ERRMSG_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    if (err && errlen) snprintf(err, errlen, "%s", msg);
-    return vram__errorf(code, "%s", msg);
-}
+#define mw_fail vram__errorf_to
 
 /* Splits "BF16,F32" into dtypes; returns the count or a negative code. */
 static int parse_dtypes(const char *text, const vram__st_dtype **out, char *err, size_t errlen)
