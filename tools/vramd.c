@@ -34,7 +34,6 @@ typedef struct settings {
     vram_config cfg;
     model_spec *models;
     size_t nmodels;
-    int any_port; /* --port 0 */
     char *gpu;
 } settings;
 
@@ -205,10 +204,7 @@ static void apply(settings *s, const char *flag, const char *value, const char *
         free(s->gpu);
         s->gpu = strdup(value); /* a config file's line buffer does not last */
         if (!s->gpu) die(EXIT_RUNTIME, "out of memory");
-    } else if (!strcmp(flag, "--port") && value && !strcmp(value, "0")) {
-        s->any_port = 1;
     } else {
-        if (!strcmp(flag, "--port")) s->any_port = 0;
         if (!value) die(EXIT_USAGE, "%s%s needs a value (see vramd --help)", where, flag);
         if (vram__config_set_flag(&s->cfg, flag, value, err, sizeof err) < 0)
             die(EXIT_USAGE, "%s%s", where, err);
@@ -386,7 +382,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     char err[512];
-    vram__http_opts ho = {s.cfg.bind, s.any_port ? 0 : s.cfg.port, s.cfg.token, 0};
+    vram__http_opts ho = {s.cfg.bind, s.cfg.port, s.cfg.token, 0};
     vram__http *http = NULL;
     if (vram__http_listen(&ho, &http, err, sizeof err) < 0) die(EXIT_RUNTIME, "%s", err);
 

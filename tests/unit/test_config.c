@@ -459,16 +459,17 @@ static void test_host_devices(void **state)
 static void test_port(void **state)
 {
     (void)state;
+    assert_int_equal(set_ok("VRAM_PORT", "0").port, 0); /* any free port */
     assert_int_equal(set_ok("VRAM_PORT", "1").port, 1);
     assert_int_equal(set_ok("VRAM_PORT", "65535").port, 65535);
     assert_int_equal(set_ok("VRAM_PORT", "8080").port, 8080);
-    static const char *const bad[] = {"0", "65536", "-1", "80a", "", "http", "80.5", "4294967297"};
+    static const char *const bad[] = {"65536", "-1", "80a", "", "http", "80.5", "4294967297"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         set_bad_quoted("VRAM_PORT", bad[i]);
     assert_string_equal(set_bad("VRAM_PORT", "70000"),
-                        "VRAM_PORT: '70000' is out of range (use 1 to 65535)");
+                        "VRAM_PORT: '70000' is out of range (use 0 to 65535)");
     assert_string_equal(set_bad("VRAM_PORT", "web"),
-                        "VRAM_PORT: 'web' is not a port (use 1 to 65535)");
+                        "VRAM_PORT: 'web' is not a port (use 0 to 65535)");
 }
 
 static void test_visible_devices(void **state)
@@ -562,7 +563,7 @@ static void test_unknown_option(void **state)
     /* a small err buffer is cut, not overrun */
     char tiny[8];
     memset(tiny, 'x', sizeof tiny);
-    assert_int_equal(vram_config_set(&cfg, "VRAM_PORT", "0", tiny, 5), VRAM_ECONFIG);
+    assert_int_equal(vram_config_set(&cfg, "VRAM_PORT", "-1", tiny, 5), VRAM_ECONFIG);
     assert_string_equal(tiny, "VRAM");
     assert_int_equal(tiny[5], 'x');
 }
@@ -598,8 +599,8 @@ static void test_set_flag(void **state)
     assert_int_equal(cfg.backend, VRAM_BACKEND_HOST);
     assert_string_equal(vram__config_source(&cfg, "VRAM_PORT", NULL), "flag");
     vram_config before = cfg;
-    assert_int_equal(vram__config_set_flag(&cfg, "--port", "0", err, sizeof err), VRAM_ECONFIG);
-    assert_string_equal(err, "--port: '0' is out of range (use 1 to 65535)");
+    assert_int_equal(vram__config_set_flag(&cfg, "--port", "65536", err, sizeof err), VRAM_ECONFIG);
+    assert_string_equal(err, "--port: '65536' is out of range (use 0 to 65535)");
     assert_int_equal(vram__config_set_flag(&cfg, "--nope", "1", err, sizeof err), VRAM_ECONFIG);
     assert_string_equal(err, "unknown option '--nope'");
     assert_int_equal(vram__config_set_flag(&cfg, "--nope=1", NULL, err, sizeof err), VRAM_ECONFIG);
@@ -705,7 +706,7 @@ static void test_load_bad_env_value(void **state)
     clear_env();
     setenv("VRAM_PORT", "", 1);
     assert_int_equal(vram_config_load(&cfg, "", err, sizeof err), VRAM_ECONFIG);
-    assert_string_equal(err, "VRAM_PORT: '' is not a port (use 1 to 65535)");
+    assert_string_equal(err, "VRAM_PORT: '' is not a port (use 0 to 65535)");
     clear_env();
     setenv("NVIDIA_VISIBLE_DEVICES", "gpu0", 1);
     assert_int_equal(vram_config_load(&cfg, "", err, sizeof err), VRAM_ECONFIG);
