@@ -92,6 +92,7 @@ struct vram_model {
     uint64_t loads, offloads, restores, releases, evictions, failures;
     double last_load_s, last_offload_s, last_restore_s;
     double last_load_gbps, last_offload_gbps, last_restore_gbps;
+    double total_load_s, total_offload_s, total_restore_s;
     char last_error[VRAM_ERRMSG_MAX];
 
     uint64_t progress_done, progress_total; /* atomics */

@@ -327,6 +327,7 @@ static int load_locked(vram_model *model)
     } else {
         model->loads++;
         model->last_load_s = secs;
+        model->total_load_s += secs;
         model->last_load_gbps = vram__gbps(model->bytes, secs);
         model->last_error[0] = '\0';
         if (model->source)
@@ -524,6 +525,7 @@ int vram__offload_locked(vram_model *model, int evicting)
         model->offloads++;
         if (evicting) model->evictions++;
         model->last_offload_s = secs;
+        model->total_offload_s += secs;
         model->last_offload_gbps = vram__gbps(model->bytes, secs);
         model->state = VRAM_STATE_CPU;
         model->cpu_since = vram__clock(m);
@@ -597,6 +599,7 @@ static int restore_locked(vram_model *model)
             if (mapped_here[i]) m->devs[model->allocs[i].buf.device].mapped += model->allocs[i].buf.size;
         model->restores++;
         model->last_restore_s = secs;
+        model->total_restore_s += secs;
         model->last_restore_gbps = vram__gbps(model->bytes, secs);
         model->state = VRAM_STATE_GPU;
         model->leases++;

@@ -13,6 +13,7 @@ typedef struct model_snap {
     uint64_t bytes, tensors, pdone, ptotal;
     uint64_t loads, offloads, restores, releases, evictions, failures;
     double load_s, offload_s, restore_s, load_g, offload_g, restore_g;
+    double load_t, offload_t, restore_t;
     char source[VRAM_STR_MAX];
     char last_error[VRAM_ERRMSG_MAX];
 } model_snap;
@@ -80,6 +81,9 @@ static json_t *model_json(const model_snap *s, int monitor, const dev_snap *d, i
     json_object_set_new(o, "last_offload_gbps", json_real(round3(s->offload_g)));
     json_object_set_new(o, "last_restore_seconds", json_real(round6(s->restore_s)));
     json_object_set_new(o, "last_restore_gbps", json_real(round3(s->restore_g)));
+    json_object_set_new(o, "load_seconds_total", json_real(round6(s->load_t)));
+    json_object_set_new(o, "offload_seconds_total", json_real(round6(s->offload_t)));
+    json_object_set_new(o, "restore_seconds_total", json_real(round6(s->restore_t)));
     if (s->state == VRAM_STATE_LOADING && s->ptotal) {
         json_t *p = json_object();
         json_object_set_new(p, "done_bytes", json_integer((json_int_t)s->pdone));
@@ -123,6 +127,9 @@ static void snap_model(vram_manager *m, vram_model *c, double now, model_snap *s
     s->load_g = c->last_load_gbps;
     s->offload_g = c->last_offload_gbps;
     s->restore_g = c->last_restore_gbps;
+    s->load_t = c->total_load_s;
+    s->offload_t = c->total_offload_s;
+    s->restore_t = c->total_restore_s;
     snprintf(s->source, sizeof s->source, "%s", c->source ? c->source->spec : "");
     snprintf(s->last_error, sizeof s->last_error, "%s", c->last_error);
 }

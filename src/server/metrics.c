@@ -161,6 +161,12 @@ static void models_section(FILE *f, vram_manager *m)
     per_model(f, all, "vram_model_evictions_total", "counter",
               "Offloads forced by the device budget.", "evictions");
     per_model(f, all, "vram_model_failures_total", "counter", "Failed operations.", "failures");
+    per_model(f, all, "vram_model_load_seconds_total", "counter", "Time spent loading.",
+              "load_seconds_total");
+    per_model(f, all, "vram_model_offload_seconds_total", "counter", "Time spent offloading.",
+              "offload_seconds_total");
+    per_model(f, all, "vram_model_restore_seconds_total", "counter", "Time spent restoring.",
+              "restore_seconds_total");
     per_model(f, all, "vram_model_last_load_seconds", "gauge", "Duration of the last load.",
               "last_load_seconds");
     per_model(f, all, "vram_model_last_offload_seconds", "gauge", "Duration of the last offload.",

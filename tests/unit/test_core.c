@@ -778,6 +778,10 @@ static void test_status_json(void **state)
     assert_true(json_is_number(json_object_get(s, "last_offload_seconds")));
     assert_true(json_is_number(json_object_get(s, "last_offload_gbps")));
     assert_true(json_is_number(json_object_get(s, "last_restore_gbps")));
+    assert_true(json_number_value(json_object_get(s, "offload_seconds_total")) >=
+                json_number_value(json_object_get(s, "last_offload_seconds")));
+    assert_true(json_is_number(json_object_get(s, "load_seconds_total")));
+    assert_true(json_is_number(json_object_get(s, "restore_seconds_total")));
     assert_true(json_is_null(json_object_get(s, "last_error")));
     json_t *x = json_object_get(root, "XCodec2");
     assert_string_equal(json_string_value(json_object_get(x, "location")), "未加载");
