@@ -59,7 +59,6 @@ static void usage(FILE *f)
             "                        '#' starts a comment; flags on the command line win\n"
             "  --gpu auto|N|UUID     pick the idlest GPU (auto, via NVML) or a given one; sets\n"
             "                        CUDA_VISIBLE_DEVICES before the backend starts\n"
-            "  --port 0              listen on any free port (printed at start)\n"
             "  --show-config         print every option with its value and source, then exit\n"
             "  --help, --version\n"
             "\n"
