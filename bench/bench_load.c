@@ -1,4 +1,4 @@
-/* bench_load.c - benchmark: vram's safetensors load into device memory against plain large sequential reads of the same file, cold and warm. */
+/* bench_load.c - benchmark: vram's safetensors load into device memory against plain large sequential reads of the same file, cold and warm, medians of several rounds. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -32,17 +32,23 @@ static void usage(FILE *f)
     fprintf(
         f,
         "usage: bench_load [--size SIZE] [--dir DIR] [--dtypes LIST] [--backend auto|host|cuda]\n"
-        "                  [--chunk SIZE] [--runs N] [--reuse] [--keep]\n"
+        "                  [--chunk SIZE] [--runs N] [--reuse] [--keep] [--drop-all]\n"
         "  --size    model file size (default 2G; e.g. 256M for a quick run)\n"
         "  --dir     where the model file is written (default /tmp)\n"
         "  --dtypes  tensor dtypes for make_model (default BF16)\n"
         "  --backend device backend (default: VRAM_BACKEND or auto)\n"
         "  --chunk   VRAM_CHUNK for the load (default: the configured one)\n"
-        "  --runs    warm runs, the best is reported (default 3)\n"
+        "  --runs N  rounds (each: cold read, cold load, warm read, warm load); medians are\n"
+        "            reported (default 3; --rounds is the same)\n"
         "  --reuse   use an existing model file of that name instead of writing it\n"
         "  --keep    leave the model file in place afterwards\n"
-        "Cold runs drop the file from the page cache (fsync + POSIX_FADV_DONTNEED, and\n"
-        "/proc/sys/vm/drop_caches when permitted); the fraction still cached is printed.\n");
+        "  --drop-all  for cold runs, always drop the whole page cache as well\n"
+        "Cold runs drop the file from the page cache (fdatasync + POSIX_FADV_DONTNEED; and\n"
+        "/proc/sys/vm/drop_caches, when permitted, if pages are left or with --drop-all:\n"
+        "it also deactivates the host backend's emulated memory, slowing its next map, a\n"
+        "cost real VRAM does not have); the fraction still cached is printed.\n"
+        "One untimed load and release comes first: the host backend's first touch of its\n"
+        "emulated memory is excluded, as real VRAM needs no page zeroing.\n");
 }
 
 /* Fraction of the file's pages in the page cache (mincore), or -1. */
@@ -73,8 +79,14 @@ static double cached_fraction(const char *path)
     return frac;
 }
 
-/* Drops the file from the page cache as far as this process may. */
-static double drop_cache(const char *path)
+/* Drops the file from the page cache: fdatasync + POSIX_FADV_DONTNEED, and
+ * the global /proc/sys/vm/drop_caches (when permitted) only when pages of
+ * the file are still cached after that, or when all is set. The global drop
+ * is avoided because it also pushes every shmem page, the host backend's
+ * emulated device memory included, to the inactive LRU, which makes the
+ * next map of that memory 3-4 times slower: a cost real VRAM does not
+ * have. Returns the fraction of the file still cached. */
+static double drop_cache(const char *path, int all)
 {
     int fd = open(path, O_RDONLY);
     if (fd >= 0) {
@@ -82,6 +94,8 @@ static double drop_cache(const char *path)
         posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
         close(fd);
     }
+    double left = cached_fraction(path);
+    if (!all && left == 0) return left;
     sync();
     int d = open("/proc/sys/vm/drop_caches", O_WRONLY);
     if (d >= 0) {
@@ -155,6 +169,18 @@ static double vram_load(vram_manager *m, const char *path, int run, uint64_t *by
     return secs;
 }
 
+/* The median of n values (sorts v in place). */
+static double median(double *v, int n)
+{
+    for (int i = 1; i < n; i++) /* insertion sort: n is small */
+        for (int j = i; j > 0 && v[j - 1] > v[j]; j--) {
+            double t = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = t;
+        }
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
 /* Prints one result line: both rates and their ratio. */
 static void row(const char *mode, double cached, uint64_t rb, double rs, uint64_t vb, double vs)
 {
@@ -165,14 +191,15 @@ static void row(const char *mode, double cached, uint64_t rb, double rs, uint64_
            r > 0 && v / r >= 0.8 ? "" : "  (below the 0.8 target)");
 }
 
-/* Writes (or reuses) the model, then measures cold and warm. Exit 0 after
- * a run (the ratio is printed, not enforced), 1 on failure, 2 on bad
- * arguments. */
+/* Writes (or reuses) the model, loads it once untimed, then measures
+ * rounds of cold and warm reads and loads side by side and prints the
+ * medians and their ratios. Exit 0 after a run (the ratio is printed, not
+ * enforced), 1 on failure, 2 on bad arguments. */
 int main(int argc, char **argv)
 {
     uint64_t size = (uint64_t)2 << 30, chunk = 0;
     const char *dir = "/tmp", *dtypes = "BF16", *backend = NULL;
-    int runs = 3, reuse = 0, keep = 0;
+    int runs = 3, reuse = 0, keep = 0, drop_all = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -183,6 +210,8 @@ int main(int argc, char **argv)
             reuse = 1;
         } else if (strcmp(a, "--keep") == 0) {
             keep = 1;
+        } else if (strcmp(a, "--drop-all") == 0) {
+            drop_all = 1;
         } else if (v && strcmp(a, "--size") == 0) {
             if (vram_parse_size(v, &size) < 0 || size == 0) {
                 fprintf(stderr, "bench_load: --size '%s' is not a size (use e.g. 256M or 2G)\n", v);
@@ -201,7 +230,7 @@ int main(int argc, char **argv)
             dtypes = v, i++;
         } else if (v && strcmp(a, "--backend") == 0) {
             backend = v, i++;
-        } else if (v && strcmp(a, "--runs") == 0) {
+        } else if (v && (strcmp(a, "--runs") == 0 || strcmp(a, "--rounds") == 0)) {
             runs = atoi(v), i++;
             if (runs < 1) runs = 1;
         } else {
@@ -257,48 +286,60 @@ int main(int argc, char **argv)
     uint64_t rb = 0, vb = 0;
     size_t nt = 0;
     int run = 0;
-    /* one untimed load first: the device memory's first use (page faults on
-     * the host backend, context set-up on CUDA) is not what is measured */
+    double *t = calloc((size_t)runs * 5, sizeof *t);
+    if (!t) goto done;
+    double *cold_r = t, *cold_v = t + runs, *warm_r = t + 2 * runs, *warm_v = t + 3 * runs,
+           *syn = t + 4 * runs;
+    /* Warm-up, untimed: one load and release of this model. The host
+     * backend's first touch of its emulated memory is excluded, as real
+     * VRAM needs no page zeroing (the emulated device's pages are zeroed by
+     * the kernel on first use and stay resident after); on CUDA it takes
+     * the context and pool set-up out of the timings. */
     if (vram_load(m, path, run++, &vb, &nt) < 0) goto done;
-    /* cold */
-    double c1 = drop_cache(path);
-    double rs = read_file(path, &rb);
-    double c2 = drop_cache(path);
-    double vs = vram_load(m, path, run++, &vb, &nt);
-    if (rs < 0 || vs < 0) goto done;
-    printf("model: %zu tensors, %" PRIu64 " bytes in the device range\n", nt, vb);
-    row("cold", c1 > c2 ? c1 : c2, rb, rs, vb, vs);
-    /* warm: the file in the page cache */
-    {
-        uint64_t b2 = 0;
-        read_file(path, &b2); /* warm up */
-        double best_r = 0, best_v = 0;
-        for (int i = 0; i < runs; i++) {
-            double r = read_file(path, &rb);
-            double v = vram_load(m, path, run++, &vb, &nt);
-            if (r < 0 || v < 0) goto done;
-            if (best_r == 0 || r < best_r) best_r = r;
-            if (best_v == 0 || v < best_v) best_v = v;
-        }
-        row("warm", cached_fraction(path), rb, best_r, vb, best_v);
+    printf("warm-up: one untimed load + release (the host backend's first touch of its emulated "
+           "memory is excluded, as real VRAM needs no page zeroing)\n");
+    printf("model: %zu tensors, %" PRIu64 " bytes in the device range; %d rounds, medians\n", nt,
+           vb, runs);
+    double cold_cached = 0, warm_cached = 1;
+    for (int i = 0; i < runs; i++) {
+        /* cold: the file dropped from the page cache before each */
+        double c1 = drop_cache(path, drop_all);
+        cold_r[i] = read_file(path, &rb);
+        double c2 = drop_cache(path, drop_all);
+        cold_v[i] = vram_load(m, path, run++, &vb, &nt);
+        if (cold_r[i] < 0 || cold_v[i] < 0) goto done;
+        if (c1 > cold_cached) cold_cached = c1;
+        if (c2 > cold_cached) cold_cached = c2;
+        /* warm: the file in the page cache (the cold load read all of it) */
+        double c3 = cached_fraction(path);
+        warm_r[i] = read_file(path, &rb);
+        warm_v[i] = vram_load(m, path, run++, &vb, &nt);
+        if (warm_r[i] < 0 || warm_v[i] < 0) goto done;
+        if (c3 < warm_cached) warm_cached = c3;
+        printf("round %d: cold read %.3f s, load %.3f s (%.2f); warm read %.3f s, load %.3f s "
+               "(%.2f)\n",
+               i + 1, cold_r[i], cold_v[i], cold_r[i] / cold_v[i] * (double)vb / (double)rb,
+               warm_r[i], warm_v[i], warm_r[i] / warm_v[i] * (double)vb / (double)rb);
     }
+    row("cold", cold_cached, rb, median(cold_r, runs), vb, median(cold_v, runs));
+    row("warm", warm_cached, rb, median(warm_r, runs), vb, median(warm_v, runs));
     /* the device side alone: the same bytes from the synthetic source (no
      * file), i.e. allocation plus copies to the device */
     {
         char spec[64];
         snprintf(spec, sizeof spec, "synthetic:%" PRIu64, vb);
-        double best = 0;
         uint64_t sb = 0;
         for (int i = 0; i < runs; i++) {
-            double v = vram_load(m, spec, run++, &sb, &nt);
-            if (v < 0) goto done;
-            if (best == 0 || v < best) best = v;
+            syn[i] = vram_load(m, spec, run++, &sb, &nt);
+            if (syn[i] < 0) goto done;
         }
+        double med = median(syn, runs);
         printf("device side (synthetic:%" PRIu64 ", no file; its fill included): %.2f GB/s "
                "(%.3f s)\n",
-               vb, best > 0 ? (double)sb / best / 1e9 : 0, best);
+               vb, med > 0 ? (double)sb / med / 1e9 : 0, med);
     }
 done:
+    free(t);
     vram_manager_destroy(m);
     if (!keep && !reuse) unlink(path);
     return 0;

@@ -297,7 +297,8 @@ static int load_locked(vram_model *model)
         vram_alloc *a = NULL;
         rc = alloc_range(model, (size_t)model->source->bytes, &a);
         if (rc == 0) {
-            vram_sink sink = {m->backend, &a->buf, &model->progress_done, m->cfg.chunk_bytes};
+            vram_sink sink = {m->backend, &a->buf, &model->progress_done, m->cfg.chunk_bytes,
+                              model->name, model->source->bytes};
             rc = model->source->load(model->source, &sink);
         }
     } else {

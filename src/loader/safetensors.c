@@ -1,4 +1,4 @@
-/* safetensors.c - the safetensors model source: single files and sharded checkpoints, validated on open and streamed to the device on load. */
+/* safetensors.c - the safetensors model source: single files and sharded checkpoints, validated on open and streamed to the device on load (read straight into host-visible device memory, else through pinned staging). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -27,7 +27,10 @@
 #define ST_SLOTS 4 /* staging buffers in the ring */
 #endif
 #ifndef ST_READERS
-#define ST_READERS 2 /* reader threads */
+#define ST_READERS 2 /* reader threads (reads in flight) */
+#endif
+#ifndef ST_DIRECT_MAX
+#define ST_DIRECT_MAX ((size_t)16 << 20) /* chunk cap of a direct load */
 #endif
 
 /* One file of the model, as it was when validated. */
@@ -608,10 +611,12 @@ typedef struct st_pipe {
     char errmsg[VRAM_ERRMSG_MAX];
 } st_pipe;
 
-/* Fills buf with range bytes [a, a + n). Returns 0 or a negative code. */
-static int fill_chunk(const st_pipe *p, uint64_t a, size_t n, unsigned char *buf)
+/* Fills buf with range bytes [a, a + n): file bytes read from fds (one per
+ * file of m) and zeros where no segment lies. buf is staging memory or, on
+ * the direct path, the device range itself. Returns 0 or a negative code
+ * (VRAM_EIO naming the file); buf is then partly filled. */
+static int fill_chunk(const st_model *m, const int *fds, uint64_t a, size_t n, unsigned char *buf)
 {
-    const st_model *m = p->m;
     size_t lo = 0, hi = m->nsegs; /* first segment ending after a */
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
@@ -634,8 +639,8 @@ static int fill_chunk(const st_pipe *p, uint64_t a, size_t n, unsigned char *buf
         }
         uint64_t seg_end = sg->range_off + sg->len;
         uint64_t take = (seg_end < end ? seg_end : end) - pos;
-        int rc = pread_full(p->fds[sg->file], m->files[sg->file].path, buf + (pos - a),
-                            (size_t)take, sg->file_off + (pos - sg->range_off));
+        int rc = pread_full(fds[sg->file], m->files[sg->file].path, buf + (pos - a), (size_t)take,
+                            sg->file_off + (pos - sg->range_off));
         if (rc < 0) return rc;
         pos += take;
         i++;
@@ -660,7 +665,7 @@ static void *reader_main(void *arg)
         pthread_mutex_unlock(&p->lock);
         uint64_t a = k * p->chunk;
         size_t n = (size_t)(p->bytes - a < p->chunk ? p->bytes - a : p->chunk);
-        int rc = fill_chunk(p, a, n, p->slot[si]);
+        int rc = fill_chunk(p->m, p->fds, a, n, p->slot[si]);
         pthread_mutex_lock(&p->lock);
         if (rc < 0) {
             if (!p->err) {
@@ -718,32 +723,34 @@ static int reopen_files(const st_model *m, int *fds)
     return rc;
 }
 
-/* Streams the range image to the sink: readers fill the staging ring, this
- * thread copies each chunk to the device in order. Returns 0 or the first
- * error (with its message); every thread, slot and descriptor is gone on
- * return. */
-static int st_load(vram_source *s, const vram_sink *sink)
+/* Bytes per chunk of a load: the sink's preferred transfer size (max when
+ * it has none) within [ST_STAGE_MIN, max], page-rounded, and no more than
+ * the range. */
+static size_t chunk_size(const vram_source *s, const vram_sink *sink, size_t max)
+{
+    size_t chunk = sink->chunk_bytes ? (size_t)sink->chunk_bytes : max;
+    if (chunk > max) chunk = max;
+    if (chunk < ST_STAGE_MIN) chunk = ST_STAGE_MIN;
+    chunk = (size_t)vram__round_up(chunk, 4096);
+    if (chunk > s->bytes) chunk = (size_t)vram__round_up(s->bytes, ST_ALIGN);
+    return chunk;
+}
+
+/* Streams the range image to the sink through pinned staging memory:
+ * readers fill the staging ring from fds (the caller's, open), this thread
+ * copies each chunk to the device in order. Returns 0 or the first error
+ * (with its message); every thread and slot is gone on return. */
+static int load_staged(vram_source *s, const vram_sink *sink, const int *fds)
 {
     const st_model *m = s->impl;
     vram_backend *b = sink->backend;
-    int *fds = calloc(m->nfiles ? m->nfiles : 1, sizeof *fds);
-    if (!fds) return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", s->spec);
-    int rc = reopen_files(m, fds);
-    if (rc < 0) {
-        free(fds);
-        return rc;
-    }
-
+    int rc = 0;
     st_pipe p;
     memset(&p, 0, sizeof p);
     p.m = m;
     p.fds = fds;
     p.bytes = s->bytes;
-    size_t chunk = sink->chunk_bytes ? (size_t)sink->chunk_bytes : ST_STAGE_MAX;
-    if (chunk > ST_STAGE_MAX) chunk = ST_STAGE_MAX;
-    if (chunk < ST_STAGE_MIN) chunk = ST_STAGE_MIN;
-    chunk = (size_t)vram__round_up(chunk, 4096);
-    if (chunk > s->bytes) chunk = (size_t)vram__round_up(s->bytes, ST_ALIGN);
+    size_t chunk = chunk_size(s, sink, ST_STAGE_MAX);
     p.chunk = chunk;
     p.nchunks = (s->bytes + chunk - 1) / chunk;
     p.nslots = p.nchunks < ST_SLOTS ? (size_t)p.nchunks : ST_SLOTS;
@@ -792,6 +799,162 @@ static int st_load(vram_source *s, const vram_sink *sink)
     }
     for (size_t i = 0; i < p.nslots; i++)
         if (p.slot[i]) b->host_free(b, p.slot[i], chunk);
+    return rc;
+}
+
+/* A direct load: device memory is host-visible, so the files are read
+ * straight into it, chunk by chunk, by several readers at once (the
+ * loading thread is one of them). No staging, no second copy. */
+typedef struct st_direct {
+    const st_model *m;
+    unsigned char *dev; /* CPU address of range offset 0 */
+    uint64_t bytes;     /* of the range */
+    size_t chunk;       /* bytes per chunk */
+    uint64_t nchunks;
+    const vram_sink *sink; /* progress is counted through it */
+
+    pthread_mutex_t lock;
+    uint64_t next; /* next chunk to take */
+    int err;       /* first error; no chunk is taken after it */
+    char errmsg[VRAM_ERRMSG_MAX];
+} st_direct;
+
+/* One reader of a direct load and the descriptors it reads through. */
+typedef struct st_reader {
+    st_direct *d;
+    const int *fds; /* one per file */
+    pthread_t th;
+} st_reader;
+
+/* A direct reader (thread body, also run by the loading thread): takes the
+ * next chunk, reads it from the files into the device range and counts it
+ * as progress, until none is left or a reader failed. The first error is
+ * kept in d->err / d->errmsg. */
+static void *direct_main(void *arg)
+{
+    st_reader *r = arg;
+    st_direct *d = r->d;
+    for (;;) {
+        pthread_mutex_lock(&d->lock);
+        if (d->err || d->next >= d->nchunks) {
+            pthread_mutex_unlock(&d->lock);
+            break;
+        }
+        uint64_t k = d->next++;
+        pthread_mutex_unlock(&d->lock);
+        uint64_t a = k * d->chunk;
+        size_t n = (size_t)(d->bytes - a < d->chunk ? d->bytes - a : d->chunk);
+        int rc = fill_chunk(d->m, r->fds, a, n, d->dev + a);
+        if (rc < 0) {
+            pthread_mutex_lock(&d->lock);
+            if (!d->err) {
+                d->err = rc;
+                snprintf(d->errmsg, sizeof d->errmsg, "%s", vram__last_error());
+            }
+            pthread_mutex_unlock(&d->lock);
+            break;
+        }
+        vram__sink_progress(d->sink, n);
+    }
+    return NULL;
+}
+
+/* Fills out[] (one per file of m) with descriptors of the files behind
+ * fds[] that have their own file position and readahead state: the same
+ * open files, opened again through /proc/self/fd (so a file replaced on
+ * disk meanwhile is not picked up). Where that fails, out[i] = -1 and the
+ * reader shares fds[i]. Readers that share a descriptor share its
+ * readahead, which their interleaved reads defeat on a cold page cache.
+ * The caller closes every out[i] >= 0. */
+static void reopen_private(const st_model *m, const int *fds, int *out)
+{
+    for (size_t i = 0; i < m->nfiles; i++) {
+        char proc[64];
+        struct stat a, b;
+        snprintf(proc, sizeof proc, "/proc/self/fd/%d", fds[i]);
+        out[i] = open(proc, O_RDONLY | O_CLOEXEC);
+        if (out[i] < 0) continue;
+        if (fstat(out[i], &a) < 0 || fstat(fds[i], &b) < 0 || a.st_ino != b.st_ino ||
+            a.st_dev != b.st_dev) {
+            close(out[i]);
+            out[i] = -1;
+            continue;
+        }
+        (void)posix_fadvise(out[i], 0, 0, POSIX_FADV_SEQUENTIAL);
+    }
+}
+
+/* Reads the range image from fds (the caller's, open and checked) straight
+ * into the device range at dev (its CPU address, valid for all of
+ * [0, s->bytes)), with up to ST_READERS reads in flight. Returns 0 or the
+ * first error (with its message); the range is then partly written and
+ * the caller frees it. Every thread and descriptor it opened is gone on
+ * return. */
+static int load_direct(vram_source *s, const vram_sink *sink, const int *fds, void *dev)
+{
+    const st_model *m = s->impl;
+    st_direct d;
+    memset(&d, 0, sizeof d);
+    d.m = m;
+    d.dev = dev;
+    d.bytes = s->bytes;
+    d.chunk = chunk_size(s, sink, ST_DIRECT_MAX);
+    d.nchunks = (s->bytes + d.chunk - 1) / d.chunk;
+    d.sink = sink;
+    pthread_mutex_init(&d.lock, NULL);
+    st_reader rd[ST_READERS];
+    int *own[ST_READERS] = {NULL}; /* helpers' descriptors */
+    int want = d.nchunks < ST_READERS ? (int)d.nchunks : ST_READERS;
+    int nhelpers = 0;
+    rd[0].d = &d;
+    rd[0].fds = fds; /* this thread is reader 0 */
+    for (int i = 1; i < want; i++) {
+        own[i] = malloc(m->nfiles * sizeof *own[i]);
+        if (!own[i]) break; /* fewer readers: slower, still correct */
+        reopen_private(m, fds, own[i]);
+        for (size_t f = 0; f < m->nfiles; f++)
+            if (own[i][f] < 0) own[i][f] = fds[f];
+        rd[i].d = &d;
+        rd[i].fds = own[i];
+        if (pthread_create(&rd[i].th, NULL, direct_main, &rd[i]) != 0) break;
+        nhelpers = i;
+    }
+    direct_main(&rd[0]);
+    for (int i = 1; i <= nhelpers; i++)
+        pthread_join(rd[i].th, NULL);
+    for (int i = 1; i < want; i++) {
+        if (!own[i]) continue;
+        for (size_t f = 0; f < m->nfiles; f++)
+            if (own[i][f] != fds[f]) close(own[i][f]);
+        free(own[i]);
+    }
+    pthread_mutex_destroy(&d.lock);
+    if (d.err) return vram__errorf(d.err, "%s", d.errmsg);
+    return 0;
+}
+
+/* The source's load: checks that every file is still the one validated,
+ * then writes the range image to the sink: read straight into device
+ * memory where the backend makes it host-visible (host_ptr), else through
+ * the staging ring. Both give the same bytes. Returns 0 or the first error
+ * (with its message); every thread, buffer and descriptor is gone on
+ * return, and on failure the range is partly written (the core frees it). */
+static int st_load(vram_source *s, const vram_sink *sink)
+{
+    const st_model *m = s->impl;
+    vram_backend *b = sink->backend;
+    int *fds = calloc(m->nfiles ? m->nfiles : 1, sizeof *fds);
+    if (!fds) return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", s->spec);
+    int rc = reopen_files(m, fds);
+    if (rc < 0) {
+        free(fds);
+        return rc;
+    }
+    void *dev = b->host_ptr ? b->host_ptr(b, sink->buf, 0, (size_t)s->bytes) : NULL;
+    if (dev)
+        rc = load_direct(s, sink, fds, dev);
+    else
+        rc = load_staged(s, sink, fds);
     for (size_t i = 0; i < m->nfiles; i++)
         close(fds[i]);
     free(fds);

@@ -7,6 +7,19 @@
 #include "core/internal.h"
 #include "loader/source.h"
 
+void vram__sink_progress(const vram_sink *sink, uint64_t n)
+{
+    if (!sink->progress) return;
+    uint64_t after = __atomic_add_fetch(sink->progress, n, __ATOMIC_RELAXED);
+    uint64_t total = sink->total;
+    if (!total || !sink->model || after > total) return;
+    uint64_t before = after - n;
+    if (before * 10 / total != after * 10 / total && after < total)
+        vram__log(VRAM_LOG_INFO, "load-progress model=%s bytes=%llu total=%llu percent=%.0f",
+                  sink->model, (unsigned long long)after, (unsigned long long)total,
+                  100.0 * (double)after / (double)total);
+}
+
 int vram__sink_write(const vram_sink *sink, uint64_t off, const void *src, size_t n)
 {
     const unsigned char *p = src;
@@ -15,7 +28,7 @@ int vram__sink_write(const vram_sink *sink, uint64_t off, const void *src, size_
         size_t take = n < chunk ? n : chunk;
         int rc = sink->backend->to_device(sink->backend, sink->buf, (size_t)off, p, take);
         if (rc < 0) return rc;
-        if (sink->progress) __atomic_add_fetch(sink->progress, take, __ATOMIC_RELAXED);
+        vram__sink_progress(sink, take);
         p += take;
         off += take;
         n -= take;

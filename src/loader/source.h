@@ -14,7 +14,13 @@ typedef struct vram_sink {
     const vram_buf *buf;
     uint64_t *progress;   /* bytes written so far; update with __atomic_add_fetch */
     uint64_t chunk_bytes; /* preferred transfer size (VRAM_CHUNK) */
+    const char *model;    /* for progress lines in the log; may be NULL */
+    uint64_t total;       /* bytes the load will write (progress lines); 0: unknown */
 } vram_sink;
+
+/* Counts n more bytes done; writes a progress line to the log each time the
+ * load crosses another tenth of its total. Thread-safe. */
+void vram__sink_progress(const vram_sink *sink, uint64_t n);
 
 typedef struct vram_source vram_source;
 struct vram_source {

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -135,27 +136,74 @@ static vram_backend *host_backend(void)
     return b;
 }
 
-/* Loads s into a fresh host-backend range with the given chunk size and
- * returns the range's bytes (caller frees). Fails the test when the load
- * fails. */
-static unsigned char *load_to_host(vram_source *s, uint64_t chunk)
+/* The staging view of a host backend: a copy of its function table (same
+ * context) without host_ptr, so that loads take the staging path as on
+ * CUDA. Optionally its host_alloc makes the nth staging buffer from now
+ * read-only, so that a read into it fails midway (EFAULT). The caller
+ * frees the copy with free(), and destroys the original only. */
+static vram_backend *g_real_host; /* the backend the staging view copies */
+static int g_ro_alloc;            /* host_alloc calls until the read-only one; 0 = none */
+
+/* host_alloc of the staging view: the real one, then read-only when due. */
+static int staged_host_alloc(vram_backend *b, size_t bytes, void **out)
 {
-    vram_backend *b = host_backend();
+    int rc = g_real_host->host_alloc(b, bytes, out);
+    if (rc == 0 && g_ro_alloc > 0 && --g_ro_alloc == 0)
+        assert_int_equal(mprotect(*out, (size_t)vram__round_up(bytes, 4096), PROT_READ), 0);
+    return rc;
+}
+
+/* The staging view of host (see above); the caller frees it with free(). */
+static vram_backend *staging_view(vram_backend *host)
+{
+    vram_backend *v = malloc(sizeof *v);
+    assert_non_null(v);
+    *v = *host;
+    v->host_ptr = NULL;
+    v->host_alloc = staged_host_alloc;
+    g_real_host = host;
+    return v;
+}
+
+/* Loads s into a fresh host-backend range with the given chunk size, by
+ * the direct path (staged = 0) or the staging path (staged = 1), and
+ * returns the range's bytes (caller frees); *sum (when not NULL) gets the
+ * backend's raw checksum of the range. The range holds other bytes before
+ * the load, so that padding left unwritten would show. Fails the test when
+ * the load fails. */
+static unsigned char *load_range(vram_source *s, uint64_t chunk, int staged, uint64_t *sum)
+{
+    vram_backend *host = host_backend();
+    vram_backend *b = staged ? staging_view(host) : host;
     vram_buf buf;
     memset(&buf, 0, sizeof buf);
     assert_int_equal(b->reserve(b, 0, (size_t)s->bytes, &buf), 0);
     assert_int_equal(b->map(b, &buf), 0);
+    void *dev = host->host_ptr(host, &buf, 0, (size_t)s->bytes);
+    assert_non_null(dev);
+    memset(dev, 0xa5, (size_t)s->bytes);
     uint64_t progress = 0;
-    vram_sink sink = {b, &buf, &progress, chunk};
+    vram_sink sink = {.backend = b, .buf = &buf, .progress = &progress, .chunk_bytes = chunk};
     int rc = s->load(s, &sink);
-    if (rc) fail_msg("load %s: %s: %s", s->spec, vram_err_name(rc), vram__last_error());
+    if (rc)
+        fail_msg("load %s (%s): %s: %s", s->spec, staged ? "staged" : "direct", vram_err_name(rc),
+                 vram__last_error());
     assert_int_equal(progress, s->bytes);
     unsigned char *out = malloc((size_t)s->bytes);
     assert_non_null(out);
     assert_int_equal(b->to_host(b, &buf, 0, out, (size_t)s->bytes), 0);
+    if (sum) assert_int_equal(b->checksum(b, &buf, 0, (size_t)s->bytes, sum), 0);
     b->unreserve(b, &buf);
-    b->destroy(b);
+    if (staged) free(b);
+    host->destroy(host);
     return out;
+}
+
+/* Loads s by the direct path (the host backend's) and returns the range's
+ * bytes (caller frees). */
+static unsigned char *load_to_host(vram_source *s, uint64_t chunk)
+{
+    return load_range(s, chunk, 0, NULL);
 }
 
 /* The table entry called name, or NULL. */
@@ -808,7 +856,7 @@ static void test_reload_and_changed_file(void **state)
     assert_int_equal(be->reserve(be, 0, (size_t)s->bytes, &buf), 0);
     assert_int_equal(be->map(be, &buf), 0);
     uint64_t progress = 0;
-    vram_sink sink = {be, &buf, &progress, 0};
+    vram_sink sink = {.backend = be, .buf = &buf, .progress = &progress};
     assert_int_equal(s->load(s, &sink), VRAM_EIO);
     assert_contains(vram__last_error(), "m.safetensors: file changed since it was validated");
     assert_int_equal(progress, 0);
@@ -821,6 +869,40 @@ static void test_reload_and_changed_file(void **state)
     vram__source_close(s);
 }
 
+/* A reserved and mapped host-backend range for s, with its sink. */
+typedef struct test_range {
+    vram_backend *host; /* destroyed by range_end */
+    vram_backend *b;    /* host, or its staging view (freed by range_end) */
+    vram_buf buf;
+    uint64_t progress;
+    vram_sink sink;
+} test_range;
+
+/* Sets r up for s: a host backend (its staging view when staged), a
+ * reserved and mapped range and a sink with the given chunk size. */
+static void range_begin(test_range *r, const vram_source *s, int staged, uint64_t chunk)
+{
+    memset(r, 0, sizeof *r);
+    r->host = host_backend();
+    r->b = staged ? staging_view(r->host) : r->host;
+    assert_int_equal(r->b->reserve(r->b, 0, (size_t)s->bytes, &r->buf), 0);
+    assert_int_equal(r->b->map(r->b, &r->buf), 0);
+    r->sink.backend = r->b;
+    r->sink.buf = &r->buf;
+    r->sink.progress = &r->progress;
+    r->sink.chunk_bytes = chunk;
+}
+
+/* Frees what range_begin set up. */
+static void range_end(test_range *r)
+{
+    r->b->unreserve(r->b, &r->buf);
+    if (r->b != r->host) free(r->b);
+    r->host->destroy(r->host);
+}
+
+/* Backend failures reach the staging path only: to_device and host_alloc
+ * are the staging copies, which the direct path does without. */
 static void test_load_backend_failures(void **state)
 {
     (void)state;
@@ -832,24 +914,139 @@ static void test_load_backend_failures(void **state)
     const char *ops[] = {"to_device", "host_alloc"};
     int nth[] = {5, 3};
     for (int i = 0; i < 2; i++) {
-        vram_backend *be = host_backend();
-        vram_buf buf;
-        memset(&buf, 0, sizeof buf);
-        assert_int_equal(be->reserve(be, 0, (size_t)s->bytes, &buf), 0);
-        assert_int_equal(be->map(be, &buf), 0);
-        uint64_t progress = 0;
-        vram_sink sink = {be, &buf, &progress, 64 << 10};
-        vram__backend_host_inject(be, ops[i], nth[i], VRAM_EBACKEND);
-        int rc = s->load(s, &sink);
-        assert_int_equal(rc, VRAM_EBACKEND);
-        assert_true(progress < s->bytes);
-        vram__backend_host_inject(be, ops[i], 0, 0);
-        progress = 0;
-        assert_int_equal(s->load(s, &sink), 0); /* and again, cleanly */
-        assert_int_equal(progress, s->bytes);
-        be->unreserve(be, &buf);
-        be->destroy(be);
+        for (int staged = 0; staged < 2; staged++) {
+            test_range r;
+            range_begin(&r, s, staged, 64 << 10);
+            vram__backend_host_inject(r.host, ops[i], nth[i], VRAM_EBACKEND);
+            int rc = s->load(s, &r.sink);
+            if (staged) {
+                assert_int_equal(rc, VRAM_EBACKEND);
+                assert_contains(vram__last_error(), "injected failure");
+                assert_true(r.progress < s->bytes);
+            } else { /* the direct path never calls them */
+                assert_int_equal(rc, 0);
+                assert_int_equal(r.progress, s->bytes);
+            }
+            vram__backend_host_inject(r.host, ops[i], 0, 0);
+            r.progress = 0;
+            assert_int_equal(s->load(s, &r.sink), 0); /* and again, cleanly */
+            assert_int_equal(r.progress, s->bytes);
+            range_end(&r);
+        }
     }
+    vram__source_close(s);
+}
+
+/* The direct path (files read straight into host-visible device memory)
+ * and the staging path (pinned buffers, then to_device) give the same
+ * device bytes and checksums, whatever the chunk size and layout. */
+static void test_direct_and_staged_agree(void **state)
+{
+    (void)state;
+    const char *dir = tmp_path("ckpt");
+    char err[256];
+    int rc = vram__safetensors_make_model(dir, 3 * MiB, "BOOL,F16,F6_E2M3,BF16,U8,F32", 21, 3, err,
+                                          sizeof err);
+    if (rc) fail_msg("make_model: %s", err);
+    const char *single = tmp_path("one.safetensors");
+    assert_int_equal(
+        vram__safetensors_make_model(single, 5 * MiB / 2, "I8,F64", 4, 1, err, sizeof err), 0);
+    const char *specs[] = {dir, single, FIXTURES "/sharded", FIXTURES "/non_sharded"};
+    const uint64_t chunks[] = {0, 64 << 10, 200 << 10, 1 * MiB};
+    for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++) {
+        vram_source *s = NULL;
+        rc = vram__safetensors_open(specs[i], &s);
+        if (rc) fail_msg("open %s: %s", specs[i], vram__last_error());
+        for (size_t c = 0; c < sizeof chunks / sizeof chunks[0]; c++) {
+            uint64_t sum_d = 0, sum_s = 1;
+            unsigned char *d = load_range(s, chunks[c], 0, &sum_d);
+            unsigned char *st = load_range(s, chunks[c], 1, &sum_s);
+            if (memcmp(d, st, (size_t)s->bytes) != 0)
+                fail_msg("%s, chunk %" PRIu64 ": direct and staged loads differ", specs[i],
+                         chunks[c]);
+            assert_int_equal(sum_d, sum_s);
+            assert_int_equal(sum_d, vram__checksum_partial(d, (size_t)s->bytes, 0));
+            assert_int_equal(vram_checksum(d, (size_t)s->bytes),
+                             vram_checksum(st, (size_t)s->bytes));
+            /* every tensor holds its file bytes and the padding is zero */
+            unsigned char *covered = calloc((size_t)s->bytes, 1);
+            assert_non_null(covered);
+            for (size_t t = 0; t < s->ntensors; t++)
+                memset(covered + s->tensors[t].offset, 1, (size_t)s->tensors[t].bytes);
+            for (uint64_t k = 0; k < s->bytes; k++)
+                if (!covered[k] && d[k] != 0) fail_msg("padding byte %" PRIu64 " not zero", k);
+            free(covered);
+            free(d);
+            free(st);
+        }
+        vram__source_close(s);
+    }
+}
+
+/* Faults in each path: a file truncated after open is refused before any
+ * byte moves; a read that fails midway (EFAULT into a read-only page of
+ * the device range, or of a staging buffer) returns VRAM_EIO naming the
+ * file, and the next load is clean. */
+static void test_load_io_faults(void **state)
+{
+    (void)state;
+    const char *p = tmp_path("io.safetensors");
+    char err[256];
+    assert_int_equal(vram__safetensors_make_model(p, 2 * MiB, "BF16,F32", 13, 1, err, sizeof err),
+                     0);
+    vram_source *s = NULL;
+    assert_int_equal(vram__safetensors_open(p, &s), 0);
+    unsigned char *want = load_range(s, 0, 1, NULL);
+    size_t half = (size_t)vram__round_up(s->bytes / 2, 4096);
+    for (int staged = 0; staged < 2; staged++) {
+        test_range r;
+        range_begin(&r, s, staged, 64 << 10);
+        void *dev = r.host->host_ptr(r.host, &r.buf, 0, (size_t)s->bytes);
+        assert_non_null(dev);
+        if (staged) {
+            g_ro_alloc = 3; /* the third slot of the ring */
+        } else {
+            assert_int_equal(mprotect((char *)dev + half, r.buf.reserved - half, PROT_READ), 0);
+        }
+        vram__clear_error();
+        int rc = s->load(s, &r.sink);
+        assert_int_equal(rc, VRAM_EIO);
+        assert_contains(vram__last_error(), "io.safetensors: read of ");
+        assert_contains(vram__last_error(), "Bad address");
+        assert_true(r.progress < s->bytes);
+        g_ro_alloc = 0;
+        if (!staged) {
+            assert_true(r.progress > 0); /* chunks before the read-only half went in */
+            assert_int_equal(
+                mprotect((char *)dev + half, r.buf.reserved - half, PROT_READ | PROT_WRITE), 0);
+        }
+        r.progress = 0;
+        assert_int_equal(s->load(s, &r.sink), 0);
+        assert_int_equal(r.progress, s->bytes);
+        assert_memory_equal(dev, want, (size_t)s->bytes);
+        range_end(&r);
+    }
+    /* truncated after open: each path refuses it before reading */
+    size_t len = 0;
+    unsigned char *file = read_all(p, &len);
+    assert_int_equal(truncate(p, (off_t)(len - 4096)), 0);
+    for (int staged = 0; staged < 2; staged++) {
+        test_range r;
+        range_begin(&r, s, staged, 0);
+        assert_int_equal(s->load(s, &r.sink), VRAM_EIO);
+        assert_contains(vram__last_error(), "io.safetensors: file changed since it was validated");
+        assert_int_equal(r.progress, 0);
+        range_end(&r);
+    }
+    /* restored and opened again, it loads */
+    write_bytes(p, file, len);
+    vram__source_close(s);
+    assert_int_equal(vram__safetensors_open(p, &s), 0);
+    unsigned char *again = load_to_host(s, 0);
+    assert_memory_equal(again, want, (size_t)s->bytes);
+    free(again);
+    free(file);
+    free(want);
     vram__source_close(s);
 }
 
@@ -937,6 +1134,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_parse_buffer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reload_and_changed_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_load_backend_failures, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_direct_and_staged_agree, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_load_io_faults, setup, teardown),
         cmocka_unit_test_setup_teardown(test_manager_api, setup, teardown),
     };
     return cmocka_run_group_tests_name("safetensors", tests, NULL, NULL);
