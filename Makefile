@@ -19,15 +19,15 @@ run:
 	$(MAKE) build
 	@if [ -x scripts/run-demo ]; then scripts/run-demo; else $(BUILD)/seed_flow; fi
 
-# Everything: packages, build, all tests, the unit tests under ASan+UBSan and
-# TSan, then a short fuzz run of the safetensors parser.
+# Everything: packages, build, all tests, a short fuzz run of the safetensors
+# parser, then the unit tests under ASan+UBSan and under TSan.
 test:
 	scripts/bootstrap test
 	$(MAKE) build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+	scripts/fuzz-smoke --seconds 20
 	$(MAKE) asan
 	$(MAKE) tsan
-	scripts/fuzz-smoke --seconds 20
 
 unit: build
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) -L unit
