@@ -127,24 +127,36 @@ static int ends_with(const char *s, const char *suffix)
  * identity in *f (f->path is set by the caller). what names it in messages.
  * missing_code is the code for a file that does not exist. Returns 0 or a
  * negative code with the message set; on failure nothing is held. */
-static int read_file_header(const char *path, int missing_code, st_file *f, vram__st_header *h)
+/* Opens path read-only and checks that it is a regular file. On success
+ * *fd_out (the caller closes it) and *st are set; on failure nothing is open
+ * and the message names the file (missing_code when it does not exist). */
+static int open_regular(const char *path, int missing_code, int *fd_out, struct stat *st)
 {
-    memset(h, 0, sizeof *h);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return vram__errorf(errno == ENOENT ? missing_code : VRAM_EIO, "%s: %s", path,
                             strerror(errno));
+    if (fstat(fd, st) < 0) {
+        int e = errno;
+        close(fd);
+        return vram__errorf(VRAM_EIO, "%s: %s", path, strerror(e));
+    }
+    if (!S_ISREG(st->st_mode)) {
+        close(fd);
+        return vram__errorf(VRAM_EFORMAT, "%s: not a regular file", path);
+    }
+    *fd_out = fd;
+    return 0;
+}
+
+static int read_file_header(const char *path, int missing_code, st_file *f, vram__st_header *h)
+{
+    memset(h, 0, sizeof *h);
+    int fd = -1;
     struct stat st;
-    int rc = 0;
+    int rc = open_regular(path, missing_code, &fd, &st);
+    if (rc < 0) return rc;
     char *json = NULL;
-    if (fstat(fd, &st) < 0) {
-        rc = vram__errorf(VRAM_EIO, "%s: %s", path, strerror(errno));
-        goto out;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        rc = vram__errorf(VRAM_EFORMAT, "%s: not a regular file", path);
-        goto out;
-    }
     uint64_t size = (uint64_t)st.st_size;
     unsigned char lenbuf[8];
     if (size < 8) {
@@ -183,19 +195,11 @@ out:
 static int read_small_file(const char *path, uint64_t max, char **out, size_t *len)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return vram__errorf(VRAM_EIO, "%s: %s", path, strerror(errno));
+    int fd = -1;
     struct stat st;
-    int rc = 0;
+    int rc = open_regular(path, VRAM_EIO, &fd, &st);
+    if (rc < 0) return rc;
     char *buf = NULL;
-    if (fstat(fd, &st) < 0) {
-        rc = vram__errorf(VRAM_EIO, "%s: %s", path, strerror(errno));
-        goto out;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        rc = vram__errorf(VRAM_EFORMAT, "%s: not a regular file", path);
-        goto out;
-    }
     if ((uint64_t)st.st_size > max) {
         rc = vram__errorf(VRAM_EFORMAT,
                           "%s: index of %" PRIu64 " bytes is larger than the limit "
