@@ -655,6 +655,7 @@ int vram_model_acquire(vram_model *model, vram_lease **out)
     vram_manager *m = model->m;
     int rc = 0, saw_load = 0;
     uint64_t gen = 0;
+    double now = vram__clock(m); /* read before the lock: keeps the hot path short */
 
     pthread_mutex_lock(&m->lock);
     for (;;) {
@@ -664,7 +665,7 @@ int vram_model_acquire(vram_model *model, vram_lease **out)
         }
         if (model->state == VRAM_STATE_GPU) {
             model->leases++;
-            model->last_used = vram__clock(m);
+            if (now > model->last_used) model->last_used = now;
             break;
         }
         if (model->state == VRAM_STATE_CPU && model->readers == 0) {
@@ -704,9 +705,10 @@ void vram_lease_end(vram_lease *lease)
     vram_model *model = lease->model;
     vram_manager *m = model->m;
     free(lease);
+    double now = vram__clock(m);
     pthread_mutex_lock(&m->lock);
     model->leases--;
-    model->last_used = vram__clock(m);
+    if (now > model->last_used) model->last_used = now;
     if (model->leases == 0) {
         if (model->pending & PENDING_RELEASE) {
             vram__release_locked(model);
