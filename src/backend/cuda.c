@@ -859,9 +859,31 @@ static void cuda_destroy(vram_backend *b)
  * config took it from, or the user's own). setenv here runs before this
  * backend starts any thread; a program that calls getenv from other threads
  * while creating a manager should set CUDA_VISIBLE_DEVICES itself. */
+static int only_indices(const char *list)
+{
+    for (const char *p = list; *p; p++)
+        if (!(*p >= '0' && *p <= '9') && *p != ',') return 0;
+    return 1;
+}
+
 static void apply_visible_devices(const vram_config *cfg)
 {
     if (!cfg || !cfg->visible_devices[0]) return;
+    /* NVIDIA_VISIBLE_DEVICES in the environment is the NVIDIA container
+     * runtime's variable (the seed's docker-compose): the runtime has already
+     * exposed just those GPUs, renumbered from 0, so re-applying an index
+     * ("1") here would hide the only device. UUIDs are the same inside and
+     * outside, so they are still applied. */
+    const char *nv = getenv("NVIDIA_VISIBLE_DEVICES");
+    if (!getenv("CUDA_VISIBLE_DEVICES") && nv && strcmp(nv, cfg->visible_devices) == 0 &&
+        only_indices(nv)) {
+        vram__log(VRAM_LOG_INFO,
+                  "cuda: NVIDIA_VISIBLE_DEVICES=%s is left to the container runtime (indices "
+                  "are renumbered inside a container); set CUDA_VISIBLE_DEVICES to choose "
+                  "devices in this process",
+                  nv);
+        return;
+    }
     const char *env = getenv("CUDA_VISIBLE_DEVICES");
     if (env) {
         if (strcmp(env, cfg->visible_devices) != 0)

@@ -858,6 +858,26 @@ static void test_driver_oom_evicts_then_fails_cleanly(void **state)
     vram_manager_destroy(m);
 }
 
+/* NVIDIA_VISIBLE_DEVICES=1 in the environment is the container runtime's:
+ * the index is not re-applied as CUDA_VISIBLE_DEVICES (it would hide the
+ * only device inside a container); a UUID is. */
+static void test_nvidia_visible_devices_index_left_to_runtime(void **state)
+{
+    (void)state;
+    vram_config cfg;
+    vram_config_init(&cfg);
+    cfg.backend = VRAM_BACKEND_CUDA;
+    snprintf(cfg.cuda_library, sizeof cfg.cuda_library, "%s", D.path);
+    unsetenv("CUDA_VISIBLE_DEVICES");
+    setenv("NVIDIA_VISIBLE_DEVICES", "1", 1);
+    snprintf(cfg.visible_devices, sizeof cfg.visible_devices, "1");
+    vram_backend *b = NULL;
+    assert_int_equal(vram__backend_cuda_create(&cfg, &b), 0);
+    assert_null(getenv("CUDA_VISIBLE_DEVICES"));
+    b->destroy(b);
+    unsetenv("NVIDIA_VISIBLE_DEVICES");
+}
+
 int main(void)
 {
     if (open_doubles() != 0) {
@@ -870,6 +890,8 @@ int main(void)
     vram_set_log_level(VRAM_LOG_ERROR);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_create_reports_devices, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_nvidia_visible_devices_index_left_to_runtime, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_driver_oom_evicts_then_fails_cleanly, setup, teardown),
         cmocka_unit_test_setup_teardown(test_library_missing_is_enodev, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cuinit_failure_is_enodev, setup, teardown),
