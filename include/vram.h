@@ -88,7 +88,7 @@ typedef struct vram_config {
     vram_backend_kind backend;   /* VRAM_BACKEND */
     double idle_timeout;         /* GPU_IDLE_TIMEOUT, seconds, default 600; 0 = never */
     double release_timeout;      /* VRAM_RELEASE_TIMEOUT, seconds, default 0 = never */
-    vram_size_spec gpu_budget;   /* VRAM_GPU_BUDGET, default 100% of each device */
+    vram_size_spec gpu_budget;   /* VRAM_GPU_BUDGET, default 100% of each device; 0 = all */
     vram_size_spec host_budget;  /* VRAM_HOST_BUDGET, default 0 = unlimited */
     uint64_t host_memory;        /* VRAM_HOST_MEMORY: emulated capacity per host device */
     int host_devices;            /* VRAM_HOST_DEVICES: emulated device count */
@@ -114,7 +114,8 @@ VRAM_API void vram_config_init(vram_config *cfg);
 
 /* Sets one option by its variable name ("GPU_IDLE_TIMEOUT", "VRAM_GPU_BUDGET")
  * from text. Returns VRAM_ECONFIG for an unknown name or a bad value and then
- * writes "VRAM_GPU_BUDGET: '12X' is not a size (use e.g. 8G or 80%)" into err
+ * writes "VRAM_GPU_BUDGET: '12X' is not a size (use bytes with K/M/G/T, e.g.
+ * 8G, or a percentage, e.g. 80%)" into err
  * (errlen bytes); cfg is unchanged on failure. */
 VRAM_API int vram_config_set(vram_config *cfg, const char *name, const char *value,
                              char *err, size_t errlen);
