@@ -1,6 +1,7 @@
 # Makefile - the entry points: make (build), make run (the daemon with demo models), make test (everything).
 BUILD   ?= build
 JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
+MAKEFLAGS += --no-print-directory
 CMAKE_FLAGS ?=
 
 .PHONY: all build run test unit asan tsan bench fuzz clean format install
