@@ -21,7 +21,8 @@ run:
 	@if [ -x scripts/run-demo ]; then scripts/run-demo; else $(BUILD)/seed_flow; fi
 
 # Everything: packages, build, all tests, a short fuzz run of the safetensors
-# parser, then the unit tests under ASan+UBSan and under TSan.
+# parser, then the unit and integration tests (vramd, vramctl) under
+# ASan+UBSan and the unit tests under TSan.
 test:
 	scripts/bootstrap test
 	$(MAKE) build
@@ -37,7 +38,7 @@ asan:
 	cmake -S . -B $(BUILD)-asan -DCMAKE_BUILD_TYPE=Debug -DVRAM_SANITIZE=address >/dev/null
 	cmake --build $(BUILD)-asan -j $(JOBS)
 	cd $(BUILD)-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-	  ctest --output-on-failure -j $(JOBS) -L 'unit|asan'
+	  ctest --output-on-failure -j $(JOBS) -L 'unit|integration'
 
 tsan:
 	cmake -S . -B $(BUILD)-tsan -DCMAKE_BUILD_TYPE=Debug -DVRAM_SANITIZE=thread >/dev/null
