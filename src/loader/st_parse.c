@@ -146,6 +146,23 @@ static int jr_peek(jr *r)
     return -1;
 }
 
+/* After a member of a container closed by `close` ('}' or ']'): consumes
+ * ',' (returns 1: another member follows) or close (returns 0: the container
+ * ended); anything else refuses the input (< 0). */
+static int jr_next(jr *r, char close)
+{
+    int c = jr_peek(r);
+    if (c == ',') {
+        r->i++;
+        return 1;
+    }
+    if (c == close) {
+        r->i++;
+        return 0;
+    }
+    return jr_syntax(r, close == '}' ? "expected ',' or '}'" : "expected ',' or ']'");
+}
+
 /* Consumes the byte c (after white space) or refuses with msg. */
 static int jr_expect(jr *r, char c, const char *msg)
 {
@@ -523,13 +540,8 @@ static int read_u64_array(jr *r, const char *qname, const char *field, int max, 
         int rc = read_u64(r, qname, field, *count, &v[*count]);
         if (rc) return rc;
         (*count)++;
-        int c = jr_peek(r);
-        if (c == ',') {
-            r->i++;
-            continue;
-        }
-        if (c == ']') return r->i++, 0;
-        return jr_syntax(r, "expected ',' or ']'");
+        int more = jr_next(r, ']');
+        if (more <= 0) return more;
     }
 }
 
@@ -601,16 +613,9 @@ static int parse_entry(jr *r, vram__st_tensor *t, uint64_t data_size)
                 t->begin = v[0];
                 t->end = v[1];
             }
-            c = jr_peek(r);
-            if (c == ',') {
-                r->i++;
-                continue;
-            }
-            if (c == '}') {
-                r->i++;
-                break;
-            }
-            return jr_syntax(r, "expected ',' or '}'");
+            int more = jr_next(r, '}');
+            if (more < 0) return more;
+            if (!more) break;
         }
     }
     if (seen != 7)
@@ -670,13 +675,8 @@ static int parse_meta(jr *r, strset *keys, size_t *count)
         }
         if ((rc = jr_string(r))) return rc;
         (*count)++;
-        int c = jr_peek(r);
-        if (c == ',') {
-            r->i++;
-            continue;
-        }
-        if (c == '}') return r->i++, 0;
-        return jr_syntax(r, "expected ',' or '}'");
+        int more = jr_next(r, '}');
+        if (more <= 0) return more;
     }
 }
 
@@ -763,17 +763,12 @@ int vram__st_parse_header(const char *json, uint64_t n, uint64_t file_size, cons
                 h.ntensors++;
                 if ((rc = parse_entry(&r, t, h.data_size))) goto fail;
             }
-            c = jr_peek(&r);
-            if (c == ',') {
-                r.i++;
-                continue;
+            int more = jr_next(&r, '}');
+            if (more < 0) {
+                rc = more;
+                goto fail;
             }
-            if (c == '}') {
-                r.i++;
-                break;
-            }
-            rc = jr_syntax(&r, "expected ',' or '}'");
-            goto fail;
+            if (!more) break;
         }
     }
     if ((rc = jr_end(&r))) goto fail;
@@ -922,13 +917,8 @@ static int parse_weight_map(jr *r, strset *names, strset *shards)
                                 vram__st_quote(r->buf, qs, sizeof qs), why);
         if (strset_add(shards, r->buf, r->blen) < 0)
             return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", r->what);
-        int c = jr_peek(r);
-        if (c == ',') {
-            r->i++;
-            continue;
-        }
-        if (c == '}') return r->i++, 0;
-        return jr_syntax(r, "expected ',' or '}'");
+        int more = jr_next(r, '}');
+        if (more <= 0) return more;
     }
 }
 
@@ -986,17 +976,12 @@ int vram__st_parse_index(const char *json, size_t n, const char *what, vram__st_
                 }
                 if ((rc = jr_skip(&r, 1))) goto fail;
             }
-            c = jr_peek(&r);
-            if (c == ',') {
-                r.i++;
-                continue;
+            int more = jr_next(&r, '}');
+            if (more < 0) {
+                rc = more;
+                goto fail;
             }
-            if (c == '}') {
-                r.i++;
-                break;
-            }
-            rc = jr_syntax(&r, "expected ',' or '}'");
-            goto fail;
+            if (!more) break;
         }
     }
     if ((rc = jr_end(&r))) goto fail;
