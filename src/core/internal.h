@@ -51,6 +51,12 @@ static inline uint64_t vram__mix64(uint64_t x)
 }
 #define VRAM_GOLDEN 0x9e3779b97f4a7c15ULL
 
+/* Bytes for people: "512 B", "24.0 MiB", "1.50 GiB" (powers of 1024). */
+typedef struct vram__hsize {
+    char s[32];
+} vram__hsize;
+vram__hsize vram__human(uint64_t bytes);
+
 /* Round up to a multiple of a (a power of two or any non-zero value). */
 static inline uint64_t vram__round_up(uint64_t v, uint64_t a)
 {

@@ -406,7 +406,11 @@ int vram_manager_register(vram_manager *m, const char *name, const vram_model_op
     model->immediate_offload = opts->immediate_offload ? 1 : 0;
     model->device = dev;
     model->state = VRAM_STATE_UNLOADED;
-    pthread_cond_init(&model->cond, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&model->cond, &ca);
+    pthread_condattr_destroy(&ca);
 
     pthread_mutex_lock(&m->lock);
     int rc = 0;
@@ -461,9 +465,16 @@ int vram_manager_unregister(vram_manager *m, const char *name)
         } else if ((s == VRAM_STATE_GPU) || (s == VRAM_STATE_CPU && model->readers == 0)) {
             vram__release_locked(model);
         } else {
-            model->waiters++;
-            pthread_cond_wait(&model->cond, &m->lock);
-            model->waiters--;
+            /* a transition in flight, or waiters yet to wake up and leave (the
+             * last of them may not broadcast): look again every 20 ms */
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            ts.tv_nsec += 20 * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&model->cond, &m->lock, &ts);
         }
     }
     if (!model) rc = vram__errorf(VRAM_ENOENT, "no model named '%s'", name);

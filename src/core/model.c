@@ -111,13 +111,15 @@ static int evict_one(vram_manager *m, int dev, vram_model *self, uint64_t seq)
 }
 
 /* Describes who holds a device's memory, for an out-of-memory message. */
-static void describe_holders(vram_manager *m, int dev, char *buf, size_t len)
+static void describe_holders(vram_manager *m, int dev, const vram_model *self, char *buf,
+                             size_t len)
 {
     size_t n = 0;
     buf[0] = '\0';
     for (size_t i = 0; i < m->nmodels && n + 1 < len; i++) {
         vram_model *c = m->models[i];
-        if (c->device != dev || c->state == VRAM_STATE_UNLOADED || c->state == VRAM_STATE_CPU)
+        if (c == self || c->device != dev || c->state == VRAM_STATE_UNLOADED ||
+            c->state == VRAM_STATE_CPU)
             continue;
         int w = snprintf(buf + n, len - n, "%s%s (%s, %d lease%s)", n ? ", " : "", c->name,
                          vram_state_name(c->state), c->leases, c->leases == 1 ? "" : "s");
@@ -136,9 +138,9 @@ static int charge(vram_manager *m, int dev, uint64_t bytes, vram_model *self)
     vram_device *d = &m->devs[dev];
     if (bytes > d->budget)
         return vram__errorf(VRAM_ENOMEM,
-                            "model '%s' needs %.2f GB on device %d, more than its budget of %.2f GB "
+                            "model '%s' needs %s on device %d, more than its budget of %s "
                             "(VRAM_GPU_BUDGET)",
-                            self->name, (double)bytes / 1e9, dev, (double)d->budget / 1e9);
+                            self->name, vram__human(bytes).s, dev, vram__human(d->budget).s);
     uint64_t seq = ++m->charge_seq;
     double deadline = -1;
     while (d->used + bytes > d->budget) {
@@ -148,12 +150,12 @@ static int charge(vram_manager *m, int dev, uint64_t bytes, vram_model *self)
         if (deadline < 0) deadline = now + m->cfg.evict_wait;
         if (now >= deadline) {
             char holders[256];
-            describe_holders(m, dev, holders, sizeof holders);
+            describe_holders(m, dev, self, holders, sizeof holders);
             return vram__errorf(VRAM_ENOMEM,
-                                "model '%s' needs %.2f GB on device %d: %.2f of %.2f GB budget in "
+                                "model '%s' needs %s on device %d: %s of the %s budget in "
                                 "use by %s; nothing idle to evict after waiting %.1f s",
-                                self->name, (double)bytes / 1e9, dev, (double)d->used / 1e9,
-                                (double)d->budget / 1e9, holders, m->cfg.evict_wait);
+                                self->name, vram__human(bytes).s, dev, vram__human(d->used).s,
+                                vram__human(d->budget).s, holders, m->cfg.evict_wait);
         }
         mem_wait(m, deadline);
     }
@@ -433,10 +435,10 @@ static int make_host_room(vram_manager *m, uint64_t need, vram_model *self)
         }
         if (!victim)
             return vram__errorf(VRAM_EHOSTMEM,
-                                "backup of '%s' needs %.2f GB but the host budget "
-                                "(VRAM_HOST_BUDGET) has %.2f of %.2f GB in use",
-                                self->name, (double)need / 1e9, (double)m->host_used / 1e9,
-                                (double)m->host_budget / 1e9);
+                                "backup of '%s' needs %s but the host budget "
+                                "(VRAM_HOST_BUDGET) has %s of %s in use",
+                                self->name, vram__human(need).s, vram__human(m->host_used).s,
+                                vram__human(m->host_budget).s);
         vram__log(VRAM_LOG_INFO, "host-evict model=%s bytes=%llu for=%s", victim->name,
                   (unsigned long long)victim->bytes, self->name);
         vram__release_locked(victim);

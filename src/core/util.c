@@ -111,6 +111,25 @@ void vram__log(vram_log_level level, const char *fmt, ...)
     pthread_mutex_unlock(&g_log.lock);
 }
 
+/* ---- sizes ---- */
+
+vram__hsize vram__human(uint64_t bytes)
+{
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+    vram__hsize h;
+    double v = (double)bytes;
+    int u = 0;
+    while (v >= 1024.0 && u < 5) {
+        v /= 1024.0;
+        u++;
+    }
+    if (u == 0)
+        snprintf(h.s, sizeof h.s, "%llu B", (unsigned long long)bytes);
+    else
+        snprintf(h.s, sizeof h.s, v < 10 ? "%.2f %s" : "%.1f %s", v, units[u]);
+    return h;
+}
+
 /* ---- clock ---- */
 
 double vram__now(void)
