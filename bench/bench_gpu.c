@@ -439,7 +439,7 @@ int main(int argc, char **argv)
     const char *sizes = "1G,4G,16G", *results = NULL;
     uint64_t raw = 4ULL << 30;
     int cycles = 3, hot = 1000, dev = 0;
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i += 2) { /* every flag takes a value */
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) {
             usage();
@@ -461,7 +461,6 @@ int main(int argc, char **argv)
             usage();
             return 2;
         }
-        i++;
     }
     if (cycles < 1) cycles = 1;
     if (hot < 0) hot = 0;

@@ -1,4 +1,4 @@
-# 30-fuzz.cmake - libFuzzer targets (VRAM_FUZZ=ON, clang only): fuzz_safetensors and its CTest smoke run.
+# 30-fuzz.cmake - libFuzzer targets (VRAM_FUZZ=ON, clang only): fuzz_safetensors, fuzz_mcp and their CTest smoke runs.
 if(VRAM_FUZZ)
   if(NOT CMAKE_C_COMPILER_ID MATCHES "Clang")
     message(FATAL_ERROR "VRAM_FUZZ=ON needs clang: cmake -DCMAKE_C_COMPILER=clang -DVRAM_FUZZ=ON")
@@ -14,9 +14,24 @@ if(VRAM_FUZZ)
   target_link_options(fuzz_safetensors PRIVATE ${VRAM_FUZZ_FLAGS})
   target_link_libraries(fuzz_safetensors PRIVATE vram_static PkgConfig::JANSSON)
 
+  # The MCP dispatcher and the command table, compiled into the target (not
+  # vram_server: that one carries HTTP and is built without the fuzz flags),
+  # over the core library's host backend.
+  add_executable(fuzz_mcp fuzz/fuzz_mcp.c src/server/mcp.c src/server/commands.c)
+  target_include_directories(fuzz_mcp PRIVATE include src)
+  target_compile_definitions(fuzz_mcp PRIVATE _GNU_SOURCE=)
+  target_compile_options(fuzz_mcp PRIVATE ${VRAM_FUZZ_FLAGS})
+  target_link_options(fuzz_mcp PRIVATE ${VRAM_FUZZ_FLAGS})
+  target_link_libraries(fuzz_mcp PRIVATE vram_static PkgConfig::JANSSON Threads::Threads)
+
   enable_testing()
   add_test(NAME fuzz/safetensors-smoke
-    COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-smoke --binary $<TARGET_FILE:fuzz_safetensors>
+    COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-smoke --target safetensors
+            --binary $<TARGET_FILE:fuzz_safetensors>
             --seconds 30 --work ${CMAKE_BINARY_DIR}/fuzz-smoke)
   set_tests_properties(fuzz/safetensors-smoke PROPERTIES LABELS fuzz TIMEOUT 300)
+  add_test(NAME fuzz/mcp-smoke
+    COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-smoke --target mcp --binary $<TARGET_FILE:fuzz_mcp>
+            --seconds 30 --work ${CMAKE_BINARY_DIR}/fuzz-smoke-mcp)
+  set_tests_properties(fuzz/mcp-smoke PROPERTIES LABELS fuzz TIMEOUT 300)
 endif()

@@ -37,8 +37,9 @@ const vram__command *vram__command_find(const char *name);
 /* The i-th command of the table, NULL past the end. */
 const vram__command *vram__command_at(size_t i);
 
-/* Runs cmd with args (borrowed; NULL = {}) and fills res (which it first
- * resets). Returns res->code. Never blocks forever: offload and release
+/* Runs cmd with args (borrowed; NULL = {}) and fills res, first freeing
+ * what res holds: res must be zeroed or hold an earlier result. Returns
+ * res->code. Never blocks forever: offload and release
  * of a model under a lease are deferred to the lease's end (VRAM_DEFERRED). */
 int vram__command_run(vram_manager *m, const vram__command *cmd, json_t *args,
                       vram__cmd_result *res);

@@ -433,9 +433,12 @@ size_t vram__mcp_session_count(vram__mcp *mcp)
 
 /* ---- Streamable HTTP ---- */
 
+/* An error reply; a request id that JSON-RPC does not allow (object, array,
+ * real, boolean) is answered with null, as an unreadable id is. */
 static void http_error(vram__mcp_http_resp *resp, unsigned status, json_t *id, int code,
                        const char *message)
 {
+    if (id && !json_is_string(id) && !json_is_integer(id)) id = NULL;
     resp->status = status;
     resp->body = vram__mcp_error_text(id, code, message);
 }
