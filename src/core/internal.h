@@ -51,6 +51,12 @@ static inline uint64_t vram__mix64(uint64_t x)
 }
 #define VRAM_GOLDEN 0x9e3779b97f4a7c15ULL
 
+/* Replaces, in place, every byte of s that is not part of valid UTF-8 with
+ * '?', so that text from file names or drivers can go into JSON. Returns s. */
+char *vram__utf8_clean(char *s);
+/* 1 when s is valid UTF-8 (no overlongs, surrogates or values past U+10FFFF). */
+int vram__utf8_valid(const char *s);
+
 /* Bytes for people: "512 B", "24.0 MiB", "1.50 GiB" (powers of 1024). */
 typedef struct vram__hsize {
     char s[32];

@@ -350,7 +350,7 @@ void vram_model_opts_init(vram_model_opts *opts)
 static int valid_name(const char *name)
 {
     size_t n = strlen(name);
-    if (n == 0 || n > 128) return 0;
+    if (n == 0 || n > 128 || !vram__utf8_valid(name)) return 0;
     for (const unsigned char *p = (const unsigned char *)name; *p; p++)
         if (*p < 0x20 || *p == 0x7f || *p == '/' || *p == '"' || *p == '\\') return 0;
     return 1;
@@ -369,9 +369,8 @@ int vram_manager_register(vram_manager *m, const char *name, const vram_model_op
     if (out) *out = NULL;
     if (!m || !name || !opts) return vram__errorf(VRAM_EINVAL, "manager, name and opts are required");
     if (!valid_name(name))
-        return vram__errorf(VRAM_EINVAL, "model name '%.40s' must be 1-128 printable characters "
-                                         "without '/', '\"' or '\\'",
-                            name);
+        return vram__errorf(VRAM_EINVAL, "model name must be 1-128 bytes of printable UTF-8 "
+                                         "without '/', '\"' or '\\'");
     if (!opts->source && !opts->load)
         return vram__errorf(VRAM_EINVAL, "model '%s' needs a source or a load function", name);
     if ((opts->idle_timeout >= 0 && vram__check_seconds(opts->idle_timeout) < 0) ||

@@ -132,6 +132,9 @@ static void snap_model(vram_manager *m, vram_model *c, double now, model_snap *s
     s->restore_t = c->total_restore_s;
     snprintf(s->source, sizeof s->source, "%s", c->source ? c->source->spec : "");
     snprintf(s->last_error, sizeof s->last_error, "%s", c->last_error);
+    /* paths and driver messages may hold any bytes (or be cut mid-character) */
+    vram__utf8_clean(s->source);
+    vram__utf8_clean(s->last_error);
 }
 
 char *vram__status_json(vram_manager *m, const char *only)

@@ -825,6 +825,8 @@ static void test_registry_and_bad_arguments(void **state)
     memset(longname, 'a', sizeof longname - 1);
     longname[sizeof longname - 1] = '\0';
     assert_int_equal(vram_manager_register(m, longname, &o, &model), VRAM_EINVAL);
+    assert_int_equal(vram_manager_register(m, "bad\xff\xfeutf8", &o, &model), VRAM_EINVAL);
+    assert_int_equal(vram_manager_register(m, "模型-8B", &o, NULL), 0); /* UTF-8 is fine */
     assert_int_equal(vram_manager_register(m, "ok", &o, &model), 0);
     vram_model *dup = NULL;
     assert_int_equal(vram_manager_register(m, "ok", &o, &dup), VRAM_EEXIST);
@@ -861,6 +863,25 @@ static void test_registry_and_bad_arguments(void **state)
     assert_string_equal(vram_err_name(VRAM_ENOMEM), "ENOMEM");
     assert_string_equal(vram_strerror(VRAM_EBUSY), "model is in use");
     assert_string_equal(vram_err_name(12345), "UNKNOWN");
+    vram_manager_destroy(m);
+}
+
+static void test_status_survives_invalid_utf8(void **state)
+{
+    (void)state;
+    vram_manager *m = fake_manager(64 * MiB);
+    vram_model *model = add_synthetic(m, "m", "synthetic:1M");
+    /* a driver message or a file name cut mid-character */
+    snprintf(model->last_error, sizeof model->last_error, "load failed: /models/\xe6\xa8" "bad \xff");
+    char *text = vram_manager_status_json(m);
+    assert_non_null(text);
+    json_error_t jerr;
+    json_t *root = json_loads(text, 0, &jerr);
+    assert_non_null(root);
+    json_t *e = json_object_get(json_object_get(root, "m"), "last_error");
+    assert_string_equal(json_string_value(e), "load failed: /models/??bad ?");
+    json_decref(root);
+    free(text);
     vram_manager_destroy(m);
 }
 
@@ -948,6 +969,7 @@ int main(void)
         cmocka_unit_test(test_monitor_thread_real_clock),
         cmocka_unit_test(test_status_json),
         cmocka_unit_test(test_registry_and_bad_arguments),
+        cmocka_unit_test(test_status_survives_invalid_utf8),
         cmocka_unit_test(test_offload_release_all),
         cmocka_unit_test(test_checksum_function),
         cmocka_unit_test(test_global_manager),
