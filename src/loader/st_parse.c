@@ -171,6 +171,23 @@ static int jr_expect(jr *r, char c, const char *msg)
     return 0;
 }
 
+/* Opens the top-level object of a header or index (kind: "header",
+ * "index"): refuses an array by name and anything else that is not '{'.
+ * Returns 1 when a member follows, 0 for an empty object ('}' consumed),
+ * < 0 when refused. */
+static int jr_open_top(jr *r, const char *what, const char *kind)
+{
+    if (jr_peek(r) == '[')
+        return vram__errorf(VRAM_EFORMAT, "%s: %s is a JSON array, not an object", what, kind);
+    int rc = jr_expect(r, '{', "expected '{'");
+    if (rc) return rc;
+    if (jr_peek(r) == '}') {
+        r->i++;
+        return 0;
+    }
+    return 1;
+}
+
 /* A value of the wrong type was found at r->i: a syntax error when the
  * input simply ended there, else VRAM_EFORMAT with the formatted message. */
 static int jr_wrong(jr *r, const char *fmt, ...) VRAM_PRINTF(2, 3);
@@ -721,15 +738,12 @@ int vram__st_parse_header(const char *json, uint64_t n, uint64_t file_size, cons
     char **names = NULL;
     size_t cap = 0;
     int rc = 0, seen_meta = 0;
-    int c = jr_peek(&r);
-    if (c == '[') {
-        rc = vram__errorf(VRAM_EFORMAT, "%s: header is a JSON array, not an object", what);
+    int open = jr_open_top(&r, what, "header");
+    if (open < 0) {
+        rc = open;
         goto fail;
     }
-    if ((rc = jr_expect(&r, '{', "expected '{'"))) goto fail;
-    if (jr_peek(&r) == '}') {
-        r.i++;
-    } else {
+    if (open) {
         for (;;) {
             if ((rc = jr_string(&r)) || (rc = jr_expect(&r, ':', "expected ':'"))) goto fail;
             if (strcmp(r.buf, "__metadata__") == 0) {
@@ -948,15 +962,12 @@ int vram__st_parse_index(const char *json, size_t n, const char *what, vram__st_
     int rc = 0, has_wm = 0;
     const char *dup = NULL;
     char qd[400];
-    int c = jr_peek(&r);
-    if (c == '[') {
-        rc = vram__errorf(VRAM_EFORMAT, "%s: index is a JSON array, not an object", what);
+    int open = jr_open_top(&r, what, "index");
+    if (open < 0) {
+        rc = open;
         goto fail;
     }
-    if ((rc = jr_expect(&r, '{', "expected '{'"))) goto fail;
-    if (jr_peek(&r) == '}') {
-        r.i++;
-    } else {
+    if (open) {
         for (;;) {
             if ((rc = jr_string(&r))) goto fail;
             if (strset_add(&keys, r.buf, r.blen) < 0) {
