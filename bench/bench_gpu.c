@@ -6,8 +6,9 @@
 #include <string.h>
 
 #include "backend/cuda_driver.h"
-#include "core/internal.h"
+#include "base/base.h"
 #include "vram.h"
+#include "vram_server.h"
 
 /*
  * Usage: bench_gpu [--sizes 1G,4G,16G] [--raw 4G] [--cycles 3] [--hot 1000]

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include "vram.h"
+#include "vram_server.h"
 
 /* "Processing": read the weights back from the device and hash them. */
 static int process(vram_model *model, vram_lease *lease, uint64_t *out)

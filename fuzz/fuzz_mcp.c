@@ -10,6 +10,7 @@
 #include "server/commands.h"
 #include "server/mcp.h"
 #include "vram.h"
+#include "vram_server.h"
 
 /*
  * The first byte picks a mode (its value modulo 3; the seeds use the

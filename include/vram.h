@@ -51,6 +51,28 @@ VRAM_API const char *vram_strerror(int err);
 /* The code's name without prefix ("ENOMEM"); "UNKNOWN" for foreign values. */
 VRAM_API const char *vram_err_name(int err);
 
+/* The calling thread's detailed message for its last failed call (like
+ * dlerror, but never reset by a success): "Llasa-8B: needs 16.0 GiB on
+ * device 0, 2.0 GiB free; held by XCodec2 (1.5 GiB, leased)". "" when this
+ * thread has had no failure. Valid until the thread's next failing call. */
+VRAM_API const char *vram_last_error(void);
+
+/* Records a detailed message for the calling thread and returns err, so
+ * that a load callback (or an embedder's own layer) can say why it failed:
+ * `return vram_set_error(VRAM_ELOAD, "checkpoint %s: %s", path, why);`.
+ * A load callback's message becomes the model's last_error. */
+VRAM_API int vram_set_error(int err, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+
+/* The largest number of seconds any timeout or wait accepts (10 years of
+ * 365 days); every surface checks against this one value. */
+#define VRAM_SECONDS_MAX 315360000.0
+/* Longest model name, in bytes. */
+#define VRAM_NAME_MAX 128
+
 /* ------------------------------------------------------------------------ */
 /* Handles                                                                   */
 /* ------------------------------------------------------------------------ */
@@ -139,6 +161,15 @@ VRAM_API int vram_parse_size(const char *text, uint64_t *out);
 typedef void (*vram_log_fn)(vram_log_level level, const char *line, void *user);
 VRAM_API void vram_set_log_level(vram_log_level level);
 VRAM_API void vram_set_log_callback(vram_log_fn fn, void *user); /* NULL: stderr */
+/* True when lines of this level are written (skip costly formatting). */
+VRAM_API int vram_log_enabled(vram_log_level level);
+/* Writes one event line through vram's log (timestamp and level added,
+ * newlines folded), for embedders that want one log. */
+VRAM_API void vram_log(vram_log_level level, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
 
 /* ------------------------------------------------------------------------ */
 /* Manager                                                                   */
@@ -173,14 +204,8 @@ VRAM_API int vram_manager_set_release_timeout(vram_manager *m, double seconds);
 VRAM_API int vram_manager_offload_all(vram_manager *m, unsigned flags);
 VRAM_API int vram_manager_release_all(vram_manager *m, unsigned flags);
 
-/* The status of every model as JSON (the seed's get_all_status plus state,
- * bytes, leases, counters, durations, GB/s, last_error). Caller frees with
- * free(). NULL only when out of host memory. */
-VRAM_API char *vram_manager_status_json(vram_manager *m);
-/* The status of one model as a JSON object; NULL for an unknown name. */
-VRAM_API char *vram_model_status_json(vram_manager *m, const char *name);
-/* Devices with memory figures as a JSON array. Caller frees. */
-VRAM_API char *vram_manager_devices_json(vram_manager *m);
+/* The status of every model as structs: vram_manager_models() below; as
+ * the seed's JSON: vram_manager_status_json() in vram_server.h. */
 
 /* True while the idle monitor thread runs. */
 VRAM_API int vram_manager_monitor_running(vram_manager *m);
@@ -307,6 +332,70 @@ VRAM_API uint64_t vram_checksum(const void *data, size_t bytes);
 /* Bytes of the synthetic source "synthetic:SIZE[:SEED]" at [offset, offset+n):
  * deterministic, any range computable on its own. */
 VRAM_API void vram_synthetic_fill(uint64_t seed, uint64_t offset, void *dst, size_t n);
+
+/* ------------------------------------------------------------------------ */
+/* Status as data. Each call takes one consistent snapshot under the        */
+/* manager's lock. The structs grow only at their end: a caller passes      */
+/* sizeof of the struct it was compiled with as `size`, and the library     */
+/* fills that many bytes (so an older embedder keeps working with a newer   */
+/* library, and a newer field reads as 0 from an older one). JSON for HTTP, */
+/* MCP and the CLI is built from these in the server layer (vram_server.h). */
+/* ------------------------------------------------------------------------ */
+typedef struct vram_model_info {
+    char name[VRAM_NAME_MAX + 8];
+    vram_state state;            /* vram_state_name() / vram_state_location() */
+    int device;                  /* device index */
+    int leases;                  /* live leases */
+    int immediate_offload;       /* offload at the end of the last lease */
+    uint64_t bytes;              /* size of the model (its source's before the first load) */
+    uint64_t tensors;            /* entries of its tensor table */
+    double idle_seconds;         /* since the end of the last use, 0 while leased or unloaded */
+    double idle_timeout;         /* effective, seconds; 0 = never */
+    double release_timeout;      /* effective, seconds; 0 = never */
+    uint64_t loads, offloads, restores, releases, evictions, failures;
+    double last_load_seconds, last_offload_seconds, last_restore_seconds;
+    double last_load_gbps, last_offload_gbps, last_restore_gbps; /* 1e9 bytes/s */
+    double load_seconds_total, offload_seconds_total, restore_seconds_total;
+    uint64_t progress_done;      /* bytes of a load in flight, */
+    uint64_t progress_total;     /* of this many (both 0 unless loading) */
+    char source[VRAM_STR_MAX];   /* "" for a callback model; valid UTF-8 */
+    char last_error[512];        /* "" when none; valid UTF-8 */
+} vram_model_info;
+
+typedef struct vram_device_status {
+    int index;
+    char name[128];              /* "NVIDIA H200", "host-emulated device 0" */
+    char uuid[64];               /* "GPU-..." on CUDA, "" when unknown */
+    uint64_t total_bytes;        /* device memory */
+    uint64_t free_bytes;         /* free now, as the device reports (every user) */
+    uint64_t used_by_models_bytes; /* mapped by this manager's models */
+    uint64_t charged_bytes;      /* counted against the budget (mapped or about to be) */
+    uint64_t budget_bytes;       /* this manager's budget on the device */
+} vram_device_status;
+
+typedef struct vram_manager_info {
+    char backend[16];            /* "host", "cuda" */
+    int devices;
+    int models;
+    int monitor_running;
+    double idle_timeout;         /* the manager's defaults, seconds */
+    double release_timeout;
+    uint64_t host_budget_bytes;  /* 0 = unlimited */
+    uint64_t host_used_bytes;    /* bytes of host backups */
+} vram_manager_info;
+
+/* One model's status. VRAM_EINVAL for a NULL argument or a size of 0. */
+VRAM_API int vram_model_get_info(vram_model *model, vram_model_info *out, size_t size);
+/* Every model's status in registration order, in one snapshot: fills up to
+ * cap entries of out (each `size` bytes apart) and returns how many models
+ * there are (more than cap means the array was too small), or a negative
+ * code. out may be NULL with cap 0 to count. */
+VRAM_API int vram_manager_models(vram_manager *m, vram_model_info *out, size_t cap,
+                                 size_t size);
+/* Every device's status, with the backend's live free figure; as above. */
+VRAM_API int vram_manager_devices(vram_manager *m, vram_device_status *out, size_t cap,
+                                  size_t size);
+VRAM_API int vram_manager_get_info(vram_manager *m, vram_manager_info *out, size_t size);
 
 /* ------------------------------------------------------------------------ */
 /* Tensors of a model loaded from a safetensors source. The table is fixed  */

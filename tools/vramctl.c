@@ -18,7 +18,7 @@
 
 #include "backend/nvml.h"
 #include "core/config.h"
-#include "core/internal.h"
+#include "base/base.h"
 #include "loader/st_parse.h"
 #include "vram.h"
 

@@ -14,7 +14,7 @@
 
 #include "backend/nvml.h"
 #include "core/config.h"
-#include "core/internal.h"
+#include "base/base.h"
 #include "server/http.h"
 #include "vram.h"
 

@@ -2,11 +2,32 @@
 pkg_check_modules(MHD REQUIRED IMPORTED_TARGET libmicrohttpd)
 pkg_check_modules(CURL REQUIRED IMPORTED_TARGET libcurl)
 
+# libvram-server: the embeddable HTTP/MCP/metrics server (include/vram_server.h),
+# built on libvram's public API and the stateless part of the base layer.
 file(GLOB VRAM_SERVER_SOURCES CONFIGURE_DEPENDS src/server/*.c)
+set(VRAM_BASE_PURE ${CMAKE_SOURCE_DIR}/src/base/text.c ${CMAKE_SOURCE_DIR}/src/base/clock.c)
 add_library(vram_server STATIC ${VRAM_SERVER_SOURCES})
+set_target_properties(vram_server PROPERTIES OUTPUT_NAME vram-server)
 target_include_directories(vram_server PUBLIC include src)
+target_compile_definitions(vram_server PRIVATE VRAM_BUILDING _GNU_SOURCE=)
 target_link_libraries(vram_server PUBLIC vram_static PkgConfig::MHD PkgConfig::JANSSON
                       Threads::Threads)
+
+# the shared one carries its own copy of the stateless base helpers, since
+# libvram.so exports only vram_ symbols
+add_library(vram_server_shared SHARED ${VRAM_SERVER_SOURCES} ${VRAM_BASE_PURE})
+set_target_properties(vram_server_shared PROPERTIES OUTPUT_NAME vram-server
+  VERSION ${PROJECT_VERSION} SOVERSION ${PROJECT_VERSION_MAJOR})
+target_include_directories(vram_server_shared PRIVATE include src)
+target_compile_definitions(vram_server_shared PRIVATE VRAM_BUILDING _GNU_SOURCE=)
+target_compile_options(vram_server_shared PRIVATE -fvisibility=hidden)
+target_link_libraries(vram_server_shared PRIVATE vram_shared PkgConfig::MHD PkgConfig::JANSSON
+                      Threads::Threads m)
+configure_file(${CMAKE_SOURCE_DIR}/vram-server.pc.in vram-server.pc @ONLY)
+install(TARGETS vram_server vram_server_shared
+  ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
+install(FILES include/vram_server.h DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+install(FILES ${CMAKE_BINARY_DIR}/vram-server.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
 
 add_executable(vramd tools/vramd.c)
 target_link_libraries(vramd PRIVATE vram_server)

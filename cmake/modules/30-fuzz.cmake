@@ -17,7 +17,8 @@ if(VRAM_FUZZ)
   # The MCP dispatcher and the command table, compiled into the target (not
   # vram_server: that one carries HTTP and is built without the fuzz flags),
   # over the core library's host backend.
-  add_executable(fuzz_mcp fuzz/fuzz_mcp.c src/server/mcp.c src/server/commands.c)
+  add_executable(fuzz_mcp fuzz/fuzz_mcp.c src/server/mcp.c src/server/commands.c
+    src/server/status_json.c)
   target_include_directories(fuzz_mcp PRIVATE include src)
   target_compile_definitions(fuzz_mcp PRIVATE _GNU_SOURCE=)
   target_compile_options(fuzz_mcp PRIVATE ${VRAM_FUZZ_FLAGS})

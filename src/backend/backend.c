@@ -1,6 +1,6 @@
 /* backend.c - choosing a backend: cuda when a driver and a device exist (auto), else the host emulation. */
 #include "backend/backend.h"
-#include "core/internal.h"
+#include "base/base.h"
 
 int vram__backend_open(const vram_config *cfg, vram_backend **out)
 {

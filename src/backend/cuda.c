@@ -10,7 +10,7 @@
 #include "backend/backend.h"
 #include "backend/cuda_checksum_ptx.h"
 #include "backend/cuda_driver.h"
-#include "core/internal.h"
+#include "base/base.h"
 
 /*
  * Model

@@ -8,7 +8,7 @@
 #include <unistd.h>
 
 #include "backend/backend.h"
-#include "core/internal.h"
+#include "base/base.h"
 
 /*
  * Model

@@ -13,7 +13,7 @@
 #include <strings.h>
 
 #include "config.h"
-#include "internal.h"
+#include "base/base.h"
 
 /* ------------------------------------------------------------------------ */
 /* Types of option: a parser from text and a formatter back to text.        */
@@ -227,9 +227,9 @@ static int parse_seconds(const option *o, const char *text, const char *shown, o
         return -1;
     }
     double s = decimal_value(&d) * mult;
-    if (!(s <= VRAM_SECONDS_MAX)) {
-        snprintf(msg, len, "%s is out of range (at most 10 years, %.0f seconds)", shown,
-                 VRAM_SECONDS_MAX);
+    const char *why = vram__seconds_problem(s);
+    if (why) {
+        snprintf(msg, len, "%s %s", shown, why);
         return -1;
     }
     v->d = s;

@@ -9,8 +9,6 @@
 /* Longest .env line accepted, in bytes, without its line ending. */
 #define VRAM_ENV_LINE_MAX 4096
 
-/* Seconds options accept at most this much (10 years of 365 days). */
-#define VRAM_SECONDS_MAX (10.0 * 365.0 * 86400.0)
 
 /* One option of the table, as the daemon's --help shows it. Every string is
  * static; alias is NULL when the option has none. */

@@ -6,7 +6,7 @@
 #include <stdint.h>
 
 #include "backend/backend.h"
-#include "core/internal.h"
+#include "base/base.h"
 #include "loader/source.h"
 #include "vram.h"
 
@@ -150,7 +150,7 @@ double vram__release_timeout(const vram_model *model);
 int vram__offload_locked(vram_model *model, int evicting);
 int vram__release_locked(vram_model *model);
 
-/* Status snapshots (status.c). */
-char *vram__status_json(vram_manager *m, const char *only);
+
+
 
 #endif /* VRAM_CORE_H */

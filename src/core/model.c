@@ -893,10 +893,8 @@ int vram_model_checksum(vram_model *model, uint64_t *out)
 
 static int check_seconds(double s)
 {
-    if (!isfinite(s) || s < 0 || s > 315576000.0)
-        return vram__errorf(VRAM_EINVAL, "timeout must be a finite number of seconds between 0 "
-                                         "and 315576000 (10 years), got %g",
-                            s);
+    const char *why = vram__seconds_problem(s);
+    if (why) return vram__errorf(VRAM_EINVAL, "timeout of %g seconds %s", s, why);
     return 0;
 }
 

@@ -13,7 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "core/internal.h"
+#include "base/base.h"
 #include "loader/source.h"
 #include "loader/st_parse.h"
 
@@ -421,7 +421,7 @@ static int open_index(const char *path, st_open *o)
         if (rc < 0) {
             if (rc == VRAM_EFORMAT && access(f->path, F_OK) != 0)
                 vram__errorf(VRAM_EFORMAT, "%s: shard '%s' named in weight_map is missing (%s)",
-                             path, vram__st_quote(ix.shards[k], qs, sizeof qs), f->path);
+                             path, vram__quote(ix.shards[k], qs, sizeof qs), f->path);
             goto out;
         }
         for (size_t i = 0; i < h->ntensors; i++) {
@@ -432,16 +432,16 @@ static int open_index(const char *path, st_open *o)
                 rc = vram__errorf(VRAM_EFORMAT,
                                   "%s: tensor '%s' is in shard '%s' but not in "
                                   "weight_map",
-                                  path, vram__st_quote(name, qn, sizeof qn),
-                                  vram__st_quote(ix.shards[k], qs, sizeof qs));
+                                  path, vram__quote(name, qn, sizeof qn),
+                                  vram__quote(ix.shards[k], qs, sizeof qs));
                 goto out;
             }
             if (ix.shard_of[e] != k) {
                 rc = vram__errorf(VRAM_EFORMAT,
                                   "%s: tensor '%s' is in shard '%s' but weight_map puts it in '%s'",
-                                  path, vram__st_quote(name, qn, sizeof qn),
-                                  vram__st_quote(ix.shards[k], qs, sizeof qs),
-                                  vram__st_quote(ix.shards[ix.shard_of[e]], qb, sizeof qb));
+                                  path, vram__quote(name, qn, sizeof qn),
+                                  vram__quote(ix.shards[k], qs, sizeof qs),
+                                  vram__quote(ix.shards[ix.shard_of[e]], qb, sizeof qb));
                 goto out;
             }
             found[e] = 1;
@@ -453,8 +453,8 @@ static int open_index(const char *path, st_open *o)
             rc = vram__errorf(VRAM_EFORMAT,
                               "%s: weight_map puts tensor '%s' in shard '%s' but that shard does "
                               "not hold it",
-                              path, vram__st_quote(ix.names[e], qn, sizeof qn),
-                              vram__st_quote(ix.shards[ix.shard_of[e]], qa, sizeof qa));
+                              path, vram__quote(ix.names[e], qn, sizeof qn),
+                              vram__quote(ix.shards[ix.shard_of[e]], qa, sizeof qa));
             goto out;
         }
     }

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/internal.h"
+#include "base/base.h"
 #include "loader/source.h"
 
 void vram__sink_progress(const vram_sink *sink, uint64_t n)

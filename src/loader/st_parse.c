@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/internal.h"
+#include "base/base.h"
 #include "loader/st_parse.h"
 
 /* ---- dtypes ---- */
@@ -44,29 +44,6 @@ int vram__st_tensor_bytes(const vram__st_dtype *dt, int ndim, const int64_t *sha
 }
 
 /* ---- message helpers ---- */
-
-/* Writes s into buf (cap bytes, at least 16) quoted for a message: about 96
- * bytes of it, control bytes, DEL, quotes and backslashes as \xNN, "..."
- * when cut; cuts fall between UTF-8 characters, never inside one. Returns
- * buf. */
-const char *vram__st_quote(const char *s, char *buf, size_t cap)
-{
-    size_t o = 0;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        int boundary = (*p & 0xc0) != 0x80;
-        if (boundary && (o >= 96 || o + 12 >= cap)) {
-            memcpy(buf + o, "...", 3);
-            o += 3;
-            break;
-        }
-        if (*p < 0x20 || *p == 0x7f || *p == '\'' || *p == '\\')
-            o += (size_t)snprintf(buf + o, cap - o, "\\x%02x", *p);
-        else
-            buf[o++] = (char)*p;
-    }
-    buf[o] = '\0';
-    return buf;
-}
 
 /* Formats a shape as "[10, 20]" into buf (cap bytes). */
 static const char *shape_text(int ndim, const int64_t *shape, char *buf, size_t cap)
@@ -568,7 +545,7 @@ static int parse_entry(jr *r, vram__st_tensor *t, uint64_t data_size)
     const char *what = r->what;
     char qname[400];
     size_t len = strlen(t->name);
-    vram__st_quote(t->name, qname, sizeof qname);
+    vram__quote(t->name, qname, sizeof qname);
     if (len == 0) return vram__errorf(VRAM_EFORMAT, "%s: a tensor has an empty name", what);
     if (len > VRAM_ST_MAX_NAME)
         return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': name of %zu bytes is longer than %d",
@@ -592,7 +569,7 @@ static int parse_entry(jr *r, vram__st_tensor *t, uint64_t data_size)
                 return vram__errorf(VRAM_EFORMAT,
                                     "%s: tensor '%s': unexpected key '%s' (expected only dtype, "
                                     "shape, data_offsets)",
-                                    what, qname, vram__st_quote(r->buf, qk, sizeof qk));
+                                    what, qname, vram__quote(r->buf, qk, sizeof qk));
             if (seen & which)
                 return vram__errorf(VRAM_EFORMAT,
                                     "%s: header names a key twice ('%s' in tensor "
@@ -608,7 +585,7 @@ static int parse_entry(jr *r, vram__st_tensor *t, uint64_t data_size)
                 t->dtype = vram__st_dtype_find(r->buf);
                 if (!t->dtype)
                     return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': unknown dtype '%s'", what,
-                                        qname, vram__st_quote(r->buf, qk, sizeof qk));
+                                        qname, vram__quote(r->buf, qk, sizeof qk));
             } else if (which == 2) {
                 if (c != '[')
                     return jr_wrong(r, "%s: tensor '%s': shape is not an array", what, qname);
@@ -688,7 +665,7 @@ static int parse_meta(jr *r, strset *keys, size_t *count)
         if (jr_peek(r) != '"') {
             char qk[400];
             return jr_wrong(r, "%s: __metadata__ value of '%s' is not a string", r->what,
-                            vram__st_quote(r->buf, qk, sizeof qk));
+                            vram__quote(r->buf, qk, sizeof qk));
         }
         if ((rc = jr_string(r))) return rc;
         (*count)++;
@@ -796,7 +773,7 @@ int vram__st_parse_header(const char *json, uint64_t n, uint64_t file_size, cons
     }
     if (dup) {
         rc = vram__errorf(VRAM_EFORMAT, "%s: header names a key twice ('%s' in __metadata__)", what,
-                          vram__st_quote(dup, qd, sizeof qd));
+                          vram__quote(dup, qd, sizeof qd));
         goto fail;
     }
     names = malloc((h.ntensors ? h.ntensors : 1) * sizeof *names);
@@ -810,7 +787,7 @@ int vram__st_parse_header(const char *json, uint64_t n, uint64_t file_size, cons
     for (size_t i = 1; i < h.ntensors; i++)
         if (strcmp(names[i - 1], names[i]) == 0) {
             rc = vram__errorf(VRAM_EFORMAT, "%s: header names a key twice (tensor '%s')", what,
-                              vram__st_quote(names[i], qd, sizeof qd));
+                              vram__quote(names[i], qd, sizeof qd));
             goto fail;
         }
 
@@ -825,8 +802,8 @@ int vram__st_parse_header(const char *json, uint64_t n, uint64_t file_size, cons
             rc = vram__errorf(VRAM_EFORMAT,
                               "%s: tensors '%s' [%" PRIu64 ", %" PRIu64 "] and '%s' [%" PRIu64
                               ", %" PRIu64 "] overlap",
-                              what, vram__st_quote(last->name, qa, sizeof qa), last->begin,
-                              last->end, vram__st_quote(t->name, qb, sizeof qb), t->begin, t->end);
+                              what, vram__quote(last->name, qa, sizeof qa), last->begin,
+                              last->end, vram__quote(t->name, qb, sizeof qb), t->begin, t->end);
             goto fail;
         }
         if (!last || t->end > last->end) last = t;
@@ -920,7 +897,7 @@ static int parse_weight_map(jr *r, strset *names, strset *shards)
                                 r->what, r->blen, VRAM_ST_MAX_NAME);
         if (strset_add(names, r->buf, r->blen) < 0)
             return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", r->what);
-        vram__st_quote(r->buf, qname, sizeof qname);
+        vram__quote(r->buf, qname, sizeof qname);
         if ((rc = jr_expect(r, ':', "expected ':'"))) return rc;
         if (jr_peek(r) != '"')
             return jr_wrong(r, "%s: tensor '%s': weight_map value is not a string", r->what, qname);
@@ -928,7 +905,7 @@ static int parse_weight_map(jr *r, strset *names, strset *shards)
         const char *why = shard_name_problem(r->buf);
         if (why)
             return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': shard name '%s' %s", r->what, qname,
-                                vram__st_quote(r->buf, qs, sizeof qs), why);
+                                vram__quote(r->buf, qs, sizeof qs), why);
         if (strset_add(shards, r->buf, r->blen) < 0)
             return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", r->what);
         int more = jr_next(r, '}');
@@ -999,7 +976,7 @@ int vram__st_parse_index(const char *json, size_t n, const char *what, vram__st_
     if (strset_dup(&keys, &dup) < 0) goto oom;
     if (dup) {
         rc = vram__errorf(VRAM_EFORMAT, "%s: index names a key twice ('%s')", what,
-                          vram__st_quote(dup, qd, sizeof qd));
+                          vram__quote(dup, qd, sizeof qd));
         goto fail;
     }
     if (!has_wm) {
@@ -1013,7 +990,7 @@ int vram__st_parse_index(const char *json, size_t n, const char *what, vram__st_
     if (strset_dup(&names, &dup) < 0) goto oom;
     if (dup) {
         rc = vram__errorf(VRAM_EFORMAT, "%s: index names a key twice (tensor '%s' in weight_map)",
-                          what, vram__st_quote(dup, qd, sizeof qd));
+                          what, vram__quote(dup, qd, sizeof qd));
         goto fail;
     }
     /* shards: the distinct file names, sorted; shard_of maps each entry */

@@ -92,10 +92,6 @@ typedef struct vram__st_index {
 int vram__st_parse_index(const char *json, size_t n, const char *what, vram__st_index *out);
 void vram__st_index_free(vram__st_index *ix);
 
-/* Writes s (UTF-8) into buf (cap >= 16 bytes) for an error message: about
- * 96 bytes of it, control bytes, DEL, quotes and backslashes as \xNN, "..."
- * when cut, never inside a UTF-8 character. Returns buf. */
-const char *vram__st_quote(const char *s, char *buf, size_t cap);
 
 /* Bytes of a tensor of dtype dt with the given shape, or -1 when the count
  * overflows or does not end on a byte boundary (sub-byte dtypes). */

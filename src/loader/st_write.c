@@ -14,7 +14,7 @@
 
 #include <jansson.h>
 
-#include "core/internal.h"
+#include "base/base.h"
 #include "loader/st_parse.h"
 
 #define MW_MAX_DTYPES 16

@@ -10,8 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/config.h"
-#include "core/internal.h"
+#include "base/base.h"
+#include "server/status_json.h"
+#include "vram_server.h"
 
 /*
  * LOCK DISCIPLINE: commands work through libvram's thread-safe API and keep
@@ -131,7 +132,7 @@ unsigned vram__cmd_http_status(int code)
 /* Fails res with the library's code and the most precise reason it gave. */
 static int fail_core(vram__cmd_result *res, int rc, const char *what, const char *model)
 {
-    const char *detail = vram__last_error();
+    const char *detail = vram_last_error();
     if (detail && *detail) return vram__cmd_fail(res, rc, "%s '%s': %s", what, model, detail);
     return vram__cmd_fail(res, rc, "%s '%s': %s", what, model, vram_strerror(rc));
 }
@@ -179,48 +180,36 @@ static int get_seconds(json_t *v, const char *field, double *out, vram__cmd_resu
                               : json_is_null(v)    ? "null"
                                                    : "an object or array");
     double s = json_number_value(v);
-    if (!isfinite(s) || s < 0)
-        return vram__cmd_fail(res, VRAM_EINVAL, "'%s' must be a number of seconds >= 0, got %g",
-                              field, s);
-    if (s > VRAM_SECONDS_MAX)
-        return vram__cmd_fail(res, VRAM_EINVAL,
-                              "'%s' of %g seconds is more than the limit of %.0f (10 years)", field,
-                              s, VRAM_SECONDS_MAX);
+    const char *why = vram__seconds_problem(s);
+    if (why) return vram__cmd_fail(res, VRAM_EINVAL, "'%s' of %g seconds %s", field, s, why);
     *out = s;
     return 0;
 }
 
-/* The names of every model, in the core's order (a new array; NULL when out of memory). */
+/* The names of every model, in registration order (a new array). */
 static json_t *model_names(vram_manager *m)
 {
-    char *text = status_text(m);
-    json_t *all = text ? json_loads(text, 0, NULL) : NULL;
-    free(text);
     json_t *names = json_array();
-    if (!names || !json_is_object(all)) {
-        json_decref(all);
-        return names;
+    vram__snapshot snap;
+    if (names && vram__snapshot_take(m, 0, &snap) == 0) {
+        for (size_t i = 0; i < snap.nmodels; i++)
+            json_array_append_new(names, json_string(snap.models[i].name));
+        vram__snapshot_free(&snap);
     }
-    const char *key;
-    json_t *v;
-    json_object_foreach(all, key, v) json_array_append_new(names, json_string(key));
-    json_decref(all);
     return names;
 }
 
 static int unknown_model(vram_manager *m, const char *name, vram__cmd_result *res)
 {
-    json_t *names = model_names(m);
+    vram__snapshot snap;
     char list[384] = "";
-    size_t n = 0, i;
-    json_t *v;
-    json_array_foreach(names, i, v)
-    {
-        if (n >= sizeof list - 1) break;
-        n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", n ? ", " : "",
-                              json_string_value(v));
+    size_t n = 0;
+    if (vram__snapshot_take(m, 0, &snap) == 0) {
+        for (size_t i = 0; i < snap.nmodels && n < sizeof list - 1; i++)
+            n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", n ? ", " : "",
+                                  snap.models[i].name);
+        vram__snapshot_free(&snap);
     }
-    json_decref(names);
     return vram__cmd_fail(res, VRAM_ENOENT, "no model named '%.128s' (models: %s)", name,
                           n ? list : "none");
 }
@@ -250,10 +239,11 @@ static int get_model(vram_manager *m, json_t *args, int required, vram_model **o
 /* One model's status as an object (new reference) or NULL. */
 static json_t *model_status(vram_manager *m, const char *name)
 {
-    char *text = vram_model_status_json(m, name);
-    if (!text) return NULL;
-    json_t *o = json_loads(text, 0, NULL);
-    free(text);
+    vram__snapshot snap;
+    if (vram__snapshot_take(m, 1, &snap) < 0) return NULL;
+    const vram_model_info *mi = vram__snapshot_find(&snap, name);
+    json_t *o = mi ? vram__model_json(&snap, mi) : NULL;
+    vram__snapshot_free(&snap);
     return o;
 }
 
@@ -307,24 +297,16 @@ static int cmd_models(vram_manager *m, json_t *args, vram__cmd_result *res)
 {
     static const char *const fields[] = {NULL};
     if (check_fields(args, fields, res)) return res->code;
-    char *text = status_text(m);
-    json_t *all = text ? json_loads(text, 0, NULL) : NULL;
-    free(text);
+    vram__snapshot snap;
+    if (vram__snapshot_take(m, 1, &snap) < 0) return out_of_memory(res);
     json_t *list = json_array();
-    if (!all || !list) {
-        json_decref(all);
-        json_decref(list);
-        return out_of_memory(res);
+    for (size_t i = 0; list && i < snap.nmodels; i++) {
+        json_t *v = vram__model_json(&snap, &snap.models[i]);
+        json_object_set_new(v, "name", json_string(snap.models[i].name));
+        json_array_append_new(list, v);
     }
-    const char *key;
-    json_t *v;
-    json_object_foreach(all, key, v)
-    {
-        if (json_is_object(v) && !json_object_get(v, "name"))
-            json_object_set_new(v, "name", json_string(key));
-        json_array_append(list, v);
-    }
-    json_decref(all);
+    vram__snapshot_free(&snap);
+    if (!list) return out_of_memory(res);
     return set_json(res, json_pack("{s:o}", "models", list));
 }
 
@@ -333,18 +315,19 @@ static int cmd_show(vram_manager *m, json_t *args, vram__cmd_result *res)
     static const char *const fields[] = {"model", NULL};
     vram_model *model;
     if (check_fields(args, fields, res) || get_model(m, args, 1, &model, res)) return res->code;
-    /* the core's object, load_progress included while loading */
-    res->raw = vram_model_status_json(m, vram_model_name(model));
-    return res->raw ? 0 : unknown_model(m, vram_model_name(model), res);
+    /* load_progress included while loading */
+    json_t *o = model_status(m, vram_model_name(model));
+    return o ? set_json(res, o) : unknown_model(m, vram_model_name(model), res);
 }
 
 static int cmd_devices(vram_manager *m, json_t *args, vram__cmd_result *res)
 {
     static const char *const fields[] = {NULL};
     if (check_fields(args, fields, res)) return res->code;
-    char *text = vram_manager_devices_json(m);
-    json_t *list = text ? json_loads(text, JSON_DECODE_ANY, NULL) : NULL;
-    free(text);
+    vram__snapshot snap;
+    if (vram__snapshot_take(m, 1, &snap) < 0) return out_of_memory(res);
+    json_t *list = vram__devices_json(&snap);
+    vram__snapshot_free(&snap);
     if (!list) return out_of_memory(res);
     return set_json(res, json_pack("{s:o}", "devices", list));
 }
@@ -353,13 +336,12 @@ static int cmd_health(vram_manager *m, json_t *args, vram__cmd_result *res)
 {
     static const char *const fields[] = {NULL};
     if (check_fields(args, fields, res)) return res->code;
-    json_t *names = model_names(m);
-    size_t n = json_array_size(names);
-    json_decref(names);
-    return set_json(res,
-                    json_pack("{s:s, s:s, s:s, s:I, s:b}", "status", "ok", "version", VRAM_VERSION,
-                              "backend", vram_manager_backend(m), "models", (json_int_t)n,
-                              "monitor_running", vram_manager_monitor_running(m)));
+    vram_manager_info info;
+    if (vram_manager_get_info(m, &info, sizeof info) < 0) return out_of_memory(res);
+    return set_json(res, json_pack("{s:s, s:s, s:s, s:I, s:b}", "status", "ok", "version",
+                                   VRAM_VERSION, "backend", info.backend, "models",
+                                   (json_int_t)info.models, "monitor_running",
+                                   info.monitor_running));
 }
 
 /* ---- load and run ---- */
@@ -382,7 +364,7 @@ static int timed_acquire(vram_model *model, vram_lease **lease, json_t **step, u
                          double *secs, vram__cmd_result *res)
 {
     vram_state before = vram_model_state(model);
-    vram__clear_error();
+    vram_set_error(VRAM_OK, "%s", "");
     double t0 = vram__now();
     int rc = vram_model_acquire(model, lease);
     double t1 = vram__now();
@@ -469,7 +451,7 @@ static int cmd_run(vram_manager *m, json_t *args, vram__cmd_result *res)
     uint64_t moved = 0, back = 0, sum = 0;
     if (timed_acquire(model, &lease, &acq, &moved, &acq_s, res)) return res->code;
 
-    vram__clear_error();
+    vram_set_error(VRAM_OK, "%s", "");
     double c0 = vram__now();
     int rc = vram_model_checksum(model, &sum);
     double c_s = vram__now() - c0;
@@ -523,7 +505,7 @@ static int one_op(vram_model *model, int release, unsigned flags, json_t *list, 
     const char *name = vram_model_name(model);
     vram_state before = vram_model_state(model);
     uint64_t bytes = vram_model_bytes(model);
-    vram__clear_error();
+    vram_set_error(VRAM_OK, "%s", "");
     double t0 = vram__now();
     int rc = release ? vram_model_release(model, flags) : vram_model_offload(model, flags);
     double s = vram__now() - t0;
@@ -662,7 +644,7 @@ static int cmd_timeout(vram_manager *m, json_t *args, vram__cmd_result *res)
     json_t *v = args ? json_object_get(args, "timeout") : NULL;
     if (!v) return vram__cmd_fail(res, VRAM_EINVAL, "'timeout' is required (seconds, >= 0)");
     if (get_seconds(v, "timeout", &s, res)) return res->code;
-    vram__clear_error();
+    vram_set_error(VRAM_OK, "%s", "");
     int rc = model ? vram_model_set_idle_timeout(model, s) : vram_manager_set_idle_timeout(m, s);
     if (rc < 0)
         return fail_core(res, rc, "setting the idle timeout of",
@@ -705,7 +687,7 @@ static int cmd_configure(vram_manager *m, json_t *args, vram__cmd_result *res)
             return vram__cmd_fail(res, VRAM_EINVAL, "'immediate_offload' must be true or false");
     }
     const char *name = vram_model_name(model);
-    vram__clear_error();
+    vram_set_error(VRAM_OK, "%s", "");
     int rc = 0;
     if (vi && (rc = vram_model_set_idle_timeout(model, idle)) < 0)
         return fail_core(res, rc, "setting the idle timeout of", name);

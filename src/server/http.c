@@ -18,7 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "core/internal.h"
+#include "base/base.h"
 #include "server/commands.h"
 #include "server/mcp.h"
 #include "server/metrics.h"
@@ -728,7 +728,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!r) return MHD_NO;
         *con_cls = r;
         r->t0 = vram__now();
-        if (vram__log_enabled(VRAM_LOG_DEBUG)) {
+        if (vram_log_enabled(VRAM_LOG_DEBUG)) {
             if (asprintf(&r->log_url, "%.16s %.256s", method, url) < 0) r->log_url = NULL;
         }
         enum MHD_Result ret;
@@ -784,7 +784,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     double dt = vram__now() - r->t0;
     vram__metrics_count(h->mx, (size_t)r->route, r->status, dt);
     if (r->log_url)
-        vram__log(VRAM_LOG_DEBUG, "http: %s -> %u (%.3f ms)%s", r->log_url, r->status, dt * 1e3,
+        vram_log(VRAM_LOG_DEBUG, "http: %s -> %u (%.3f ms)%s", r->log_url, r->status, dt * 1e3,
                   toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection ended early)");
     job_free(r->job);
     free(r->body);
@@ -801,13 +801,13 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
     size_t n = strlen(line);
     while (n && (line[n - 1] == '\n' || line[n - 1] == '\r'))
         line[--n] = '\0';
-    vram__log(VRAM_LOG_DEBUG, "http: libmicrohttpd: %s", line);
+    vram_log(VRAM_LOG_DEBUG, "http: libmicrohttpd: %s", line);
 }
 
 static void on_mhd_panic(void *cls, const char *file, unsigned int line, const char *reason)
 {
     (void)cls;
-    vram__log(VRAM_LOG_ERROR, "http: libmicrohttpd internal failure at %s:%u: %s; exiting",
+    vram_log(VRAM_LOG_ERROR, "http: libmicrohttpd internal failure at %s:%u: %s; exiting",
               file ? file : "?", line, reason ? reason : "");
     _exit(70);
 }

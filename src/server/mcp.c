@@ -9,7 +9,7 @@
 #include <sys/random.h>
 #include <time.h>
 
-#include "core/internal.h"
+#include "base/base.h"
 #include "server/commands.h"
 
 /*

@@ -1,8 +1,9 @@
 /* metrics.c - Prometheus text for vramd: models, devices and per-endpoint request counters. */
 #define _GNU_SOURCE
 #include "server/metrics.h"
+#include "server/status_json.h"
 
-#include <jansson.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,7 +12,7 @@
 /* No locks: the counters are 64-bit atomics updated with relaxed ordering;
  * a scrape may see one request counted and its duration not yet, which
  * Prometheus tolerates. Model and device figures come from the core's own
- * snapshots (vram_manager_status_json / vram_manager_devices_json). */
+ * status structs (vram_manager_models, vram_manager_devices). */
 
 /* The status codes counted one by one; anything else counts as "other". */
 static const unsigned codes[] = {200, 202, 204, 400, 401, 403, 404, 405,
@@ -74,146 +75,137 @@ static void label(FILE *f, const char *s)
     }
 }
 
-static double num(json_t *o, const char *key)
-{
-    json_t *v = json_object_get(o, key);
-    return json_is_number(v) ? json_number_value(v) : 0.0;
-}
-
 static void head(FILE *f, const char *name, const char *type, const char *help)
 {
     fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-/* One metric line per model from a numeric status field. */
-static void per_model(FILE *f, json_t *all, const char *metric, const char *type, const char *help,
-                      const char *field)
+/* A numeric field of vram_model_info / vram_device_status, by offset. */
+enum { F_U64, F_DBL, F_INT };
+typedef struct field {
+    const char *metric, *type, *help;
+    size_t off;
+    int kind;
+} field;
+
+static double value_at(const void *base, const field *fd)
 {
-    head(f, metric, type, help);
-    const char *name;
-    json_t *st;
-    json_object_foreach(all, name, st)
-    {
-        fprintf(f, "%s{model=\"", metric);
-        label(f, name);
-        fprintf(f, "\"} %.9g\n", num(st, field));
+    const char *p = (const char *)base + fd->off;
+    switch (fd->kind) {
+    case F_U64: return (double)*(const uint64_t *)(const void *)p;
+    case F_INT: return (double)*(const int *)(const void *)p;
+    default: return *(const double *)(const void *)p;
     }
 }
 
-static const char *const states[] = {"unloaded", "loading",   "gpu",      "offloading",
-                                     "cpu",      "restoring", "releasing"};
+#define MF(metric, type, help, member, kind) \
+    {metric, type, help, offsetof(vram_model_info, member), kind}
+static const field model_fields[] = {
+    MF("vram_model_bytes", "gauge", "Size of the model in bytes.", bytes, F_U64),
+    MF("vram_model_leases", "gauge", "Live leases of the model.", leases, F_INT),
+    MF("vram_model_idle_seconds", "gauge", "Seconds since the model was last used.",
+       idle_seconds, F_DBL),
+    MF("vram_model_idle_timeout_seconds", "gauge",
+       "Idle timeout after which the model is offloaded (0 = never).", idle_timeout, F_DBL),
+    MF("vram_model_loads_total", "counter", "Loads from the source.", loads, F_U64),
+    MF("vram_model_offloads_total", "counter", "Offloads to the CPU.", offloads, F_U64),
+    MF("vram_model_restores_total", "counter", "Restores to the GPU.", restores, F_U64),
+    MF("vram_model_releases_total", "counter", "Complete releases.", releases, F_U64),
+    MF("vram_model_evictions_total", "counter", "Offloads forced by the device budget.",
+       evictions, F_U64),
+    MF("vram_model_failures_total", "counter", "Failed operations.", failures, F_U64),
+    MF("vram_model_load_seconds_total", "counter", "Time spent loading.", load_seconds_total,
+       F_DBL),
+    MF("vram_model_offload_seconds_total", "counter", "Time spent offloading.",
+       offload_seconds_total, F_DBL),
+    MF("vram_model_restore_seconds_total", "counter", "Time spent restoring.",
+       restore_seconds_total, F_DBL),
+    MF("vram_model_last_load_seconds", "gauge", "Duration of the last load.", last_load_seconds,
+       F_DBL),
+    MF("vram_model_last_offload_seconds", "gauge", "Duration of the last offload.",
+       last_offload_seconds, F_DBL),
+    MF("vram_model_last_restore_seconds", "gauge", "Duration of the last restore.",
+       last_restore_seconds, F_DBL),
+    MF("vram_model_last_load_gbps", "gauge", "Rate of the last load in GB/s.", last_load_gbps,
+       F_DBL),
+    MF("vram_model_last_offload_gbps", "gauge", "Rate of the last offload in GB/s.",
+       last_offload_gbps, F_DBL),
+    MF("vram_model_last_restore_gbps", "gauge", "Rate of the last restore in GB/s.",
+       last_restore_gbps, F_DBL),
+};
+#undef MF
 
-static void models_section(FILE *f, vram_manager *m)
+#define DF(metric, help, member) \
+    {metric, "gauge", help, offsetof(vram_device_status, member), F_U64}
+static const field device_fields[] = {
+    DF("vram_device_total_bytes", "Memory of the device.", total_bytes),
+    DF("vram_device_free_bytes", "Free memory the device reports.", free_bytes),
+    DF("vram_device_model_bytes", "Device memory mapped by models.", used_by_models_bytes),
+    DF("vram_device_charged_bytes", "Device memory charged to models against the budget.",
+       charged_bytes),
+    DF("vram_device_budget_bytes", "The device's budget for models.", budget_bytes),
+};
+#undef DF
+
+static void model_line(FILE *f, const char *metric, const char *name, double v)
 {
-    char *text = vram_manager_status_json(m);
-    json_t *all = text ? json_loads(text, 0, NULL) : NULL;
-    free(text);
-    if (!json_is_object(all)) {
-        json_decref(all);
-        return;
-    }
-    const char *name;
-    json_t *st;
+    fprintf(f, "%s{model=\"", metric);
+    label(f, name);
+    fprintf(f, "\"} %.9g\n", v);
+}
+
+/* device bytes: mapped while on the GPU or moving; host bytes: the model's
+ * bytes held in its host backup (on the CPU or moving) */
+static int on_device(vram_state st)
+{
+    return st == VRAM_STATE_GPU || st == VRAM_STATE_OFFLOADING || st == VRAM_STATE_RESTORING ||
+           st == VRAM_STATE_RELEASING;
+}
+
+static int on_host(vram_state st)
+{
+    return st == VRAM_STATE_CPU || st == VRAM_STATE_OFFLOADING || st == VRAM_STATE_RESTORING;
+}
+
+static void models_section(FILE *f, const vram__snapshot *s)
+{
     head(f, "vram_model_state", "gauge",
          "1 for the state the model is in (lifecycle of DESIGN.md).");
-    json_object_foreach(all, name, st)
-    {
-        const char *cur = json_string_value(json_object_get(st, "state"));
-        for (size_t i = 0; i < sizeof states / sizeof states[0]; i++) {
+    for (size_t i = 0; i < s->nmodels; i++)
+        for (int st = VRAM_STATE_UNLOADED; st <= VRAM_STATE_RELEASING; st++) {
             fputs("vram_model_state{model=\"", f);
-            label(f, name);
-            fprintf(f, "\",state=\"%s\"} %d\n", states[i], cur && strcmp(cur, states[i]) == 0);
+            label(f, s->models[i].name);
+            fprintf(f, "\",state=\"%s\"} %d\n", vram_state_name((vram_state)st),
+                    (int)s->models[i].state == st);
         }
-    }
-    /* device bytes: mapped while on the GPU or moving; host bytes: the
-     * model's bytes held in its host backup (on the CPU or moving) */
     head(f, "vram_model_device_bytes", "gauge", "Bytes of the model in device memory.");
-    json_object_foreach(all, name, st)
-    {
-        const char *s = json_string_value(json_object_get(st, "state"));
-        int on = s && (!strcmp(s, "gpu") || !strcmp(s, "offloading") || !strcmp(s, "restoring") ||
-                       !strcmp(s, "releasing"));
-        fputs("vram_model_device_bytes{model=\"", f);
-        label(f, name);
-        fprintf(f, "\"} %.0f\n", on ? num(st, "bytes") : 0.0);
-    }
+    for (size_t i = 0; i < s->nmodels; i++)
+        model_line(f, "vram_model_device_bytes", s->models[i].name,
+                   on_device(s->models[i].state) ? (double)s->models[i].bytes : 0.0);
     head(f, "vram_model_host_bytes", "gauge",
          "Bytes of the model held in its host (pinned) backup.");
-    json_object_foreach(all, name, st)
-    {
-        const char *s = json_string_value(json_object_get(st, "state"));
-        int on = s && (!strcmp(s, "cpu") || !strcmp(s, "offloading") || !strcmp(s, "restoring"));
-        fputs("vram_model_host_bytes{model=\"", f);
-        label(f, name);
-        fprintf(f, "\"} %.0f\n", on ? num(st, "bytes") : 0.0);
-    }
-    per_model(f, all, "vram_model_bytes", "gauge", "Size of the model in bytes.", "bytes");
-    per_model(f, all, "vram_model_leases", "gauge", "Live leases of the model.", "leases");
-    per_model(f, all, "vram_model_idle_seconds", "gauge", "Seconds since the model was last used.",
-              "idle_time_seconds");
-    per_model(f, all, "vram_model_idle_timeout_seconds", "gauge",
-              "Idle timeout after which the model is offloaded (0 = never).",
-              "idle_timeout_seconds");
-    per_model(f, all, "vram_model_loads_total", "counter", "Loads from the source.", "loads");
-    per_model(f, all, "vram_model_offloads_total", "counter", "Offloads to the CPU.", "offloads");
-    per_model(f, all, "vram_model_restores_total", "counter", "Restores to the GPU.", "restores");
-    per_model(f, all, "vram_model_releases_total", "counter", "Complete releases.", "releases");
-    per_model(f, all, "vram_model_evictions_total", "counter",
-              "Offloads forced by the device budget.", "evictions");
-    per_model(f, all, "vram_model_failures_total", "counter", "Failed operations.", "failures");
-    per_model(f, all, "vram_model_load_seconds_total", "counter", "Time spent loading.",
-              "load_seconds_total");
-    per_model(f, all, "vram_model_offload_seconds_total", "counter", "Time spent offloading.",
-              "offload_seconds_total");
-    per_model(f, all, "vram_model_restore_seconds_total", "counter", "Time spent restoring.",
-              "restore_seconds_total");
-    per_model(f, all, "vram_model_last_load_seconds", "gauge", "Duration of the last load.",
-              "last_load_seconds");
-    per_model(f, all, "vram_model_last_offload_seconds", "gauge", "Duration of the last offload.",
-              "last_offload_seconds");
-    per_model(f, all, "vram_model_last_restore_seconds", "gauge", "Duration of the last restore.",
-              "last_restore_seconds");
-    per_model(f, all, "vram_model_last_load_gbps", "gauge", "Rate of the last load in GB/s.",
-              "last_load_gbps");
-    per_model(f, all, "vram_model_last_offload_gbps", "gauge", "Rate of the last offload in GB/s.",
-              "last_offload_gbps");
-    per_model(f, all, "vram_model_last_restore_gbps", "gauge", "Rate of the last restore in GB/s.",
-              "last_restore_gbps");
-    json_decref(all);
-}
-
-static void device_metric(FILE *f, json_t *devs, const char *metric, const char *help,
-                          const char *field)
-{
-    head(f, metric, "gauge", help);
-    size_t i;
-    json_t *d;
-    json_array_foreach(devs, i, d)
-    {
-        fprintf(f, "%s{device=\"%lld\",name=\"", metric,
-                (long long)json_integer_value(json_object_get(d, "index")));
-        label(f, json_string_value(json_object_get(d, "name")));
-        fprintf(f, "\"} %.0f\n", num(d, field));
+    for (size_t i = 0; i < s->nmodels; i++)
+        model_line(f, "vram_model_host_bytes", s->models[i].name,
+                   on_host(s->models[i].state) ? (double)s->models[i].bytes : 0.0);
+    for (size_t k = 0; k < sizeof model_fields / sizeof model_fields[0]; k++) {
+        const field *fd = &model_fields[k];
+        head(f, fd->metric, fd->type, fd->help);
+        for (size_t i = 0; i < s->nmodels; i++)
+            model_line(f, fd->metric, s->models[i].name, value_at(&s->models[i], fd));
     }
 }
 
-static void devices_section(FILE *f, vram_manager *m)
+static void devices_section(FILE *f, const vram__snapshot *s)
 {
-    char *text = vram_manager_devices_json(m);
-    json_t *devs = text ? json_loads(text, 0, NULL) : NULL;
-    free(text);
-    if (json_is_array(devs)) {
-        device_metric(f, devs, "vram_device_total_bytes", "Memory of the device.", "total_bytes");
-        device_metric(f, devs, "vram_device_free_bytes", "Free memory the device reports.",
-                      "free_bytes");
-        device_metric(f, devs, "vram_device_model_bytes", "Device memory mapped by models.",
-                      "used_by_models_bytes");
-        device_metric(f, devs, "vram_device_charged_bytes",
-                      "Device memory charged to models against the budget.", "charged_bytes");
-        device_metric(f, devs, "vram_device_budget_bytes", "The device's budget for models.",
-                      "budget_bytes");
+    for (size_t k = 0; k < sizeof device_fields / sizeof device_fields[0]; k++) {
+        const field *fd = &device_fields[k];
+        head(f, fd->metric, fd->type, fd->help);
+        for (size_t i = 0; i < s->ndevices; i++) {
+            fprintf(f, "%s{device=\"%d\",name=\"", fd->metric, s->devices[i].index);
+            label(f, s->devices[i].name);
+            fprintf(f, "\"} %.0f\n", value_at(&s->devices[i], fd));
+        }
     }
-    json_decref(devs);
 }
 
 static void http_section(FILE *f, vram__metrics *mx)
@@ -256,8 +248,12 @@ char *vram__metrics_render(vram__metrics *mx, vram_manager *m, size_t sessions, 
     fputs("\"} 1\n", f);
     head(f, "vram_monitor_running", "gauge", "1 while the idle monitor thread runs.");
     fprintf(f, "vram_monitor_running %d\n", vram_manager_monitor_running(m) ? 1 : 0);
-    models_section(f, m);
-    devices_section(f, m);
+    vram__snapshot snap;
+    if (vram__snapshot_take(m, 1, &snap) == 0) {
+        models_section(f, &snap);
+        devices_section(f, &snap);
+        vram__snapshot_free(&snap);
+    }
     if (mx) http_section(f, mx);
     head(f, "vram_mcp_sessions", "gauge", "Live MCP Streamable HTTP sessions.");
     fprintf(f, "vram_mcp_sessions %zu\n", sessions);

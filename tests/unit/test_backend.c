@@ -19,7 +19,7 @@
 #include <unistd.h>
 
 #include "backend/backend.h"
-#include "core/internal.h"
+#include "base/base.h"
 #include "vram.h"
 
 #define MiB ((size_t)1 << 20)

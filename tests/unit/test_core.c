@@ -15,6 +15,7 @@
 #include "backend/backend.h"
 #include "core/core.h"
 #include "vram.h"
+#include "vram_server.h"
 
 #define MiB (1024ULL * 1024ULL)
 

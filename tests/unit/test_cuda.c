@@ -11,9 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "vram_server.h"
 #include "backend/backend.h"
 #include "backend/nvml.h"
-#include "core/internal.h"
+#include "base/base.h"
 #include "cuda_double.h"
 
 #ifndef VRAM_CUDA_DOUBLE_PATH

@@ -21,7 +21,7 @@
 #include <jansson.h>
 
 #include "backend/backend.h"
-#include "core/internal.h"
+#include "base/base.h"
 #include "loader/source.h"
 #include "loader/st_parse.h"
 #include "vram.h"
@@ -822,10 +822,10 @@ static void test_parse_buffer(void **state)
     char q[160], name[800] = "";
     for (int i = 0; i < 200; i++)
         strcat(name, "\xc3\xa9"); /* é */
-    vram__st_quote(name, q, sizeof q);
+    vram__quote(name, q, sizeof q);
     assert_int_equal(strlen(q), 96 + 3);
     assert_string_equal(q + 96, "...");
-    vram__st_quote("a'b\\c\n", q, 64);
+    vram__quote("a'b\\c\n", q, 64);
     assert_string_equal(q, "a\\x27b\\x5cc\\x0a");
     assert_int_equal(vram__st_parse_buffer("\x02\0\0\0\0\0\0\0{}", 10, "mem", &h), 0);
     assert_int_equal(h.ntensors, 0);

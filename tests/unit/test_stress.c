@@ -13,6 +13,7 @@
 
 #include "core/core.h"
 #include "vram.h"
+#include "vram_server.h"
 
 #define MiB (1024ULL * 1024ULL)
 #define NMODELS 3

@@ -1,6 +1,6 @@
-/* internal.h - helpers shared by every layer of libvram: error details, logging, clock, checksum. */
-#ifndef VRAM_INTERNAL_H
-#define VRAM_INTERNAL_H
+/* base.h - the base layer under every other: error details, logging, clock, text, checksum, limits. */
+#ifndef VRAM_BASE_H
+#define VRAM_BASE_H
 
 #include <stdarg.h>
 #include <stddef.h>
@@ -57,6 +57,18 @@ char *vram__utf8_clean(char *s);
 /* 1 when s is valid UTF-8 (no overlongs, surrogates or values past U+10FFFF). */
 int vram__utf8_valid(const char *s);
 
+/* Writes s into buf (cap bytes, at least 16) quoted for a message: about 96
+ * bytes of it, control bytes, DEL, quotes and backslashes as \xNN, "..."
+ * when cut; cuts fall between UTF-8 characters, never inside one. Returns
+ * buf. */
+const char *vram__quote(const char *s, char *buf, size_t cap);
+
+/* The one rule for a number of seconds (timeouts, waits): finite, >= 0 and
+ * at most VRAM_SECONDS_MAX (vram.h). NULL when s is fine, else what is
+ * wrong with it, as a phrase that follows the value: "is negative", "is not
+ * a finite number", "is more than 10 years (315360000 seconds)". */
+const char *vram__seconds_problem(double s);
+
 /* Bytes for people: "512 B", "24.0 MiB", "1.50 GiB" (powers of 1024). */
 typedef struct vram__hsize {
     char s[32];
@@ -75,4 +87,4 @@ static inline double vram__gbps(uint64_t bytes, double seconds)
     return seconds > 0 ? (double)bytes / seconds / 1e9 : 0.0;
 }
 
-#endif /* VRAM_INTERNAL_H */
+#endif /* VRAM_BASE_H */

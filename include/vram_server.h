@@ -1,0 +1,77 @@
+/* vram_server.h - libvram-server: the seed's HTTP API, /api/v1, /metrics and /mcp over a manager, in any process. */
+#ifndef VRAM_SERVER_H
+#define VRAM_SERVER_H
+
+#include <stddef.h>
+
+#include "vram.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/*
+ * An application that embeds libvram serves the same endpoints as vramd for
+ * its own models (the seed's web app did this), with the same checks:
+ *
+ *     vram_server_opts o;
+ *     vram_server_opts_init(&o);
+ *     o.port = 0;                       // any free port
+ *     vram_server *srv;
+ *     if (vram_server_start(m, &o, &srv) < 0)
+ *         fprintf(stderr, "%s\n", vram_last_error());
+ *     printf("http://127.0.0.1:%d/api/gpu/status\n", vram_server_port(srv));
+ *     ...
+ *     vram_server_stop(srv, 5.0);
+ *
+ * Link with pkg-config's vram-server (libvram-server and libvram).
+ */
+
+typedef struct vram_server vram_server;
+
+typedef struct vram_server_opts {
+    const char *bind;          /* address to listen on; NULL: "127.0.0.1" */
+    int port;                  /* 0: any free port (vram_server_port says which); default 7861 */
+    const char *token;         /* NULL or "": no authentication; else every state-changing
+                                  request and every /mcp request needs "Authorization: Bearer TOKEN" */
+    const char *allowed_hosts; /* comma-separated Host names accepted besides the bind
+                                  address and the loopback names; NULL: none */
+    int threads;               /* event threads; 0: one per CPU, at least 2 */
+} vram_server_opts;
+
+/* Fills o with the defaults (127.0.0.1:7861, no token, no extra hosts). */
+VRAM_API void vram_server_opts_init(vram_server_opts *o);
+
+/* Binds, listens and starts serving manager m (borrowed: it must outlive the
+ * server). A taken port fails here, at once. Returns 0, or VRAM_EIO (bind or
+ * listen failed: "127.0.0.1:7861 is already in use ..."), VRAM_EINVAL (bad
+ * option) or VRAM_EHOSTMEM, with the detail in vram_last_error(); *out is
+ * then NULL and nothing is left running. */
+VRAM_API int vram_server_start(vram_manager *m, const vram_server_opts *o, vram_server **out);
+
+/* The TCP port listened on (the one taken when opts.port was 0). */
+VRAM_API int vram_server_port(const vram_server *s);
+
+/* Stops accepting, lets requests in flight finish for up to grace seconds,
+ * then stops and frees everything. Returns 0, or the number of slow
+ * requests still running after grace: the server is then left allocated
+ * to finish them, and the caller must not destroy the manager (a process
+ * about to exit just exits). NULL does nothing. */
+VRAM_API int vram_server_stop(vram_server *s, double grace);
+
+/* The seed's status as JSON text (get_all_status: an object keyed by model
+ * name with model_name, location, idle_time_seconds, idle_timeout_seconds,
+ * monitor_running, gpu_memory, plus state, bytes, leases, counters,
+ * durations, GB/s, load_progress, last_error), built from
+ * vram_manager_models(). Caller frees with free(). NULL only when out of
+ * host memory. */
+VRAM_API char *vram_manager_status_json(vram_manager *m);
+/* One model's status object; NULL for an unknown name. Caller frees. */
+VRAM_API char *vram_model_status_json(vram_manager *m, const char *name);
+/* The devices as a JSON array (GET /api/v1/devices). Caller frees. */
+VRAM_API char *vram_manager_devices_json(vram_manager *m);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* VRAM_SERVER_H */
