@@ -153,4 +153,41 @@ int vram__release_locked(vram_model *model);
 
 
 
+/* Wakes threads waiting for device memory (only when some wait). Lock held. */
+static inline void vram__mem_broadcast(vram_manager *m)
+{
+    if (m->mem_waiters > 0) pthread_cond_broadcast(&m->mem_cond);
+}
+
+/* Checks a timeout (vram__seconds_problem), setting the error. 0 or VRAM_EINVAL. */
+int vram__check_seconds(double s);
+/* Frees a model that is unloaded and known to no one any more (registry.c). */
+void vram__model_free(vram_model *model);
+
+/* The idle monitor thread's body (monitor.c); arg is the manager. */
+void *vram__monitor_main(void *arg);
+
+/* Budgets and eviction (budget.c). Lock held unless said otherwise. */
+
+/* Gives a's charge back to its device's budget. */
+void vram__uncharge(vram_manager *m, vram_alloc *a);
+/* Waits on m->mem_cond for at most min(0.25 s, until deadline). */
+void vram__mem_wait(vram_manager *m, double deadline);
+/* Charges bytes to dev's budget, evicting idle models (LRU first) and then
+ * waiting up to evict_wait seconds for memory to free; may drop the lock.
+ * VRAM_ENOMEM with a message naming the holders when it can't. */
+int vram__charge(vram_manager *m, int dev, uint64_t bytes, vram_model *self);
+/* Maps a's range, evicting idle models and retrying when the backend has no
+ * memory. Lock NOT held. */
+int vram__map_with_evict(vram_model *model, vram_alloc *a);
+/* Adds one device range of bytes to a model in LOADING, owned by the
+ * caller: reserve, charge, map. Lock NOT held. On failure nothing is left. */
+int vram__alloc_range(vram_model *model, size_t bytes, vram_alloc **out);
+/* Frees every allocation and backup of a model owned by the caller. Lock
+ * NOT held on entry; takes it for accounting. */
+void vram__free_all(vram_model *model);
+/* Makes room for need bytes of backups under the host budget by releasing
+ * least recently used CPU copies (never self). */
+int vram__make_host_room(vram_manager *m, uint64_t need, vram_model *self);
+
 #endif /* VRAM_CORE_H */

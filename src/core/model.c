@@ -1,4 +1,4 @@
-/* model.c - the model state machine: lazy load, leases, offload, restore, release, budgets and eviction. */
+/* model.c - the model state machine: lazy load, leases, offload, restore, release, checksums and per-model options. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -20,11 +20,6 @@ static void model_wait(vram_model *model)
 static void model_broadcast(vram_model *model)
 {
     if (model->waiters > 0) pthread_cond_broadcast(&model->cond);
-}
-
-static void mem_broadcast(vram_manager *m)
-{
-    if (m->mem_waiters > 0) pthread_cond_broadcast(&m->mem_cond);
 }
 
 /* Tells the monitor about a deadline; wakes it only when the deadline is
@@ -61,222 +56,6 @@ double vram__release_timeout(const vram_model *model)
     return model->release_timeout >= 0 ? model->release_timeout : model->m->release_timeout;
 }
 
-static void uncharge(vram_manager *m, vram_alloc *a)
-{
-    if (!a->charged) return;
-    m->devs[a->buf.device].used -= a->buf.reserved;
-    a->charged = 0;
-    mem_broadcast(m);
-}
-
-/* Waits on m->mem_cond for at most min(0.25 s, until deadline). Lock held. */
-static void mem_wait(vram_manager *m, double deadline)
-{
-    double wait = deadline - vram__now();
-    if (wait > 0.25) wait = 0.25; /* re-check evictability now and then */
-    if (wait <= 0) return;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += (time_t)wait;
-    ts.tv_nsec += (long)((wait - (double)(time_t)wait) * 1e9);
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    m->mem_waiters++;
-    pthread_cond_timedwait(&m->mem_cond, &m->lock, &ts);
-    m->mem_waiters--;
-}
-
-/* ---- eviction and budgets ---- */
-
-/* Offloads the least recently used idle model on dev (never self, never one
- * under a lease or in transition). Lock held; dropped while offloading.
- * Returns 1 when it evicted or tried one (call again), 0 when none is left. */
-static int evict_one(vram_manager *m, int dev, vram_model *self, uint64_t seq)
-{
-    vram_model *victim = NULL;
-    for (size_t i = 0; i < m->nmodels; i++) {
-        vram_model *c = m->models[i];
-        if (c == self || c->device != dev || c->state != VRAM_STATE_GPU || c->leases > 0 ||
-            c->evict_skip == seq)
-            continue;
-        if (!victim || c->last_used < victim->last_used) victim = c;
-    }
-    if (!victim) return 0;
-    vram__log(VRAM_LOG_INFO, "evict model=%s bytes=%llu device=%d for=%s", victim->name,
-              (unsigned long long)victim->bytes, dev, self ? self->name : "-");
-    if (vram__offload_locked(victim, 1) < 0) victim->evict_skip = seq;
-    return 1;
-}
-
-/* Describes who holds a device's memory, for an out-of-memory message. */
-static void describe_holders(vram_manager *m, int dev, const vram_model *self, char *buf,
-                             size_t len)
-{
-    size_t n = 0;
-    buf[0] = '\0';
-    for (size_t i = 0; i < m->nmodels && n + 1 < len; i++) {
-        vram_model *c = m->models[i];
-        if (c == self || c->device != dev || c->state == VRAM_STATE_UNLOADED ||
-            c->state == VRAM_STATE_CPU)
-            continue;
-        int w = snprintf(buf + n, len - n, "%s%s (%s, %d lease%s)", n ? ", " : "", c->name,
-                         vram_state_name(c->state), c->leases, c->leases == 1 ? "" : "s");
-        if (w < 0) break;
-        n += (size_t)w;
-        if (n >= len) n = len - 1;
-    }
-    if (!buf[0]) snprintf(buf, len, "nothing");
-}
-
-/* Charges bytes to dev's budget, evicting idle models (LRU first) and then
- * waiting up to evict_wait seconds for memory to free. Lock held; may be
- * dropped. VRAM_ENOMEM with a message naming the holders when it can't. */
-static int charge(vram_manager *m, int dev, uint64_t bytes, vram_model *self)
-{
-    vram_device *d = &m->devs[dev];
-    if (bytes > d->budget)
-        return vram__errorf(VRAM_ENOMEM,
-                            "model '%s' needs %s on device %d, more than its budget of %s "
-                            "(VRAM_GPU_BUDGET)",
-                            self->name, vram__human(bytes).s, dev, vram__human(d->budget).s);
-    uint64_t seq = ++m->charge_seq;
-    double deadline = -1;
-    while (d->used + bytes > d->budget) {
-        if (m->stopping) return vram__errorf(VRAM_ECANCELED, "manager is shutting down");
-        if (evict_one(m, dev, self, seq)) continue;
-        double now = vram__now();
-        if (deadline < 0) deadline = now + m->cfg.evict_wait;
-        if (now >= deadline) {
-            char holders[256];
-            describe_holders(m, dev, self, holders, sizeof holders);
-            return vram__errorf(VRAM_ENOMEM,
-                                "model '%s' needs %s on device %d: %s of the %s budget in "
-                                "use by %s; nothing idle to evict after waiting %.1f s",
-                                self->name, vram__human(bytes).s, dev, vram__human(d->used).s,
-                                vram__human(d->budget).s, holders, m->cfg.evict_wait);
-        }
-        mem_wait(m, deadline);
-    }
-    d->used += bytes;
-    return 0;
-}
-
-/* Maps a's range. When the backend itself reports no memory (full,
- * or other processes on a real GPU) it evicts idle models, least recently
- * used first, and retries; with nothing idle it waits for memory up to
- * evict_wait seconds like a budget charge does. Lock NOT held. */
-static int map_with_evict(vram_model *model, vram_alloc *a)
-{
-    vram_manager *m = model->m;
-    double deadline = -1;
-    for (;;) {
-        int rc = m->backend->map(m->backend, &a->buf);
-        if (rc != VRAM_ENOMEM) return rc;
-        char msg[VRAM_ERRMSG_MAX];
-        snprintf(msg, sizeof msg, "%s", vram__last_error());
-        pthread_mutex_lock(&m->lock);
-        int e = evict_one(m, a->buf.device, model, ++m->charge_seq);
-        if (!e) {
-            double now = vram__now();
-            if (deadline < 0) deadline = now + m->cfg.evict_wait;
-            if (now >= deadline || m->stopping) {
-                pthread_mutex_unlock(&m->lock);
-                return vram__errorf(VRAM_ENOMEM, "%s; no idle model left to evict after waiting "
-                                                 "%.1f s",
-                                    msg, m->cfg.evict_wait);
-            }
-            mem_wait(m, deadline);
-        }
-        pthread_mutex_unlock(&m->lock);
-    }
-}
-
-/* Adds one device range of bytes to a model in LOADING, owned by the
- * caller: reserve, charge, map. Lock NOT held. On failure nothing is left. */
-static int alloc_range(vram_model *model, size_t bytes, vram_alloc **out)
-{
-    vram_manager *m = model->m;
-    vram_backend *b = m->backend;
-    vram_buf buf;
-    memset(&buf, 0, sizeof buf);
-    int rc = b->reserve(b, model->device, bytes, &buf);
-    if (rc < 0) return rc;
-
-    pthread_mutex_lock(&m->lock);
-    if (model->nallocs == model->cap) {
-        size_t cap = model->cap ? model->cap * 2 : 4;
-        vram_alloc *na = realloc(model->allocs, cap * sizeof *na);
-        if (!na) {
-            pthread_mutex_unlock(&m->lock);
-            b->unreserve(b, &buf);
-            return vram__errorf(VRAM_EHOSTMEM, "out of host memory for the allocation table");
-        }
-        model->allocs = na;
-        model->cap = cap;
-    }
-    rc = charge(m, model->device, buf.reserved, model);
-    if (rc < 0) {
-        pthread_mutex_unlock(&m->lock);
-        b->unreserve(b, &buf);
-        return rc;
-    }
-    size_t idx = model->nallocs++;
-    vram_alloc *a = &model->allocs[idx];
-    memset(a, 0, sizeof *a);
-    a->buf = buf;
-    a->charged = 1;
-    pthread_mutex_unlock(&m->lock);
-
-    rc = map_with_evict(model, a);
-    pthread_mutex_lock(&m->lock);
-    if (rc < 0) {
-        vram_buf cur = a->buf; /* map may have updated the backend's state */
-        uncharge(m, a);
-        model->nallocs--;
-        pthread_mutex_unlock(&m->lock);
-        b->unreserve(b, &cur);
-        return rc;
-    }
-    /* the realloc above may move the table only under the owner, which we are */
-    m->devs[model->device].mapped += a->buf.size;
-    model->bytes += a->buf.size;
-    pthread_mutex_unlock(&m->lock);
-    *out = a;
-    return 0;
-}
-
-/* Frees every allocation and backup of a model owned by the caller (in a
- * transitional state). Lock NOT held on entry; takes it for accounting. */
-static void free_all(vram_model *model)
-{
-    vram_manager *m = model->m;
-    vram_backend *b = m->backend;
-    for (size_t i = 0; i < model->nallocs; i++) {
-        vram_alloc *a = &model->allocs[i];
-        vram_buf buf = a->buf; /* unreserve may clear a->buf */
-        void *backup = a->backup;
-        b->unreserve(b, &a->buf);
-        if (backup) b->host_free(b, backup, buf.size);
-        pthread_mutex_lock(&m->lock);
-        if (buf.mapped) m->devs[buf.device].mapped -= buf.size;
-        if (a->charged) {
-            m->devs[buf.device].used -= buf.reserved;
-            a->charged = 0;
-            mem_broadcast(m);
-        }
-        if (backup) m->host_used -= buf.size;
-        pthread_mutex_unlock(&m->lock);
-        a->backup = NULL;
-    }
-    pthread_mutex_lock(&m->lock);
-    model->nallocs = 0;
-    model->bytes = 0;
-    model->has_backup = 0;
-    pthread_mutex_unlock(&m->lock);
-}
-
 /* ---- load ---- */
 
 /* UNLOADED -> LOADING -> GPU with one lease taken for the caller, or back to
@@ -297,7 +76,7 @@ static int load_locked(vram_model *model)
     int rc;
     if (model->source) {
         vram_alloc *a = NULL;
-        rc = alloc_range(model, (size_t)model->source->bytes, &a);
+        rc = vram__alloc_range(model, (size_t)model->source->bytes, &a);
         if (rc == 0) {
             vram_sink sink = {m->backend, &a->buf, &model->progress_done, m->cfg.chunk_bytes,
                               model->name, model->source->bytes};
@@ -313,7 +92,7 @@ static int load_locked(vram_model *model)
                                           "(call vram_model_alloc)");
     }
     double secs = vram__now() - t0;
-    if (rc < 0) free_all(model);
+    if (rc < 0) vram__free_all(model);
 
     pthread_mutex_lock(&m->lock);
     __atomic_store_n(&model->progress_total, 0, __ATOMIC_RELAXED);
@@ -344,7 +123,7 @@ static int load_locked(vram_model *model)
                   model->name, (unsigned long long)model->bytes, secs, model->last_load_gbps,
                   model->device);
     }
-    mem_broadcast(m);
+    vram__mem_broadcast(m);
     model_broadcast(model);
     return rc;
 }
@@ -363,7 +142,7 @@ int vram_model_alloc(vram_model *model, size_t bytes, void **dev_ptr)
                                          "function",
                             model->name);
     vram_alloc *a = NULL;
-    int rc = alloc_range(model, bytes, &a);
+    int rc = vram__alloc_range(model, bytes, &a);
     if (rc < 0) return rc;
     *dev_ptr = (void *)a->buf.addr;
     return 0;
@@ -421,31 +200,6 @@ int vram_model_download(vram_model *model, void *dst, const void *dev_ptr, size_
 
 /* ---- offload ---- */
 
-/* Releases least recently used CPU copies (never self) until need more
- * bytes of backup fit the host budget. Lock held; may be dropped. */
-static int make_host_room(vram_manager *m, uint64_t need, vram_model *self)
-{
-    if (!m->host_budget) return 0;
-    while (m->host_used + need > m->host_budget) {
-        vram_model *victim = NULL;
-        for (size_t i = 0; i < m->nmodels; i++) {
-            vram_model *c = m->models[i];
-            if (c == self || c->state != VRAM_STATE_CPU || c->readers > 0) continue;
-            if (!victim || c->last_used < victim->last_used) victim = c;
-        }
-        if (!victim)
-            return vram__errorf(VRAM_EHOSTMEM,
-                                "backup of '%s' needs %s but the host budget "
-                                "(VRAM_HOST_BUDGET) has %s of %s in use",
-                                self->name, vram__human(need).s, vram__human(m->host_used).s,
-                                vram__human(m->host_budget).s);
-        vram__log(VRAM_LOG_INFO, "host-evict model=%s bytes=%llu for=%s", victim->name,
-                  (unsigned long long)victim->bytes, self->name);
-        vram__release_locked(victim);
-    }
-    return 0;
-}
-
 /* GPU (no lease) -> OFFLOADING -> CPU, or back to GPU on failure with the
  * device memory untouched. Lock held on entry and return. */
 int vram__offload_locked(vram_model *model, int evicting)
@@ -460,7 +214,7 @@ int vram__offload_locked(vram_model *model, int evicting)
     for (size_t i = 0; i < model->nallocs; i++)
         if (!model->allocs[i].backup) need += model->allocs[i].buf.size;
     vram__clear_error();
-    int rc = make_host_room(m, need, model);
+    int rc = vram__make_host_room(m, need, model);
     uint64_t host_charged = rc == 0 ? need : 0;
     m->host_used += host_charged;
     pthread_mutex_unlock(&m->lock);
@@ -521,7 +275,7 @@ int vram__offload_locked(vram_model *model, int evicting)
             vram_alloc *a = &model->allocs[i];
             if (!a->buf.mapped) {
                 m->devs[a->buf.device].mapped -= a->buf.size;
-                uncharge(m, a);
+                vram__uncharge(m, a);
             }
         }
         model->has_backup = 1;
@@ -538,7 +292,7 @@ int vram__offload_locked(vram_model *model, int evicting)
                   evicting ? "offload(evict)" : "offload", model->name,
                   (unsigned long long)model->bytes, secs, model->last_offload_gbps);
     }
-    mem_broadcast(m);
+    vram__mem_broadcast(m);
     model_broadcast(model);
     return rc;
 }
@@ -558,7 +312,7 @@ static int restore_locked(vram_model *model)
     uint64_t need = 0;
     for (size_t i = 0; i < model->nallocs; i++)
         if (!model->allocs[i].charged) need += model->allocs[i].buf.reserved;
-    int rc = need ? charge(m, model->device, need, model) : 0;
+    int rc = need ? vram__charge(m, model->device, need, model) : 0;
     if (rc == 0)
         for (size_t i = 0; i < model->nallocs; i++) model->allocs[i].charged = 1;
     pthread_mutex_unlock(&m->lock);
@@ -572,7 +326,7 @@ static int restore_locked(vram_model *model)
     for (size_t i = 0; rc == 0 && i < model->nallocs; i++) {
         vram_alloc *a = &model->allocs[i];
         if (!a->buf.mapped) {
-            rc = map_with_evict(model, a);
+            rc = vram__map_with_evict(model, a);
             if (rc < 0) break;
             mapped_here[i] = 1;
         }
@@ -590,7 +344,7 @@ static int restore_locked(vram_model *model)
     pthread_mutex_lock(&m->lock);
     if (rc < 0) {
         for (size_t i = 0; i < model->nallocs; i++)
-            if (!model->allocs[i].buf.mapped) uncharge(m, &model->allocs[i]);
+            if (!model->allocs[i].buf.mapped) vram__uncharge(m, &model->allocs[i]);
         model->failures++;
         set_last_error(model, rc, "restore");
         model->pending &= ~PENDING_OFFLOAD; /* it is off the device already */
@@ -611,7 +365,7 @@ static int restore_locked(vram_model *model)
                   model->name, (unsigned long long)model->bytes, secs, model->last_restore_gbps);
     }
     free(mapped_here);
-    mem_broadcast(m);
+    vram__mem_broadcast(m);
     model_broadcast(model);
     return rc;
 }
@@ -630,7 +384,7 @@ int vram__release_locked(vram_model *model)
     uint64_t bytes = model->bytes;
     pthread_mutex_unlock(&m->lock);
     double t0 = vram__now();
-    free_all(model);
+    vram__free_all(model);
     double secs = vram__now() - t0;
     pthread_mutex_lock(&m->lock);
     model->releases++;
@@ -639,7 +393,7 @@ int vram__release_locked(vram_model *model)
         for (size_t i = 0; i < model->source->ntensors; i++) model->source->tensors[i].dev_ptr = NULL;
     vram__log(VRAM_LOG_INFO, "release model=%s bytes=%llu from=%s seconds=%.3f", model->name,
               (unsigned long long)bytes, vram_state_location(from), secs);
-    mem_broadcast(m);
+    vram__mem_broadcast(m);
     model_broadcast(model);
     return 0;
 }
@@ -718,7 +472,7 @@ void vram_lease_end(vram_lease *lease)
             vram__offload_locked(model, 0);
         } else {
             model_broadcast(model);
-            mem_broadcast(m);
+            vram__mem_broadcast(m);
             note_idle(model);
         }
     }
@@ -878,7 +632,7 @@ int vram_model_checksum(vram_model *model, uint64_t *out)
             else if (model->pending & PENDING_OFFLOAD)
                 vram__offload_locked(model, 0);
             else
-                model_broadcast(model), mem_broadcast(m);
+                model_broadcast(model), vram__mem_broadcast(m);
         }
     } else {
         model->readers--;
