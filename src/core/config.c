@@ -876,6 +876,64 @@ static int key_ok(const char *k, size_t n)
 }
 
 /* Parses one line (no line ending) in place and records the table's keys. */
+/* Decodes the quoted value at *p (its opening quote) in place into val.
+ * Returns 0, or a config error naming the file, line and key. */
+static int dotenv_quoted(const char *path, int lineno, const char *key, char *p, char *val,
+                         char *err, size_t errlen)
+{
+    char q = *p++;
+    char *w = val; /* decode in place: the text only shrinks */
+    while (*p && *p != q) {
+        if (q == '"' && *p == '\\' && p[1]) {
+            p++;
+            switch (*p) {
+            case 'n': *w++ = '\n'; break;
+            case 't': *w++ = '\t'; break;
+            case 'r': *w++ = '\r'; break;
+            case '"': *w++ = '"'; break;
+            case '\\': *w++ = '\\'; break;
+            default:
+                *w++ = '\\';
+                *w++ = *p;
+                break;
+            }
+            p++;
+        } else {
+            *w++ = *p++;
+        }
+    }
+    if (*p != q)
+        return config_error(err, errlen, "%s:%d: %s: unterminated %s-quoted value", path, lineno,
+                            key, q == '"' ? "double" : "single");
+    char *rest = p + 1;
+    *w = '\0';
+    while (*rest == ' ' || *rest == '\t')
+        rest++;
+    if (*rest != '\0' && *rest != '#')
+        return config_error(err, errlen, "%s:%d: %s: unexpected text after the closing quote",
+                            path, lineno, key);
+    return 0;
+}
+
+/* An unquoted value: a '#' after a blank starts a comment; blanks around
+ * it are dropped. Returns the value's start (in place). */
+static char *dotenv_unquoted(char *val)
+{
+    for (char *c = val; *c; c++) {
+        if (*c == '#' && c > val && (c[-1] == ' ' || c[-1] == '\t')) {
+            *c = '\0';
+            break;
+        }
+    }
+    while (*val == ' ' || *val == '\t')
+        val++;
+    char *e = val + strlen(val);
+    while (e > val && (e[-1] == ' ' || e[-1] == '\t'))
+        e--;
+    *e = '\0';
+    return val;
+}
+
 static int dotenv_line(const char *path, int lineno, char *line, dotent (*ents)[2], char *err,
                        size_t errlen)
 {
@@ -909,55 +967,13 @@ static int dotenv_line(const char *path, int lineno, char *line, dotent (*ents)[
     p++; /* past '=' */
 
     char *val = p;
-    char *rest = NULL;
     while (*p == ' ' || *p == '\t')
         p++;
     if (*p == '"' || *p == '\'') {
-        char q = *p++;
-        char *w = val; /* decode in place: the text only shrinks */
-        while (*p && *p != q) {
-            if (q == '"' && *p == '\\' && p[1]) {
-                p++;
-                switch (*p) {
-                case 'n': *w++ = '\n'; break;
-                case 't': *w++ = '\t'; break;
-                case 'r': *w++ = '\r'; break;
-                case '"': *w++ = '"'; break;
-                case '\\': *w++ = '\\'; break;
-                default:
-                    *w++ = '\\';
-                    *w++ = *p;
-                    break;
-                }
-                p++;
-            } else {
-                *w++ = *p++;
-            }
-        }
-        if (*p != q)
-            return config_error(err, errlen, "%s:%d: %s: unterminated %s-quoted value", path,
-                                lineno, key, q == '"' ? "double" : "single");
-        rest = p + 1;
-        *w = '\0';
-        while (*rest == ' ' || *rest == '\t')
-            rest++;
-        if (*rest != '\0' && *rest != '#')
-            return config_error(err, errlen, "%s:%d: %s: unexpected text after the closing quote",
-                                path, lineno, key);
+        int rc = dotenv_quoted(path, lineno, key, p, val, err, errlen);
+        if (rc < 0) return rc;
     } else {
-        /* unquoted: a '#' after a blank starts a comment */
-        for (char *c = val; *c; c++) {
-            if (*c == '#' && c > val && (c[-1] == ' ' || c[-1] == '\t')) {
-                *c = '\0';
-                break;
-            }
-        }
-        while (*val == ' ' || *val == '\t')
-            val++;
-        char *e = val + strlen(val);
-        while (e > val && (e[-1] == ' ' || e[-1] == '\t'))
-            e--;
-        *e = '\0';
+        val = dotenv_unquoted(val);
     }
 
     int alias = 0;

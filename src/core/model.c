@@ -202,29 +202,18 @@ int vram_model_download(vram_model *model, void *dst, const void *dev_ptr, size_
 
 /* GPU (no lease) -> OFFLOADING -> CPU, or back to GPU on failure with the
  * device memory untouched. Lock held on entry and return. */
-int vram__offload_locked(vram_model *model, int evicting)
+/* Copies every allocation of a model in OFFLOADING (owned by the caller) to
+ * its host backup, allocating backups the first time, then unmaps the
+ * device memory. On failure the device copy is untouched and the backups
+ * made by this call are freed. Lock NOT held. */
+static int copy_to_backups(vram_model *model)
 {
-    vram_manager *m = model->m;
-    vram_backend *b = m->backend;
-    model->state = VRAM_STATE_OFFLOADING;
-    model->owner = pthread_self();
-    model->pending &= ~PENDING_OFFLOAD;
-
-    uint64_t need = 0;
-    for (size_t i = 0; i < model->nallocs; i++)
-        if (!model->allocs[i].backup) need += model->allocs[i].buf.size;
-    vram__clear_error();
-    int rc = vram__make_host_room(m, need, model);
-    uint64_t host_charged = rc == 0 ? need : 0;
-    m->host_used += host_charged;
-    pthread_mutex_unlock(&m->lock);
-
-    double t0 = vram__now();
-    size_t fresh = 0; /* backups allocated by this call, in allocs[0..] order */
-    unsigned char *fresh_mark = NULL;
-    if (rc == 0 && model->nallocs) {
+    vram_backend *b = model->m->backend;
+    int rc = 0;
+    unsigned char *fresh_mark = NULL; /* backups allocated by this call */
+    if (model->nallocs) {
         fresh_mark = calloc(model->nallocs, 1);
-        if (!fresh_mark) rc = vram__errorf(VRAM_EHOSTMEM, "out of host memory");
+        if (!fresh_mark) return vram__errorf(VRAM_EHOSTMEM, "out of host memory");
     }
     for (size_t i = 0; rc == 0 && i < model->nallocs; i++) {
         vram_alloc *a = &model->allocs[i];
@@ -235,7 +224,6 @@ int vram__offload_locked(vram_model *model, int evicting)
                 break;
             }
             fresh_mark[i] = 1;
-            fresh++;
         }
         rc = b->to_host(b, &a->buf, 0, a->backup, a->buf.size);
     }
@@ -243,7 +231,7 @@ int vram__offload_locked(vram_model *model, int evicting)
         /* nothing is lost: the device copy is untouched; drop new backups */
         char msg[VRAM_ERRMSG_MAX];
         snprintf(msg, sizeof msg, "%s", vram__last_error());
-        for (size_t i = 0; fresh_mark && i < model->nallocs; i++)
+        for (size_t i = 0; i < model->nallocs; i++)
             if (fresh_mark[i]) {
                 b->host_free(b, model->allocs[i].backup, model->allocs[i].buf.size);
                 model->allocs[i].backup = NULL;
@@ -259,9 +247,15 @@ int vram__offload_locked(vram_model *model, int evicting)
         }
     }
     free(fresh_mark);
-    double secs = vram__now() - t0;
+    return rc;
+}
 
-    pthread_mutex_lock(&m->lock);
+/* Ends an offload: CPU with the device memory uncharged, or back to GPU
+ * after a failure (host charge returned). Lock held. */
+static void offload_done_locked(vram_model *model, int rc, uint64_t host_charged, double secs,
+                                int evicting)
+{
+    vram_manager *m = model->m;
     if (rc < 0) {
         m->host_used -= host_charged;
         model->failures++;
@@ -270,28 +264,52 @@ int vram__offload_locked(vram_model *model, int evicting)
         vram__log(VRAM_LOG_ERROR, "offload-failed model=%s error=%s: %s (model stays on GPU)",
                   model->name, vram_err_name(rc), vram__last_error());
         note_idle(model);
-    } else {
-        for (size_t i = 0; i < model->nallocs; i++) {
-            vram_alloc *a = &model->allocs[i];
-            if (!a->buf.mapped) {
-                m->devs[a->buf.device].mapped -= a->buf.size;
-                vram__uncharge(m, a);
-            }
-        }
-        model->has_backup = 1;
-        model->offloads++;
-        if (evicting) model->evictions++;
-        model->last_offload_s = secs;
-        model->total_offload_s += secs;
-        model->last_offload_gbps = vram__gbps(model->bytes, secs);
-        model->state = VRAM_STATE_CPU;
-        model->cpu_since = vram__clock(m);
-        double rt = vram__release_timeout(model);
-        if (rt > 0) monitor_note(m, model->cpu_since + rt);
-        vram__log(VRAM_LOG_INFO, "%s model=%s bytes=%llu seconds=%.3f gbps=%.2f",
-                  evicting ? "offload(evict)" : "offload", model->name,
-                  (unsigned long long)model->bytes, secs, model->last_offload_gbps);
+        return;
     }
+    for (size_t i = 0; i < model->nallocs; i++) {
+        vram_alloc *a = &model->allocs[i];
+        if (!a->buf.mapped) {
+            m->devs[a->buf.device].mapped -= a->buf.size;
+            vram__uncharge(m, a);
+        }
+    }
+    model->has_backup = 1;
+    model->offloads++;
+    if (evicting) model->evictions++;
+    model->last_offload_s = secs;
+    model->total_offload_s += secs;
+    model->last_offload_gbps = vram__gbps(model->bytes, secs);
+    model->state = VRAM_STATE_CPU;
+    model->cpu_since = vram__clock(m);
+    double rt = vram__release_timeout(model);
+    if (rt > 0) monitor_note(m, model->cpu_since + rt);
+    vram__log(VRAM_LOG_INFO, "%s model=%s bytes=%llu seconds=%.3f gbps=%.2f",
+              evicting ? "offload(evict)" : "offload", model->name,
+              (unsigned long long)model->bytes, secs, model->last_offload_gbps);
+}
+
+int vram__offload_locked(vram_model *model, int evicting)
+{
+    vram_manager *m = model->m;
+    model->state = VRAM_STATE_OFFLOADING;
+    model->owner = pthread_self();
+    model->pending &= ~PENDING_OFFLOAD;
+
+    uint64_t need = 0;
+    for (size_t i = 0; i < model->nallocs; i++)
+        if (!model->allocs[i].backup) need += model->allocs[i].buf.size;
+    vram__clear_error();
+    int rc = vram__make_host_room(m, need, model);
+    uint64_t host_charged = rc == 0 ? need : 0;
+    m->host_used += host_charged;
+    pthread_mutex_unlock(&m->lock);
+
+    double t0 = vram__now();
+    if (rc == 0) rc = copy_to_backups(model);
+    double secs = vram__now() - t0;
+
+    pthread_mutex_lock(&m->lock);
+    offload_done_locked(model, rc, host_charged, secs, evicting);
     vram__mem_broadcast(m);
     model_broadcast(model);
     return rc;

@@ -337,6 +337,21 @@ static void on_mhd_panic(void *cls, const char *file, unsigned int line, const c
 
 /* ---- life cycle ---- */
 
+/* Why bind or listen failed, with what to do about it. */
+static void bind_error(int e, const char *bind_addr, int port, char *err, size_t errlen)
+{
+    const char *hint = e == EADDRINUSE      ? " (another vramd, or another program, is using "
+                                              "it: stop it or choose another --port)"
+                       : e == EACCES        ? " (ports below 1024 need privileges)"
+                       : e == EADDRNOTAVAIL ? " (this machine has no such address: see --bind)"
+                                            : "";
+    if (e == EADDRINUSE)
+        snprintf(err, errlen, "%s port %d is already in use%s", bind_addr, port, hint);
+    else
+        snprintf(err, errlen, "cannot listen on %s port %d: %s%s", bind_addr, port, strerror(e),
+                 hint);
+}
+
 int vram__http_listen(const vram__http_opts *o, vram__http **out, char *err, size_t errlen)
 {
     *out = NULL;
@@ -379,17 +394,7 @@ int vram__http_listen(const vram__http_opts *o, vram__http **out, char *err, siz
         wildcard = memcmp(&((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr, &in6addr_any,
                           sizeof in6addr_any) == 0;
     if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 512) < 0) {
-        int e = errno;
-        const char *hint = e == EADDRINUSE      ? " (another vramd, or another program, is using "
-                                                  "it: stop it or choose another --port)"
-                           : e == EACCES        ? " (ports below 1024 need privileges)"
-                           : e == EADDRNOTAVAIL ? " (this machine has no such address: see --bind)"
-                                                : "";
-        if (e == EADDRINUSE)
-            snprintf(err, errlen, "%s port %d is already in use%s", bind_addr, o->port, hint);
-        else
-            snprintf(err, errlen, "cannot listen on %s port %d: %s%s", bind_addr, o->port,
-                     strerror(e), hint);
+        bind_error(errno, bind_addr, o->port, err, errlen);
         close(fd);
         freeaddrinfo(ai);
         return VRAM_EIO;

@@ -479,9 +479,10 @@ int vram__mcp_http_is_slow(const vram__mcp_http_req *req)
     return slow;
 }
 
-void vram__mcp_http(vram__mcp *mcp, const vram__mcp_http_req *req, vram__mcp_http_resp *resp)
+/* DELETE ends a session; any method but POST is 405. Returns 1 when resp
+ * holds the answer. */
+static int http_non_post(vram__mcp *mcp, const vram__mcp_http_req *req, vram__mcp_http_resp *resp)
 {
-    memset(resp, 0, sizeof *resp);
     if (strcmp(req->method, "DELETE") == 0) {
         if (!req->session_id) {
             http_error(resp, 400, NULL, JSONRPC_SERVER,
@@ -491,26 +492,84 @@ void vram__mcp_http(vram__mcp *mcp, const vram__mcp_http_req *req, vram__mcp_htt
         } else {
             resp->status = 200;
         }
-        return;
+        return 1;
     }
     if (strcmp(req->method, "POST") != 0) {
         /* no server-to-client stream: GET is 405, as the transport allows */
         resp->allow = "POST, DELETE";
         http_error(resp, 405, NULL, JSONRPC_SERVER,
                    "Method Not Allowed: POST one JSON-RPC message; DELETE ends a session");
-        return;
+        return 1;
     }
+    return 0;
+}
+
+/* Accept and Content-Type of a POST. Returns 1 when refused (resp set). */
+static int http_bad_types(const vram__mcp_http_req *req, vram__mcp_http_resp *resp)
+{
     if (req->accept && !lists_type(req->accept, "application/json") &&
         !lists_type(req->accept, "application/*") && !lists_type(req->accept, "*/*")) {
         http_error(resp, 406, NULL, JSONRPC_SERVER,
                    "Not Acceptable: the client must accept application/json");
-        return;
+        return 1;
     }
     if (!req->content_type || !lists_type(req->content_type, "application/json")) {
         http_error(resp, 415, NULL, JSONRPC_SERVER,
                    "Unsupported Media Type: Content-Type must be application/json");
+        return 1;
+    }
+    return 0;
+}
+
+/* A message other than initialize needs a live session and a supported
+ * protocol version. Returns 1 when refused (resp set). */
+static int http_bad_session(vram__mcp *mcp, const vram__mcp_http_req *req, json_t *msg,
+                            vram__mcp_http_resp *resp)
+{
+    json_t *id = json_object_get(msg, "id");
+    if (!req->session_id) {
+        http_error(resp, 400, id, JSONRPC_SERVER,
+                   "Bad Request: Mcp-Session-Id header is required (send initialize first)");
+        return 1;
+    }
+    if (!session_use(mcp, req->session_id, 0)) {
+        http_error(resp, 404, id, JSONRPC_NO_SESSION, "Session not found: initialize again");
+        return 1;
+    }
+    if (req->protocol_version && !supported_version(req->protocol_version)) {
+        char text[200];
+        snprintf(text, sizeof text,
+                 "Bad Request: unsupported MCP-Protocol-Version '%.40s' (supported: %s, %s, "
+                 "%s, %s)",
+                 req->protocol_version, vram__mcp_versions[0], vram__mcp_versions[1],
+                 vram__mcp_versions[2], vram__mcp_versions[3]);
+        http_error(resp, 400, id, JSONRPC_SERVER, text);
+        return 1;
+    }
+    return 0;
+}
+
+/* The dispatcher's answer as the HTTP response (202 when there is none). */
+static void http_answer(vram__mcp *mcp, json_t *answer, int is_init, const char *negotiated,
+                        vram__mcp_http_resp *resp)
+{
+    if (!answer) {
+        resp->status = 202; /* a notification or response: accepted, no body */
         return;
     }
+    if (is_init && negotiated && json_object_get(answer, "result"))
+        session_add(mcp, resp->session_id);
+    json_t *err = json_object_get(answer, "error");
+    int invalid = err && json_integer_value(json_object_get(err, "code")) == JSONRPC_INVALID_REQUEST;
+    resp->status = invalid ? 400 : 200;
+    resp->body = json_dumps(answer, JSON_COMPACT | JSON_REAL_PRECISION(12));
+    if (!resp->body) http_error(resp, 500, NULL, JSONRPC_INTERNAL, "Internal error");
+}
+
+void vram__mcp_http(vram__mcp *mcp, const vram__mcp_http_req *req, vram__mcp_http_resp *resp)
+{
+    memset(resp, 0, sizeof *resp);
+    if (http_non_post(mcp, req, resp) || http_bad_types(req, resp)) return;
     json_error_t jerr;
     json_t *msg = json_loadb(req->body ? req->body : "", req->body_len, JSON_DECODE_ANY, &jerr);
     if (!msg) {
@@ -530,46 +589,13 @@ void vram__mcp_http(vram__mcp *mcp, const vram__mcp_http_req *req, vram__mcp_htt
     json_t *method = json_object_get(msg, "method");
     int is_init = json_is_string(method) && strcmp(json_string_value(method), "initialize") == 0 &&
                   json_object_get(msg, "id");
-    if (!is_init) {
-        if (!req->session_id) {
-            http_error(resp, 400, json_object_get(msg, "id"), JSONRPC_SERVER,
-                       "Bad Request: Mcp-Session-Id header is required (send initialize first)");
-            json_decref(msg);
-            return;
-        }
-        if (!session_use(mcp, req->session_id, 0)) {
-            http_error(resp, 404, json_object_get(msg, "id"), JSONRPC_NO_SESSION,
-                       "Session not found: initialize again");
-            json_decref(msg);
-            return;
-        }
-        if (req->protocol_version && !supported_version(req->protocol_version)) {
-            char text[200];
-            snprintf(text, sizeof text,
-                     "Bad Request: unsupported MCP-Protocol-Version '%.40s' (supported: %s, %s, "
-                     "%s, %s)",
-                     req->protocol_version, vram__mcp_versions[0], vram__mcp_versions[1],
-                     vram__mcp_versions[2], vram__mcp_versions[3]);
-            http_error(resp, 400, json_object_get(msg, "id"), JSONRPC_SERVER, text);
-            json_decref(msg);
-            return;
-        }
+    if (!is_init && http_bad_session(mcp, req, msg, resp)) {
+        json_decref(msg);
+        return;
     }
     const char *negotiated = NULL;
     json_t *answer = vram__mcp_dispatch(mcp, msg, &negotiated);
     json_decref(msg);
-    if (!answer) {
-        resp->status = 202; /* a notification or response: accepted, no body */
-        return;
-    }
-    if (is_init && negotiated && json_object_get(answer, "result"))
-        session_add(mcp, resp->session_id);
-    resp->status = json_object_get(answer, "error") &&
-                           json_integer_value(json_object_get(json_object_get(answer, "error"),
-                                                              "code")) == JSONRPC_INVALID_REQUEST
-                       ? 400
-                       : 200;
-    resp->body = json_dumps(answer, JSON_COMPACT | JSON_REAL_PRECISION(12));
+    http_answer(mcp, answer, is_init, negotiated, resp);
     json_decref(answer);
-    if (!resp->body) http_error(resp, 500, NULL, JSONRPC_INTERNAL, "Internal error");
 }
