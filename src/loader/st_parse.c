@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "base/base.h"
+#include "loader/st_json.h"
 #include "loader/st_parse.h"
 
 /* ---- dtypes ---- */
@@ -88,314 +89,6 @@ static uint64_t utf8_bad_at(const unsigned char *p, uint64_t n)
         i += need + 1;
     }
     return n;
-}
-
-/* ---- a small JSON reader over a buffer ----
- * Reads the grammar of RFC 8259 (as jansson does: no NUL in strings, no lone
- * surrogates, integers within int64) without building a tree: the parsers
- * below pull exactly the values the schema allows and refuse the rest, so
- * that memory stays a small multiple of what is kept (names, offsets),
- * whatever the input. Strings are decoded into r->buf. */
-
-typedef struct jr {
-    const char *p;
-    size_t n, i;
-    const char *what, *kind; /* the file and "header" / "index", for messages */
-    char *buf;               /* the last string read, decoded and NUL-terminated */
-    size_t blen, bcap;
-} jr;
-
-/* Refuses the input as malformed JSON at the current offset. */
-static int jr_syntax(jr *r, const char *msg)
-{
-    return vram__errorf(VRAM_EFORMAT, "%s: %s is not valid JSON: %s at offset %zu", r->what,
-                        r->kind, msg, r->i);
-}
-
-/* Skips white space; returns the next byte or -1 at the end. */
-static int jr_peek(jr *r)
-{
-    while (r->i < r->n) {
-        char c = r->p[r->i];
-        if (c != ' ' && c != '\t' && c != '\n' && c != '\r') return (unsigned char)c;
-        r->i++;
-    }
-    return -1;
-}
-
-/* After a member of a container closed by `close` ('}' or ']'): consumes
- * ',' (returns 1: another member follows) or close (returns 0: the container
- * ended); anything else refuses the input (< 0). */
-static int jr_next(jr *r, char close)
-{
-    int c = jr_peek(r);
-    if (c == ',') {
-        r->i++;
-        return 1;
-    }
-    if (c == close) {
-        r->i++;
-        return 0;
-    }
-    return jr_syntax(r, close == '}' ? "expected ',' or '}'" : "expected ',' or ']'");
-}
-
-/* Consumes the byte c (after white space) or refuses with msg. */
-static int jr_expect(jr *r, char c, const char *msg)
-{
-    if (jr_peek(r) != (unsigned char)c) return jr_syntax(r, msg);
-    r->i++;
-    return 0;
-}
-
-/* Opens the top-level object of a header or index (kind: "header",
- * "index"): refuses an array by name and anything else that is not '{'.
- * Returns 1 when a member follows, 0 for an empty object ('}' consumed),
- * < 0 when refused. */
-static int jr_open_top(jr *r, const char *what, const char *kind)
-{
-    if (jr_peek(r) == '[')
-        return vram__errorf(VRAM_EFORMAT, "%s: %s is a JSON array, not an object", what, kind);
-    int rc = jr_expect(r, '{', "expected '{'");
-    if (rc) return rc;
-    if (jr_peek(r) == '}') {
-        r->i++;
-        return 0;
-    }
-    return 1;
-}
-
-/* A value of the wrong type was found at r->i: a syntax error when the
- * input simply ended there, else VRAM_EFORMAT with the formatted message. */
-static int jr_wrong(jr *r, const char *fmt, ...) VRAM_PRINTF(2, 3);
-static int jr_wrong(jr *r, const char *fmt, ...)
-{
-    if (jr_peek(r) == -1) return jr_syntax(r, "unexpected end of input");
-    char msg[VRAM_ERRMSG_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    return vram__errorf(VRAM_EFORMAT, "%s", msg);
-}
-
-/* Appends k bytes to r->buf (kept NUL-terminated), growing it; VRAM_EHOSTMEM
- * when out of memory. */
-static int jr_put(jr *r, const char *s, size_t k)
-{
-    if (r->blen + k + 1 > r->bcap) {
-        size_t cap = r->bcap ? r->bcap * 2 : 64;
-        if (cap < r->blen + k + 1) cap = r->blen + k + 1;
-        char *nb = realloc(r->buf, cap);
-        if (!nb) return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", r->what);
-        r->buf = nb;
-        r->bcap = cap;
-    }
-    memcpy(r->buf + r->blen, s, k);
-    r->blen += k;
-    r->buf[r->blen] = '\0';
-    return 0;
-}
-
-/* Parses 4 hex digits at s (the caller checked they are in bounds). */
-static int hex4(const char *s, unsigned *out)
-{
-    unsigned v = 0;
-    for (int k = 0; k < 4; k++) {
-        char c = s[k];
-        v <<= 4;
-        if (c >= '0' && c <= '9')
-            v |= (unsigned)(c - '0');
-        else if (c >= 'a' && c <= 'f')
-            v |= (unsigned)(c - 'a' + 10);
-        else if (c >= 'A' && c <= 'F')
-            v |= (unsigned)(c - 'A' + 10);
-        else
-            return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-/* Reads the string at r->i into r->buf (the input is valid UTF-8). */
-static int jr_string(jr *r)
-{
-    int rc = jr_put(r, "", 0);
-    if (rc) return rc;
-    r->blen = 0;
-    r->buf[0] = '\0';
-    if (jr_peek(r) != '"') return jr_syntax(r, "expected a string");
-    size_t run = ++r->i; /* start of the bytes not yet copied */
-    for (;;) {
-        if (r->i >= r->n) return jr_syntax(r, "unterminated string");
-        unsigned char c = (unsigned char)r->p[r->i];
-        if (c == '"') {
-            rc = jr_put(r, r->p + run, r->i - run);
-            r->i++;
-            return rc;
-        }
-        if (c < 0x20) return jr_syntax(r, "control character in a string");
-        if (c != '\\') {
-            r->i++;
-            continue;
-        }
-        rc = jr_put(r, r->p + run, r->i - run);
-        if (rc) return rc;
-        if (r->i + 1 >= r->n) return jr_syntax(r, "unterminated string");
-        char e = r->p[r->i + 1], out[4];
-        size_t k = 1, adv = 2;
-        switch (e) {
-        case '"':
-        case '\\':
-        case '/': out[0] = e; break;
-        case 'b': out[0] = '\b'; break;
-        case 'f': out[0] = '\f'; break;
-        case 'n': out[0] = '\n'; break;
-        case 'r': out[0] = '\r'; break;
-        case 't': out[0] = '\t'; break;
-        case 'u': {
-            unsigned cp, lo;
-            if (r->n - r->i < 6 || hex4(r->p + r->i + 2, &cp) < 0)
-                return jr_syntax(r, "invalid \\u escape");
-            adv = 6;
-            if (cp >= 0xd800 && cp <= 0xdbff) {
-                if (r->n - r->i < 12 || r->p[r->i + 6] != '\\' || r->p[r->i + 7] != 'u' ||
-                    hex4(r->p + r->i + 8, &lo) < 0 || lo < 0xdc00 || lo > 0xdfff)
-                    return jr_syntax(r, "invalid Unicode (a lone surrogate)");
-                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-                adv = 12;
-            } else if (cp >= 0xdc00 && cp <= 0xdfff) {
-                return jr_syntax(r, "invalid Unicode (a lone surrogate)");
-            } else if (cp == 0) {
-                return jr_syntax(r, "\\u0000 is not allowed in a string");
-            }
-            if (cp < 0x80) {
-                out[0] = (char)cp;
-            } else if (cp < 0x800) {
-                out[0] = (char)(0xc0 | (cp >> 6));
-                out[1] = (char)(0x80 | (cp & 0x3f));
-                k = 2;
-            } else if (cp < 0x10000) {
-                out[0] = (char)(0xe0 | (cp >> 12));
-                out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-                out[2] = (char)(0x80 | (cp & 0x3f));
-                k = 3;
-            } else {
-                out[0] = (char)(0xf0 | (cp >> 18));
-                out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-                out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-                out[3] = (char)(0x80 | (cp & 0x3f));
-                k = 4;
-            }
-            break;
-        }
-        default: return jr_syntax(r, "invalid escape in a string");
-        }
-        rc = jr_put(r, out, k);
-        if (rc) return rc;
-        r->i += adv;
-        run = r->i;
-    }
-}
-
-enum { JR_INT, JR_REAL, JR_BIG };
-
-/* Reads the number at r->i: *kind JR_INT with *neg and *mag (|value| within
- * int64), JR_REAL (a fraction or exponent) or JR_BIG (an integer beyond
- * int64). */
-static int jr_number(jr *r, int *kind, int *neg, uint64_t *mag)
-{
-    const char *p = r->p;
-    size_t n = r->n, i = r->i;
-    int big = 0, real = 0;
-    *neg = 0;
-    *mag = 0;
-#define JR_DIGIT(k) ((k) < n && p[k] >= '0' && p[k] <= '9')
-    if (i < n && p[i] == '-') *neg = 1, i++;
-    if (!JR_DIGIT(i)) return r->i = i, jr_syntax(r, "invalid number");
-    if (p[i] == '0') {
-        i++;
-    } else {
-        while (JR_DIGIT(i)) {
-            unsigned d = (unsigned)(p[i] - '0');
-            if (*mag > (UINT64_MAX - d) / 10)
-                big = 1;
-            else
-                *mag = *mag * 10 + d;
-            i++;
-        }
-    }
-    if (i < n && p[i] == '.') {
-        i++;
-        if (!JR_DIGIT(i)) return r->i = i, jr_syntax(r, "invalid number");
-        while (JR_DIGIT(i))
-            i++;
-        real = 1;
-    }
-    if (i < n && (p[i] == 'e' || p[i] == 'E')) {
-        i++;
-        if (i < n && (p[i] == '+' || p[i] == '-')) i++;
-        if (!JR_DIGIT(i)) return r->i = i, jr_syntax(r, "invalid number");
-        while (JR_DIGIT(i))
-            i++;
-        real = 1;
-    }
-#undef JR_DIGIT
-    r->i = i;
-    if (real)
-        *kind = JR_REAL;
-    else if (big || *mag > (*neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX))
-        *kind = JR_BIG;
-    else
-        *kind = JR_INT;
-    return 0;
-}
-
-/* Reads and discards any value, nested at most 64 deep. */
-static int jr_skip(jr *r, int depth)
-{
-    if (depth > 64) return jr_syntax(r, "values nested deeper than 64 levels");
-    int c = jr_peek(r), rc;
-    if (c == '"') return jr_string(r);
-    if (c == '{' || c == '[') {
-        int close = c == '{' ? '}' : ']';
-        r->i++;
-        if (jr_peek(r) == close) return r->i++, 0;
-        for (;;) {
-            if (c == '{') {
-                if ((rc = jr_string(r)) || (rc = jr_expect(r, ':', "expected ':'"))) return rc;
-            }
-            if ((rc = jr_skip(r, depth + 1))) return rc;
-            int d = jr_peek(r);
-            if (d == ',') {
-                r->i++;
-                continue;
-            }
-            if (d == close) return r->i++, 0;
-            return jr_syntax(r, c == '{' ? "expected ',' or '}'" : "expected ',' or ']'");
-        }
-    }
-    if (c == '-' || (c >= '0' && c <= '9')) {
-        int kind, neg;
-        uint64_t mag;
-        return jr_number(r, &kind, &neg, &mag);
-    }
-    static const char *const lits[] = {"true", "false", "null"};
-    for (int k = 0; k < 3; k++) {
-        size_t len = strlen(lits[k]);
-        if (r->n - r->i >= len && memcmp(r->p + r->i, lits[k], len) == 0) {
-            r->i += len;
-            return 0;
-        }
-    }
-    return jr_syntax(r, "expected a value");
-}
-
-/* Refuses anything but white space after the top-level value. */
-static int jr_end(jr *r)
-{
-    if (jr_peek(r) != -1) return jr_syntax(r, "unexpected data after the top-level object");
-    return 0;
 }
 
 /* ---- string sets (names kept for the duplicate check) ---- */
@@ -499,18 +192,19 @@ static int cmp_name_ptr(const void *a, const void *b)
 }
 
 /* Reads a non-negative integer element field[idx] of tensor qname. */
-static int read_u64(jr *r, const char *qname, const char *field, int idx, uint64_t *out)
+static int read_u64(vram__jr *r, const char *qname, const char *field, int idx, uint64_t *out)
 {
-    int c = jr_peek(r), kind, neg;
+    int c = vram__jr_peek(r), kind, neg;
     uint64_t mag;
     if (c != '-' && (c < '0' || c > '9'))
-        return jr_wrong(r, "%s: tensor '%s': %s[%d] is not an integer", r->what, qname, field, idx);
-    int rc = jr_number(r, &kind, &neg, &mag);
+        return vram__jr_wrong(r, "%s: tensor '%s': %s[%d] is not an integer", r->what, qname,
+                              field, idx);
+    int rc = vram__jr_number(r, &kind, &neg, &mag);
     if (rc) return rc;
-    if (kind == JR_REAL)
+    if (kind == VRAM_JR_REAL)
         return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': %s[%d] is not an integer", r->what,
                             qname, field, idx);
-    if (kind == JR_BIG)
+    if (kind == VRAM_JR_BIG)
         return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': %s[%d] is too large", r->what, qname,
                             field, idx);
     if (neg && mag)
@@ -522,25 +216,25 @@ static int read_u64(jr *r, const char *qname, const char *field, int idx, uint64
 
 /* Reads a JSON array of at most max non-negative integers into v; *count
  * gets how many. Refuses longer arrays with too_long. */
-static int read_u64_array(jr *r, const char *qname, const char *field, int max, uint64_t *v,
+static int read_u64_array(vram__jr *r, const char *qname, const char *field, int max, uint64_t *v,
                           int *count, const char *too_long)
 {
     *count = 0;
     r->i++; /* '[' */
-    if (jr_peek(r) == ']') return r->i++, 0;
+    if (vram__jr_peek(r) == ']') return r->i++, 0;
     for (;;) {
         if (*count == max)
             return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': %s", r->what, qname, too_long);
         int rc = read_u64(r, qname, field, *count, &v[*count]);
         if (rc) return rc;
         (*count)++;
-        int more = jr_next(r, ']');
+        int more = vram__jr_next(r, ']');
         if (more <= 0) return more;
     }
 }
 
 /* Reads and validates one tensor entry into *t (t->name set). */
-static int parse_entry(jr *r, vram__st_tensor *t, uint64_t data_size)
+static int parse_entry(vram__jr *r, vram__st_tensor *t, uint64_t data_size)
 {
     const char *what = r->what;
     char qname[400];
@@ -550,16 +244,16 @@ static int parse_entry(jr *r, vram__st_tensor *t, uint64_t data_size)
     if (len > VRAM_ST_MAX_NAME)
         return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': name of %zu bytes is longer than %d",
                             what, qname, len, VRAM_ST_MAX_NAME);
-    if (jr_peek(r) != '{')
-        return jr_wrong(r, "%s: tensor '%s': entry is not a JSON object", what, qname);
+    if (vram__jr_peek(r) != '{')
+        return vram__jr_wrong(r, "%s: tensor '%s': entry is not a JSON object", what, qname);
     r->i++;
     unsigned seen = 0;
     int rc;
-    if (jr_peek(r) == '}') {
+    if (vram__jr_peek(r) == '}') {
         r->i++;
     } else {
         for (;;) {
-            if ((rc = jr_string(r))) return rc;
+            if ((rc = vram__jr_string(r))) return rc;
             unsigned which = strcmp(r->buf, "dtype") == 0          ? 1u
                              : strcmp(r->buf, "shape") == 0        ? 2u
                              : strcmp(r->buf, "data_offsets") == 0 ? 4u
@@ -576,19 +270,19 @@ static int parse_entry(jr *r, vram__st_tensor *t, uint64_t data_size)
                                     "'%s')",
                                     what, r->buf, qname);
             seen |= which;
-            if ((rc = jr_expect(r, ':', "expected ':'"))) return rc;
-            int c = jr_peek(r);
+            if ((rc = vram__jr_expect(r, ':', "expected ':'"))) return rc;
+            int c = vram__jr_peek(r);
             if (which == 1) {
                 if (c != '"')
-                    return jr_wrong(r, "%s: tensor '%s': dtype is not a string", what, qname);
-                if ((rc = jr_string(r))) return rc;
+                    return vram__jr_wrong(r, "%s: tensor '%s': dtype is not a string", what, qname);
+                if ((rc = vram__jr_string(r))) return rc;
                 t->dtype = vram__st_dtype_find(r->buf);
                 if (!t->dtype)
                     return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': unknown dtype '%s'", what,
                                         qname, vram__quote(r->buf, qk, sizeof qk));
             } else if (which == 2) {
                 if (c != '[')
-                    return jr_wrong(r, "%s: tensor '%s': shape is not an array", what, qname);
+                    return vram__jr_wrong(r, "%s: tensor '%s': shape is not an array", what, qname);
                 uint64_t v[VRAM_MAX_DIMS];
                 char msg[64];
                 snprintf(msg, sizeof msg, "shape has more than %d dimensions", VRAM_MAX_DIMS);
@@ -598,7 +292,7 @@ static int parse_entry(jr *r, vram__st_tensor *t, uint64_t data_size)
                     t->shape[d] = (int64_t)v[d];
             } else {
                 const char *bad = "data_offsets is not an array [begin, end]";
-                if (c != '[') return jr_wrong(r, "%s: tensor '%s': %s", what, qname, bad);
+                if (c != '[') return vram__jr_wrong(r, "%s: tensor '%s': %s", what, qname, bad);
                 uint64_t v[2];
                 int k = 0;
                 if ((rc = read_u64_array(r, qname, "data_offsets", 2, v, &k, bad))) return rc;
@@ -607,7 +301,7 @@ static int parse_entry(jr *r, vram__st_tensor *t, uint64_t data_size)
                 t->begin = v[0];
                 t->end = v[1];
             }
-            int more = jr_next(r, '}');
+            int more = vram__jr_next(r, '}');
             if (more < 0) return more;
             if (!more) break;
         }
@@ -651,25 +345,26 @@ static int parse_entry(jr *r, vram__st_tensor *t, uint64_t data_size)
 }
 
 /* Reads __metadata__: an object of strings; its keys go to keys. */
-static int parse_meta(jr *r, strset *keys, size_t *count)
+static int parse_meta(vram__jr *r, strset *keys, size_t *count)
 {
-    if (jr_peek(r) != '{') return jr_wrong(r, "%s: __metadata__ is not a JSON object", r->what);
+    if (vram__jr_peek(r) != '{')
+        return vram__jr_wrong(r, "%s: __metadata__ is not a JSON object", r->what);
     r->i++;
-    if (jr_peek(r) == '}') return r->i++, 0;
+    if (vram__jr_peek(r) == '}') return r->i++, 0;
     for (;;) {
-        int rc = jr_string(r);
+        int rc = vram__jr_string(r);
         if (rc) return rc;
         if (strset_add(keys, r->buf, r->blen) < 0)
             return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", r->what);
-        if ((rc = jr_expect(r, ':', "expected ':'"))) return rc;
-        if (jr_peek(r) != '"') {
+        if ((rc = vram__jr_expect(r, ':', "expected ':'"))) return rc;
+        if (vram__jr_peek(r) != '"') {
             char qk[400];
-            return jr_wrong(r, "%s: __metadata__ value of '%s' is not a string", r->what,
+            return vram__jr_wrong(r, "%s: __metadata__ value of '%s' is not a string", r->what,
                             vram__quote(r->buf, qk, sizeof qk));
         }
-        if ((rc = jr_string(r))) return rc;
+        if ((rc = vram__jr_string(r))) return rc;
         (*count)++;
-        int more = jr_next(r, '}');
+        int more = vram__jr_next(r, '}');
         if (more <= 0) return more;
     }
 }
@@ -704,7 +399,7 @@ int vram__st_parse_header(const char *json, uint64_t n, uint64_t file_size, cons
                             ")",
                             what, (unsigned char)json[bad], bad);
 
-    jr r = {json, (size_t)n, 0, what, "header", NULL, 0, 0};
+    vram__jr r = {json, (size_t)n, 0, what, "header", NULL, 0, 0};
     vram__st_header h;
     memset(&h, 0, sizeof h);
     h.header_len = n;
@@ -715,14 +410,15 @@ int vram__st_parse_header(const char *json, uint64_t n, uint64_t file_size, cons
     char **names = NULL;
     size_t cap = 0;
     int rc = 0, seen_meta = 0;
-    int open = jr_open_top(&r, what, "header");
+    int open = vram__jr_open_top(&r, what, "header");
     if (open < 0) {
         rc = open;
         goto fail;
     }
     if (open) {
         for (;;) {
-            if ((rc = jr_string(&r)) || (rc = jr_expect(&r, ':', "expected ':'"))) goto fail;
+            if ((rc = vram__jr_string(&r)) || (rc = vram__jr_expect(&r, ':', "expected ':'")))
+                goto fail;
             if (strcmp(r.buf, "__metadata__") == 0) {
                 if (seen_meta++) {
                     rc = vram__errorf(VRAM_EFORMAT,
@@ -754,7 +450,7 @@ int vram__st_parse_header(const char *json, uint64_t n, uint64_t file_size, cons
                 h.ntensors++;
                 if ((rc = parse_entry(&r, t, h.data_size))) goto fail;
             }
-            int more = jr_next(&r, '}');
+            int more = vram__jr_next(&r, '}');
             if (more < 0) {
                 rc = more;
                 goto fail;
@@ -762,7 +458,7 @@ int vram__st_parse_header(const char *json, uint64_t n, uint64_t file_size, cons
             if (!more) break;
         }
     }
-    if ((rc = jr_end(&r))) goto fail;
+    if ((rc = vram__jr_end(&r))) goto fail;
 
     /* duplicate names: in __metadata__, and among tensors */
     const char *dup = NULL;
@@ -881,14 +577,15 @@ static int cmp_entry_shard(const void *a, const void *b, void *arg)
 }
 
 /* Reads weight_map: tensor name -> shard file name. */
-static int parse_weight_map(jr *r, strset *names, strset *shards)
+static int parse_weight_map(vram__jr *r, strset *names, strset *shards)
 {
-    if (jr_peek(r) != '{') return jr_wrong(r, "%s: \"weight_map\" is not a JSON object", r->what);
+    if (vram__jr_peek(r) != '{')
+        return vram__jr_wrong(r, "%s: \"weight_map\" is not a JSON object", r->what);
     r->i++;
-    if (jr_peek(r) == '}') return r->i++, 0;
+    if (vram__jr_peek(r) == '}') return r->i++, 0;
     for (;;) {
         char qname[400], qs[400];
-        int rc = jr_string(r);
+        int rc = vram__jr_string(r);
         if (rc) return rc;
         if (r->blen == 0 || r->blen > VRAM_ST_MAX_NAME)
             return vram__errorf(VRAM_EFORMAT,
@@ -898,17 +595,18 @@ static int parse_weight_map(jr *r, strset *names, strset *shards)
         if (strset_add(names, r->buf, r->blen) < 0)
             return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", r->what);
         vram__quote(r->buf, qname, sizeof qname);
-        if ((rc = jr_expect(r, ':', "expected ':'"))) return rc;
-        if (jr_peek(r) != '"')
-            return jr_wrong(r, "%s: tensor '%s': weight_map value is not a string", r->what, qname);
-        if ((rc = jr_string(r))) return rc;
+        if ((rc = vram__jr_expect(r, ':', "expected ':'"))) return rc;
+        if (vram__jr_peek(r) != '"')
+            return vram__jr_wrong(r, "%s: tensor '%s': weight_map value is not a string", r->what,
+                                  qname);
+        if ((rc = vram__jr_string(r))) return rc;
         const char *why = shard_name_problem(r->buf);
         if (why)
             return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': shard name '%s' %s", r->what, qname,
                                 vram__quote(r->buf, qs, sizeof qs), why);
         if (strset_add(shards, r->buf, r->blen) < 0)
             return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", r->what);
-        int more = jr_next(r, '}');
+        int more = vram__jr_next(r, '}');
         if (more <= 0) return more;
     }
 }
@@ -928,7 +626,7 @@ int vram__st_parse_index(const char *json, size_t n, const char *what, vram__st_
         return vram__errorf(
             VRAM_EFORMAT, "%s: index is not valid UTF-8 (byte 0x%02x at index offset %" PRIu64 ")",
             what, (unsigned char)json[bad], bad);
-    jr r = {json, n, 0, what, "index", NULL, 0, 0};
+    vram__jr r = {json, n, 0, what, "index", NULL, 0, 0};
     strset keys, names, shards;
     memset(&keys, 0, sizeof keys);
     memset(&names, 0, sizeof names);
@@ -939,32 +637,32 @@ int vram__st_parse_index(const char *json, size_t n, const char *what, vram__st_
     int rc = 0, has_wm = 0;
     const char *dup = NULL;
     char qd[400];
-    int open = jr_open_top(&r, what, "index");
+    int open = vram__jr_open_top(&r, what, "index");
     if (open < 0) {
         rc = open;
         goto fail;
     }
     if (open) {
         for (;;) {
-            if ((rc = jr_string(&r))) goto fail;
+            if ((rc = vram__jr_string(&r))) goto fail;
             if (strset_add(&keys, r.buf, r.blen) < 0) {
                 rc = vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
                 goto fail;
             }
             int is_wm = strcmp(r.buf, "weight_map") == 0;
             int is_meta = strcmp(r.buf, "metadata") == 0;
-            if ((rc = jr_expect(&r, ':', "expected ':'"))) goto fail;
+            if ((rc = vram__jr_expect(&r, ':', "expected ':'"))) goto fail;
             if (is_wm) {
                 has_wm = 1;
                 if ((rc = parse_weight_map(&r, &names, &shards))) goto fail;
             } else {
-                if (is_meta && jr_peek(&r) != '{') {
-                    rc = jr_wrong(&r, "%s: \"metadata\" is not a JSON object", what);
+                if (is_meta && vram__jr_peek(&r) != '{') {
+                    rc = vram__jr_wrong(&r, "%s: \"metadata\" is not a JSON object", what);
                     goto fail;
                 }
-                if ((rc = jr_skip(&r, 1))) goto fail;
+                if ((rc = vram__jr_skip(&r, 1))) goto fail;
             }
-            int more = jr_next(&r, '}');
+            int more = vram__jr_next(&r, '}');
             if (more < 0) {
                 rc = more;
                 goto fail;
@@ -972,7 +670,7 @@ int vram__st_parse_index(const char *json, size_t n, const char *what, vram__st_
             if (!more) break;
         }
     }
-    if ((rc = jr_end(&r))) goto fail;
+    if ((rc = vram__jr_end(&r))) goto fail;
     if (strset_dup(&keys, &dup) < 0) goto oom;
     if (dup) {
         rc = vram__errorf(VRAM_EFORMAT, "%s: index names a key twice ('%s')", what,

@@ -81,8 +81,8 @@ static int fill_chunk(const st_model *m, const int *fds, uint64_t a, size_t n, u
         }
         uint64_t seg_end = sg->range_off + sg->len;
         uint64_t take = (seg_end < end ? seg_end : end) - pos;
-        int rc = vram__st_pread_full(fds[sg->file], m->files[sg->file].path, buf + (pos - a), (size_t)take,
-                            sg->file_off + (pos - sg->range_off));
+        int rc = vram__st_pread_full(fds[sg->file], m->files[sg->file].path, buf + (pos - a),
+                                     (size_t)take, sg->file_off + (pos - sg->range_off));
         if (rc < 0) return rc;
         pos += take;
         i++;
