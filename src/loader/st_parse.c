@@ -233,85 +233,88 @@ static int read_u64_array(vram__jr *r, const char *qname, const char *field, int
     }
 }
 
-/* Reads and validates one tensor entry into *t (t->name set). */
-static int parse_entry(vram__jr *r, vram__st_tensor *t, uint64_t data_size)
+/* Reads the dtype value of tensor qname into t->dtype. */
+static int read_dtype(vram__jr *r, const char *qname, vram__st_tensor *t)
 {
-    const char *what = r->what;
-    char qname[400];
-    size_t len = strlen(t->name);
-    vram__quote(t->name, qname, sizeof qname);
-    if (len == 0) return vram__errorf(VRAM_EFORMAT, "%s: a tensor has an empty name", what);
-    if (len > VRAM_ST_MAX_NAME)
-        return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': name of %zu bytes is longer than %d",
-                            what, qname, len, VRAM_ST_MAX_NAME);
-    if (vram__jr_peek(r) != '{')
-        return vram__jr_wrong(r, "%s: tensor '%s': entry is not a JSON object", what, qname);
-    r->i++;
-    unsigned seen = 0;
-    int rc;
-    if (vram__jr_peek(r) == '}') {
-        r->i++;
-    } else {
-        for (;;) {
-            if ((rc = vram__jr_string(r))) return rc;
-            unsigned which = strcmp(r->buf, "dtype") == 0          ? 1u
-                             : strcmp(r->buf, "shape") == 0        ? 2u
-                             : strcmp(r->buf, "data_offsets") == 0 ? 4u
-                                                                   : 0u;
-            char qk[160];
-            if (!which)
-                return vram__errorf(VRAM_EFORMAT,
-                                    "%s: tensor '%s': unexpected key '%s' (expected only dtype, "
-                                    "shape, data_offsets)",
-                                    what, qname, vram__quote(r->buf, qk, sizeof qk));
-            if (seen & which)
-                return vram__errorf(VRAM_EFORMAT,
-                                    "%s: header names a key twice ('%s' in tensor "
-                                    "'%s')",
-                                    what, r->buf, qname);
-            seen |= which;
-            if ((rc = vram__jr_expect(r, ':', "expected ':'"))) return rc;
-            int c = vram__jr_peek(r);
-            if (which == 1) {
-                if (c != '"')
-                    return vram__jr_wrong(r, "%s: tensor '%s': dtype is not a string", what, qname);
-                if ((rc = vram__jr_string(r))) return rc;
-                t->dtype = vram__st_dtype_find(r->buf);
-                if (!t->dtype)
-                    return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': unknown dtype '%s'", what,
-                                        qname, vram__quote(r->buf, qk, sizeof qk));
-            } else if (which == 2) {
-                if (c != '[')
-                    return vram__jr_wrong(r, "%s: tensor '%s': shape is not an array", what, qname);
-                uint64_t v[VRAM_MAX_DIMS];
-                char msg[64];
-                snprintf(msg, sizeof msg, "shape has more than %d dimensions", VRAM_MAX_DIMS);
-                if ((rc = read_u64_array(r, qname, "shape", VRAM_MAX_DIMS, v, &t->ndim, msg)))
-                    return rc;
-                for (int d = 0; d < t->ndim; d++)
-                    t->shape[d] = (int64_t)v[d];
-            } else {
-                const char *bad = "data_offsets is not an array [begin, end]";
-                if (c != '[') return vram__jr_wrong(r, "%s: tensor '%s': %s", what, qname, bad);
-                uint64_t v[2];
-                int k = 0;
-                if ((rc = read_u64_array(r, qname, "data_offsets", 2, v, &k, bad))) return rc;
-                if (k != 2)
-                    return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': %s", what, qname, bad);
-                t->begin = v[0];
-                t->end = v[1];
-            }
-            int more = vram__jr_next(r, '}');
-            if (more < 0) return more;
-            if (!more) break;
-        }
-    }
-    if (seen != 7)
-        return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': entry has no \"%s\"", what, qname,
-                            !(seen & 1)   ? "dtype"
-                            : !(seen & 2) ? "shape"
-                                          : "data_offsets");
+    char qk[160];
+    if (vram__jr_peek(r) != '"')
+        return vram__jr_wrong(r, "%s: tensor '%s': dtype is not a string", r->what, qname);
+    int rc = vram__jr_string(r);
+    if (rc) return rc;
+    t->dtype = vram__st_dtype_find(r->buf);
+    if (!t->dtype)
+        return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': unknown dtype '%s'", r->what, qname,
+                            vram__quote(r->buf, qk, sizeof qk));
+    return 0;
+}
 
+/* Reads the shape value of tensor qname into t->ndim and t->shape. */
+static int read_shape(vram__jr *r, const char *qname, vram__st_tensor *t)
+{
+    if (vram__jr_peek(r) != '[')
+        return vram__jr_wrong(r, "%s: tensor '%s': shape is not an array", r->what, qname);
+    uint64_t v[VRAM_MAX_DIMS];
+    char msg[64];
+    snprintf(msg, sizeof msg, "shape has more than %d dimensions", VRAM_MAX_DIMS);
+    int rc = read_u64_array(r, qname, "shape", VRAM_MAX_DIMS, v, &t->ndim, msg);
+    if (rc) return rc;
+    for (int d = 0; d < t->ndim; d++)
+        t->shape[d] = (int64_t)v[d];
+    return 0;
+}
+
+/* Reads the data_offsets value of tensor qname into t->begin and t->end. */
+static int read_offsets(vram__jr *r, const char *qname, vram__st_tensor *t)
+{
+    const char *bad = "data_offsets is not an array [begin, end]";
+    if (vram__jr_peek(r) != '[')
+        return vram__jr_wrong(r, "%s: tensor '%s': %s", r->what, qname, bad);
+    uint64_t v[2];
+    int k = 0;
+    int rc = read_u64_array(r, qname, "data_offsets", 2, v, &k, bad);
+    if (rc) return rc;
+    if (k != 2) return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': %s", r->what, qname, bad);
+    t->begin = v[0];
+    t->end = v[1];
+    return 0;
+}
+
+/* Reads one member of tensor qname's entry (key and value) into t; *seen
+ * collects the keys read (1 dtype, 2 shape, 4 data_offsets), each at most
+ * once. */
+static int read_entry_member(vram__jr *r, const char *qname, vram__st_tensor *t, unsigned *seen)
+{
+    int rc = vram__jr_string(r);
+    if (rc) return rc;
+    unsigned which = strcmp(r->buf, "dtype") == 0          ? 1u
+                     : strcmp(r->buf, "shape") == 0        ? 2u
+                     : strcmp(r->buf, "data_offsets") == 0 ? 4u
+                                                           : 0u;
+    char qk[160];
+    if (!which)
+        return vram__errorf(VRAM_EFORMAT,
+                            "%s: tensor '%s': unexpected key '%s' (expected only dtype, "
+                            "shape, data_offsets)",
+                            r->what, qname, vram__quote(r->buf, qk, sizeof qk));
+    if (*seen & which)
+        return vram__errorf(VRAM_EFORMAT,
+                            "%s: header names a key twice ('%s' in tensor "
+                            "'%s')",
+                            r->what, r->buf, qname);
+    *seen |= which;
+    if ((rc = vram__jr_expect(r, ':', "expected ':'"))) return rc;
+    if (which == 1) return read_dtype(r, qname, t);
+    if (which == 2) return read_shape(r, qname, t);
+    return read_offsets(r, qname, t);
+}
+
+/* Checks that the complete entry of tensor qname agrees with itself and
+ * with a data section of data_size bytes: its shape and dtype make whole
+ * bytes without overflow, and data_offsets hold exactly those bytes inside
+ * the section. */
+static int check_entry(const char *what, const char *qname, const vram__st_tensor *t,
+                       uint64_t data_size)
+{
     char st[256];
     uint64_t need = 0;
     int brc = vram__st_tensor_bytes(t->dtype, t->ndim, t->shape, &need);
@@ -344,6 +347,40 @@ static int parse_entry(vram__jr *r, vram__st_tensor *t, uint64_t data_size)
     return 0;
 }
 
+/* Reads and validates one tensor entry into *t (t->name set). */
+static int parse_entry(vram__jr *r, vram__st_tensor *t, uint64_t data_size)
+{
+    const char *what = r->what;
+    char qname[400];
+    size_t len = strlen(t->name);
+    vram__quote(t->name, qname, sizeof qname);
+    if (len == 0) return vram__errorf(VRAM_EFORMAT, "%s: a tensor has an empty name", what);
+    if (len > VRAM_ST_MAX_NAME)
+        return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': name of %zu bytes is longer than %d",
+                            what, qname, len, VRAM_ST_MAX_NAME);
+    if (vram__jr_peek(r) != '{')
+        return vram__jr_wrong(r, "%s: tensor '%s': entry is not a JSON object", what, qname);
+    r->i++;
+    unsigned seen = 0;
+    if (vram__jr_peek(r) == '}') {
+        r->i++;
+    } else {
+        for (;;) {
+            int rc = read_entry_member(r, qname, t, &seen);
+            if (rc) return rc;
+            int more = vram__jr_next(r, '}');
+            if (more < 0) return more;
+            if (!more) break;
+        }
+    }
+    if (seen != 7)
+        return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': entry has no \"%s\"", what, qname,
+                            !(seen & 1)   ? "dtype"
+                            : !(seen & 2) ? "shape"
+                                          : "data_offsets");
+    return check_entry(what, qname, t, data_size);
+}
+
 /* Reads __metadata__: an object of strings; its keys go to keys. */
 static int parse_meta(vram__jr *r, strset *keys, size_t *count)
 {
@@ -369,13 +406,11 @@ static int parse_meta(vram__jr *r, strset *keys, size_t *count)
     }
 }
 
-/* See st_parse.h. One pass over the header builds the tensor list; then
- * duplicate names, file order and overlaps are checked. On failure every
- * allocation is freed before returning. */
-int vram__st_parse_header(const char *json, uint64_t n, uint64_t file_size, const char *what,
-                          vram__st_header *out)
+/* Checks what comes before the JSON of a header: the file holds the 8-byte
+ * length, the length n is within VRAM_ST_MAX_HEADER and the file, not 0,
+ * and the n bytes at json are valid UTF-8. */
+static int check_header_bounds(const char *json, uint64_t n, uint64_t file_size, const char *what)
 {
-    memset(out, 0, sizeof *out);
     if (file_size < 8)
         return vram__errorf(VRAM_EFORMAT,
                             "%s: file of %" PRIu64
@@ -398,7 +433,113 @@ int vram__st_parse_header(const char *json, uint64_t n, uint64_t file_size, cons
                             "%s: header is not valid UTF-8 (byte 0x%02x at header offset %" PRIu64
                             ")",
                             what, (unsigned char)json[bad], bad);
+    return 0;
+}
 
+/* Appends the tensor named r->buf to h (growing h->tensors, *cap entries
+ * now) and reads its entry. The tensor counts in h as soon as its name is
+ * copied, so that vram__st_header_free frees it after a failure. */
+static int add_tensor(vram__jr *r, vram__st_header *h, size_t *cap)
+{
+    if (h->ntensors == *cap) {
+        size_t nc = *cap ? *cap * 2 : 64;
+        vram__st_tensor *nt = realloc(h->tensors, nc * sizeof *nt);
+        if (!nt) return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", r->what);
+        h->tensors = nt;
+        *cap = nc;
+    }
+    vram__st_tensor *t = &h->tensors[h->ntensors];
+    memset(t, 0, sizeof *t);
+    t->name = malloc(r->blen + 1);
+    if (!t->name) return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", r->what);
+    memcpy(t->name, r->buf, r->blen + 1);
+    h->ntensors++;
+    return parse_entry(r, t, h->data_size);
+}
+
+/* Reads the top-level object of a header: __metadata__ (at most once; its
+ * keys go to meta, their count to h->nmeta) and the tensor entries into h. */
+static int read_header_members(vram__jr *r, vram__st_header *h, strset *meta)
+{
+    size_t cap = 0;
+    int seen_meta = 0, rc;
+    int open = vram__jr_open_top(r, r->what, "header");
+    if (open <= 0) return open;
+    for (;;) {
+        if ((rc = vram__jr_string(r)) || (rc = vram__jr_expect(r, ':', "expected ':'")))
+            return rc;
+        if (strcmp(r->buf, "__metadata__") == 0) {
+            if (seen_meta++)
+                return vram__errorf(VRAM_EFORMAT,
+                                    "%s: header names a key twice "
+                                    "('__metadata__')",
+                                    r->what);
+            if ((rc = parse_meta(r, meta, &h->nmeta))) return rc;
+        } else {
+            if ((rc = add_tensor(r, h, &cap))) return rc;
+        }
+        int more = vram__jr_next(r, '}');
+        if (more <= 0) return more;
+    }
+}
+
+/* Refuses a name that a header holds twice: a key of __metadata__ (meta),
+ * or a tensor name of h. */
+static int check_header_dups(const vram__st_header *h, const strset *meta, const char *what)
+{
+    const char *dup = NULL;
+    char qd[400];
+    if (strset_dup(meta, &dup) < 0)
+        return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
+    if (dup)
+        return vram__errorf(VRAM_EFORMAT, "%s: header names a key twice ('%s' in __metadata__)",
+                            what, vram__quote(dup, qd, sizeof qd));
+    char **names = malloc((h->ntensors ? h->ntensors : 1) * sizeof *names);
+    if (!names) return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
+    for (size_t i = 0; i < h->ntensors; i++)
+        names[i] = h->tensors[i].name;
+    qsort(names, h->ntensors, sizeof *names, cmp_name_ptr);
+    int rc = 0;
+    for (size_t i = 1; i < h->ntensors && rc == 0; i++)
+        if (strcmp(names[i - 1], names[i]) == 0)
+            rc = vram__errorf(VRAM_EFORMAT, "%s: header names a key twice (tensor '%s')", what,
+                              vram__quote(names[i], qd, sizeof qd));
+    free(names);
+    return rc;
+}
+
+/* Sorts h's tensors into file order, refuses two that share a byte and
+ * sets h->data_end. */
+static int sort_and_check_overlaps(vram__st_header *h, const char *what)
+{
+    if (h->ntensors) qsort(h->tensors, h->ntensors, sizeof *h->tensors, cmp_tensor_begin);
+    const vram__st_tensor *last = NULL; /* the non-empty tensor reaching furthest */
+    for (size_t i = 0; i < h->ntensors; i++) {
+        const vram__st_tensor *t = &h->tensors[i];
+        if (t->end == t->begin) continue;
+        if (last && t->begin < last->end) {
+            char qa[400], qb[400];
+            return vram__errorf(VRAM_EFORMAT,
+                                "%s: tensors '%s' [%" PRIu64 ", %" PRIu64 "] and '%s' [%" PRIu64
+                                ", %" PRIu64 "] overlap",
+                                what, vram__quote(last->name, qa, sizeof qa), last->begin,
+                                last->end, vram__quote(t->name, qb, sizeof qb), t->begin, t->end);
+        }
+        if (!last || t->end > last->end) last = t;
+    }
+    h->data_end = last ? last->end : 0;
+    return 0;
+}
+
+/* See st_parse.h. One pass over the header builds the tensor list; then
+ * duplicate names, file order and overlaps are checked. On failure every
+ * allocation is freed before returning. */
+int vram__st_parse_header(const char *json, uint64_t n, uint64_t file_size, const char *what,
+                          vram__st_header *out)
+{
+    memset(out, 0, sizeof *out);
+    int rc = check_header_bounds(json, n, file_size, what);
+    if (rc) return rc;
     vram__jr r = {json, (size_t)n, 0, what, "header", NULL, 0, 0};
     vram__st_header h;
     memset(&h, 0, sizeof h);
@@ -407,116 +548,18 @@ int vram__st_parse_header(const char *json, uint64_t n, uint64_t file_size, cons
     h.data_size = file_size - 8 - n;
     strset meta;
     memset(&meta, 0, sizeof meta);
-    char **names = NULL;
-    size_t cap = 0;
-    int rc = 0, seen_meta = 0;
-    int open = vram__jr_open_top(&r, what, "header");
-    if (open < 0) {
-        rc = open;
-        goto fail;
-    }
-    if (open) {
-        for (;;) {
-            if ((rc = vram__jr_string(&r)) || (rc = vram__jr_expect(&r, ':', "expected ':'")))
-                goto fail;
-            if (strcmp(r.buf, "__metadata__") == 0) {
-                if (seen_meta++) {
-                    rc = vram__errorf(VRAM_EFORMAT,
-                                      "%s: header names a key twice "
-                                      "('__metadata__')",
-                                      what);
-                    goto fail;
-                }
-                if ((rc = parse_meta(&r, &meta, &h.nmeta))) goto fail;
-            } else {
-                if (h.ntensors == cap) {
-                    size_t nc = cap ? cap * 2 : 64;
-                    vram__st_tensor *nt = realloc(h.tensors, nc * sizeof *nt);
-                    if (!nt) {
-                        rc = vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
-                        goto fail;
-                    }
-                    h.tensors = nt;
-                    cap = nc;
-                }
-                vram__st_tensor *t = &h.tensors[h.ntensors];
-                memset(t, 0, sizeof *t);
-                t->name = malloc(r.blen + 1);
-                if (!t->name) {
-                    rc = vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
-                    goto fail;
-                }
-                memcpy(t->name, r.buf, r.blen + 1);
-                h.ntensors++;
-                if ((rc = parse_entry(&r, t, h.data_size))) goto fail;
-            }
-            int more = vram__jr_next(&r, '}');
-            if (more < 0) {
-                rc = more;
-                goto fail;
-            }
-            if (!more) break;
-        }
-    }
-    if ((rc = vram__jr_end(&r))) goto fail;
-
-    /* duplicate names: in __metadata__, and among tensors */
-    const char *dup = NULL;
-    char qd[400];
-    if (strset_dup(&meta, &dup) < 0) {
-        rc = vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
-        goto fail;
-    }
-    if (dup) {
-        rc = vram__errorf(VRAM_EFORMAT, "%s: header names a key twice ('%s' in __metadata__)", what,
-                          vram__quote(dup, qd, sizeof qd));
-        goto fail;
-    }
-    names = malloc((h.ntensors ? h.ntensors : 1) * sizeof *names);
-    if (!names) {
-        rc = vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
-        goto fail;
-    }
-    for (size_t i = 0; i < h.ntensors; i++)
-        names[i] = h.tensors[i].name;
-    qsort(names, h.ntensors, sizeof *names, cmp_name_ptr);
-    for (size_t i = 1; i < h.ntensors; i++)
-        if (strcmp(names[i - 1], names[i]) == 0) {
-            rc = vram__errorf(VRAM_EFORMAT, "%s: header names a key twice (tensor '%s')", what,
-                              vram__quote(names[i], qd, sizeof qd));
-            goto fail;
-        }
-
-    /* file order, and no two tensors share a byte */
-    if (h.ntensors) qsort(h.tensors, h.ntensors, sizeof *h.tensors, cmp_tensor_begin);
-    const vram__st_tensor *last = NULL; /* the non-empty tensor reaching furthest */
-    for (size_t i = 0; i < h.ntensors; i++) {
-        const vram__st_tensor *t = &h.tensors[i];
-        if (t->end == t->begin) continue;
-        if (last && t->begin < last->end) {
-            char qa[400], qb[400];
-            rc = vram__errorf(VRAM_EFORMAT,
-                              "%s: tensors '%s' [%" PRIu64 ", %" PRIu64 "] and '%s' [%" PRIu64
-                              ", %" PRIu64 "] overlap",
-                              what, vram__quote(last->name, qa, sizeof qa), last->begin,
-                              last->end, vram__quote(t->name, qb, sizeof qb), t->begin, t->end);
-            goto fail;
-        }
-        if (!last || t->end > last->end) last = t;
-    }
-    h.data_end = last ? last->end : 0;
-    free(names);
+    rc = read_header_members(&r, &h, &meta);
+    if (rc == 0) rc = vram__jr_end(&r);
+    if (rc == 0) rc = check_header_dups(&h, &meta, what);
+    if (rc == 0) rc = sort_and_check_overlaps(&h, what);
     free(r.buf);
     strset_free(&meta);
+    if (rc) {
+        vram__st_header_free(&h);
+        return rc;
+    }
     *out = h;
     return 0;
-
-fail:
-    free(names);
-    free(r.buf);
-    strset_free(&meta);
-    vram__st_header_free(&h);
-    return rc;
 }
 
 /* See st_parse.h. The 8-byte length is read little-endian and bounded
@@ -611,11 +654,10 @@ static int parse_weight_map(vram__jr *r, strset *names, strset *shards)
     }
 }
 
-/* See st_parse.h. The names and shard names live in two arenas handed to
- * *out on success; on failure everything is freed. */
-int vram__st_parse_index(const char *json, size_t n, const char *what, vram__st_index *out)
+/* Checks what comes before the JSON of an index: its size n is within
+ * VRAM_ST_MAX_HEADER and not 0, and the n bytes at json are valid UTF-8. */
+static int check_index_bounds(const char *json, size_t n, const char *what)
 {
-    memset(out, 0, sizeof *out);
     if (n > VRAM_ST_MAX_HEADER)
         return vram__errorf(VRAM_EFORMAT,
                             "%s: index of %zu bytes is larger than the limit of %" PRIu64 " bytes",
@@ -626,6 +668,100 @@ int vram__st_parse_index(const char *json, size_t n, const char *what, vram__st_
         return vram__errorf(
             VRAM_EFORMAT, "%s: index is not valid UTF-8 (byte 0x%02x at index offset %" PRIu64 ")",
             what, (unsigned char)json[bad], bad);
+    return 0;
+}
+
+/* Reads the top-level object of an index: every key goes to keys;
+ * weight_map's names and shard names to names and shards (*has_wm set);
+ * "metadata" must be an object; the rest is skipped. */
+static int read_index_members(vram__jr *r, strset *keys, strset *names, strset *shards,
+                              int *has_wm)
+{
+    int rc;
+    int open = vram__jr_open_top(r, r->what, "index");
+    if (open <= 0) return open;
+    for (;;) {
+        if ((rc = vram__jr_string(r))) return rc;
+        if (strset_add(keys, r->buf, r->blen) < 0)
+            return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", r->what);
+        int is_wm = strcmp(r->buf, "weight_map") == 0;
+        int is_meta = strcmp(r->buf, "metadata") == 0;
+        if ((rc = vram__jr_expect(r, ':', "expected ':'"))) return rc;
+        if (is_wm) {
+            *has_wm = 1;
+            if ((rc = parse_weight_map(r, names, shards))) return rc;
+        } else {
+            if (is_meta && vram__jr_peek(r) != '{')
+                return vram__jr_wrong(r, "%s: \"metadata\" is not a JSON object", r->what);
+            if ((rc = vram__jr_skip(r, 1))) return rc;
+        }
+        int more = vram__jr_next(r, '}');
+        if (more <= 0) return more;
+    }
+}
+
+/* Refuses an index that names a top-level key twice, has no weight_map or
+ * an empty one, or names a tensor twice in it. */
+static int check_index_keys(const strset *keys, const strset *names, int has_wm,
+                            const char *what)
+{
+    const char *dup = NULL;
+    char qd[400];
+    if (strset_dup(keys, &dup) < 0)
+        return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
+    if (dup)
+        return vram__errorf(VRAM_EFORMAT, "%s: index names a key twice ('%s')", what,
+                            vram__quote(dup, qd, sizeof qd));
+    if (!has_wm)
+        return vram__errorf(VRAM_EFORMAT, "%s: index has no \"weight_map\" object", what);
+    if (names->n == 0) return vram__errorf(VRAM_EFORMAT, "%s: weight_map is empty", what);
+    if (strset_dup(names, &dup) < 0)
+        return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
+    if (dup)
+        return vram__errorf(VRAM_EFORMAT,
+                            "%s: index names a key twice (tensor '%s' in weight_map)", what,
+                            vram__quote(dup, qd, sizeof qd));
+    return 0;
+}
+
+/* Fills ix from weight_map's entries (names, and per entry its shard name
+ * in shards): the distinct shard names, sorted, and each entry's shard.
+ * ix points into the arenas of names and shards, which the caller hands
+ * over on success. On failure (VRAM_EHOSTMEM) the caller frees ix's arrays. */
+static int build_shard_list(vram__st_index *ix, const strset *names, const strset *shards,
+                            const char *what)
+{
+    ix->nentries = names->n;
+    ix->names = malloc(names->n * sizeof *ix->names);
+    ix->shard_of = malloc(names->n * sizeof *ix->shard_of);
+    ix->shards = malloc(names->n * sizeof *ix->shards);
+    size_t *order = malloc(names->n * sizeof *order);
+    if (!ix->names || !ix->shard_of || !ix->shards || !order) {
+        free(order);
+        return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
+    }
+    for (size_t i = 0; i < names->n; i++) {
+        ix->names[i] = names->arena + names->offs[i];
+        order[i] = i;
+    }
+    qsort_r(order, names->n, sizeof *order, cmp_entry_shard, (void *)shards);
+    for (size_t k = 0; k < names->n; k++) {
+        const char *s = shards->arena + shards->offs[order[k]];
+        if (ix->nshards == 0 || strcmp(ix->shards[ix->nshards - 1], s) != 0)
+            ix->shards[ix->nshards++] = (char *)s;
+        ix->shard_of[order[k]] = ix->nshards - 1;
+    }
+    free(order);
+    return 0;
+}
+
+/* See st_parse.h. The names and shard names live in two arenas handed to
+ * *out on success; on failure everything is freed. */
+int vram__st_parse_index(const char *json, size_t n, const char *what, vram__st_index *out)
+{
+    memset(out, 0, sizeof *out);
+    int rc = check_index_bounds(json, n, what);
+    if (rc) return rc;
     vram__jr r = {json, n, 0, what, "index", NULL, 0, 0};
     strset keys, names, shards;
     memset(&keys, 0, sizeof keys);
@@ -633,102 +769,25 @@ int vram__st_parse_index(const char *json, size_t n, const char *what, vram__st_
     memset(&shards, 0, sizeof shards);
     vram__st_index ix;
     memset(&ix, 0, sizeof ix);
-    size_t *order = NULL;
-    int rc = 0, has_wm = 0;
-    const char *dup = NULL;
-    char qd[400];
-    int open = vram__jr_open_top(&r, what, "index");
-    if (open < 0) {
-        rc = open;
-        goto fail;
-    }
-    if (open) {
-        for (;;) {
-            if ((rc = vram__jr_string(&r))) goto fail;
-            if (strset_add(&keys, r.buf, r.blen) < 0) {
-                rc = vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
-                goto fail;
-            }
-            int is_wm = strcmp(r.buf, "weight_map") == 0;
-            int is_meta = strcmp(r.buf, "metadata") == 0;
-            if ((rc = vram__jr_expect(&r, ':', "expected ':'"))) goto fail;
-            if (is_wm) {
-                has_wm = 1;
-                if ((rc = parse_weight_map(&r, &names, &shards))) goto fail;
-            } else {
-                if (is_meta && vram__jr_peek(&r) != '{') {
-                    rc = vram__jr_wrong(&r, "%s: \"metadata\" is not a JSON object", what);
-                    goto fail;
-                }
-                if ((rc = vram__jr_skip(&r, 1))) goto fail;
-            }
-            int more = vram__jr_next(&r, '}');
-            if (more < 0) {
-                rc = more;
-                goto fail;
-            }
-            if (!more) break;
-        }
-    }
-    if ((rc = vram__jr_end(&r))) goto fail;
-    if (strset_dup(&keys, &dup) < 0) goto oom;
-    if (dup) {
-        rc = vram__errorf(VRAM_EFORMAT, "%s: index names a key twice ('%s')", what,
-                          vram__quote(dup, qd, sizeof qd));
-        goto fail;
-    }
-    if (!has_wm) {
-        rc = vram__errorf(VRAM_EFORMAT, "%s: index has no \"weight_map\" object", what);
-        goto fail;
-    }
-    if (names.n == 0) {
-        rc = vram__errorf(VRAM_EFORMAT, "%s: weight_map is empty", what);
-        goto fail;
-    }
-    if (strset_dup(&names, &dup) < 0) goto oom;
-    if (dup) {
-        rc = vram__errorf(VRAM_EFORMAT, "%s: index names a key twice (tensor '%s' in weight_map)",
-                          what, vram__quote(dup, qd, sizeof qd));
-        goto fail;
-    }
-    /* shards: the distinct file names, sorted; shard_of maps each entry */
-    ix.nentries = names.n;
-    ix.names = malloc(names.n * sizeof *ix.names);
-    ix.shard_of = malloc(names.n * sizeof *ix.shard_of);
-    ix.shards = malloc(names.n * sizeof *ix.shards);
-    order = malloc(names.n * sizeof *order);
-    if (!ix.names || !ix.shard_of || !ix.shards || !order) goto oom;
-    for (size_t i = 0; i < names.n; i++) {
-        ix.names[i] = names.arena + names.offs[i];
-        order[i] = i;
-    }
-    qsort_r(order, names.n, sizeof *order, cmp_entry_shard, &shards);
-    for (size_t k = 0; k < names.n; k++) {
-        const char *s = shards.arena + shards.offs[order[k]];
-        if (ix.nshards == 0 || strcmp(ix.shards[ix.nshards - 1], s) != 0)
-            ix.shards[ix.nshards++] = (char *)s;
-        ix.shard_of[order[k]] = ix.nshards - 1;
+    int has_wm = 0;
+    rc = read_index_members(&r, &keys, &names, &shards, &has_wm);
+    if (rc == 0) rc = vram__jr_end(&r);
+    if (rc == 0) rc = check_index_keys(&keys, &names, has_wm, what);
+    if (rc == 0) rc = build_shard_list(&ix, &names, &shards, what);
+    free(r.buf);
+    strset_free(&keys);
+    if (rc) {
+        free(ix.names);
+        free(ix.shards);
+        free(ix.shard_of);
+        strset_free(&names);
+        strset_free(&shards);
+        return rc;
     }
     ix.names_arena = names.arena;
     ix.shards_arena = shards.arena;
     free(names.offs);
     free(shards.offs);
-    free(order);
-    free(r.buf);
-    strset_free(&keys);
     *out = ix;
     return 0;
-
-oom:
-    rc = vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
-fail:
-    free(ix.names);
-    free(ix.shards);
-    free(ix.shard_of);
-    free(order);
-    free(r.buf);
-    strset_free(&keys);
-    strset_free(&names);
-    strset_free(&shards);
-    return rc;
 }
