@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "base/base.h"
+#include "loader/st_json.h"
 #include "loader/st_parse.h"
 
 /* ---- dtypes ---- */
@@ -88,314 +89,6 @@ static uint64_t utf8_bad_at(const unsigned char *p, uint64_t n)
         i += need + 1;
     }
     return n;
-}
-
-/* ---- a small JSON reader over a buffer ----
- * Reads the grammar of RFC 8259 (as jansson does: no NUL in strings, no lone
- * surrogates, integers within int64) without building a tree: the parsers
- * below pull exactly the values the schema allows and refuse the rest, so
- * that memory stays a small multiple of what is kept (names, offsets),
- * whatever the input. Strings are decoded into r->buf. */
-
-typedef struct jr {
-    const char *p;
-    size_t n, i;
-    const char *what, *kind; /* the file and "header" / "index", for messages */
-    char *buf;               /* the last string read, decoded and NUL-terminated */
-    size_t blen, bcap;
-} jr;
-
-/* Refuses the input as malformed JSON at the current offset. */
-static int jr_syntax(jr *r, const char *msg)
-{
-    return vram__errorf(VRAM_EFORMAT, "%s: %s is not valid JSON: %s at offset %zu", r->what,
-                        r->kind, msg, r->i);
-}
-
-/* Skips white space; returns the next byte or -1 at the end. */
-static int jr_peek(jr *r)
-{
-    while (r->i < r->n) {
-        char c = r->p[r->i];
-        if (c != ' ' && c != '\t' && c != '\n' && c != '\r') return (unsigned char)c;
-        r->i++;
-    }
-    return -1;
-}
-
-/* After a member of a container closed by `close` ('}' or ']'): consumes
- * ',' (returns 1: another member follows) or close (returns 0: the container
- * ended); anything else refuses the input (< 0). */
-static int jr_next(jr *r, char close)
-{
-    int c = jr_peek(r);
-    if (c == ',') {
-        r->i++;
-        return 1;
-    }
-    if (c == close) {
-        r->i++;
-        return 0;
-    }
-    return jr_syntax(r, close == '}' ? "expected ',' or '}'" : "expected ',' or ']'");
-}
-
-/* Consumes the byte c (after white space) or refuses with msg. */
-static int jr_expect(jr *r, char c, const char *msg)
-{
-    if (jr_peek(r) != (unsigned char)c) return jr_syntax(r, msg);
-    r->i++;
-    return 0;
-}
-
-/* Opens the top-level object of a header or index (kind: "header",
- * "index"): refuses an array by name and anything else that is not '{'.
- * Returns 1 when a member follows, 0 for an empty object ('}' consumed),
- * < 0 when refused. */
-static int jr_open_top(jr *r, const char *what, const char *kind)
-{
-    if (jr_peek(r) == '[')
-        return vram__errorf(VRAM_EFORMAT, "%s: %s is a JSON array, not an object", what, kind);
-    int rc = jr_expect(r, '{', "expected '{'");
-    if (rc) return rc;
-    if (jr_peek(r) == '}') {
-        r->i++;
-        return 0;
-    }
-    return 1;
-}
-
-/* A value of the wrong type was found at r->i: a syntax error when the
- * input simply ended there, else VRAM_EFORMAT with the formatted message. */
-static int jr_wrong(jr *r, const char *fmt, ...) VRAM_PRINTF(2, 3);
-static int jr_wrong(jr *r, const char *fmt, ...)
-{
-    if (jr_peek(r) == -1) return jr_syntax(r, "unexpected end of input");
-    char msg[VRAM_ERRMSG_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    return vram__errorf(VRAM_EFORMAT, "%s", msg);
-}
-
-/* Appends k bytes to r->buf (kept NUL-terminated), growing it; VRAM_EHOSTMEM
- * when out of memory. */
-static int jr_put(jr *r, const char *s, size_t k)
-{
-    if (r->blen + k + 1 > r->bcap) {
-        size_t cap = r->bcap ? r->bcap * 2 : 64;
-        if (cap < r->blen + k + 1) cap = r->blen + k + 1;
-        char *nb = realloc(r->buf, cap);
-        if (!nb) return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", r->what);
-        r->buf = nb;
-        r->bcap = cap;
-    }
-    memcpy(r->buf + r->blen, s, k);
-    r->blen += k;
-    r->buf[r->blen] = '\0';
-    return 0;
-}
-
-/* Parses 4 hex digits at s (the caller checked they are in bounds). */
-static int hex4(const char *s, unsigned *out)
-{
-    unsigned v = 0;
-    for (int k = 0; k < 4; k++) {
-        char c = s[k];
-        v <<= 4;
-        if (c >= '0' && c <= '9')
-            v |= (unsigned)(c - '0');
-        else if (c >= 'a' && c <= 'f')
-            v |= (unsigned)(c - 'a' + 10);
-        else if (c >= 'A' && c <= 'F')
-            v |= (unsigned)(c - 'A' + 10);
-        else
-            return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-/* Reads the string at r->i into r->buf (the input is valid UTF-8). */
-static int jr_string(jr *r)
-{
-    int rc = jr_put(r, "", 0);
-    if (rc) return rc;
-    r->blen = 0;
-    r->buf[0] = '\0';
-    if (jr_peek(r) != '"') return jr_syntax(r, "expected a string");
-    size_t run = ++r->i; /* start of the bytes not yet copied */
-    for (;;) {
-        if (r->i >= r->n) return jr_syntax(r, "unterminated string");
-        unsigned char c = (unsigned char)r->p[r->i];
-        if (c == '"') {
-            rc = jr_put(r, r->p + run, r->i - run);
-            r->i++;
-            return rc;
-        }
-        if (c < 0x20) return jr_syntax(r, "control character in a string");
-        if (c != '\\') {
-            r->i++;
-            continue;
-        }
-        rc = jr_put(r, r->p + run, r->i - run);
-        if (rc) return rc;
-        if (r->i + 1 >= r->n) return jr_syntax(r, "unterminated string");
-        char e = r->p[r->i + 1], out[4];
-        size_t k = 1, adv = 2;
-        switch (e) {
-        case '"':
-        case '\\':
-        case '/': out[0] = e; break;
-        case 'b': out[0] = '\b'; break;
-        case 'f': out[0] = '\f'; break;
-        case 'n': out[0] = '\n'; break;
-        case 'r': out[0] = '\r'; break;
-        case 't': out[0] = '\t'; break;
-        case 'u': {
-            unsigned cp, lo;
-            if (r->n - r->i < 6 || hex4(r->p + r->i + 2, &cp) < 0)
-                return jr_syntax(r, "invalid \\u escape");
-            adv = 6;
-            if (cp >= 0xd800 && cp <= 0xdbff) {
-                if (r->n - r->i < 12 || r->p[r->i + 6] != '\\' || r->p[r->i + 7] != 'u' ||
-                    hex4(r->p + r->i + 8, &lo) < 0 || lo < 0xdc00 || lo > 0xdfff)
-                    return jr_syntax(r, "invalid Unicode (a lone surrogate)");
-                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-                adv = 12;
-            } else if (cp >= 0xdc00 && cp <= 0xdfff) {
-                return jr_syntax(r, "invalid Unicode (a lone surrogate)");
-            } else if (cp == 0) {
-                return jr_syntax(r, "\\u0000 is not allowed in a string");
-            }
-            if (cp < 0x80) {
-                out[0] = (char)cp;
-            } else if (cp < 0x800) {
-                out[0] = (char)(0xc0 | (cp >> 6));
-                out[1] = (char)(0x80 | (cp & 0x3f));
-                k = 2;
-            } else if (cp < 0x10000) {
-                out[0] = (char)(0xe0 | (cp >> 12));
-                out[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-                out[2] = (char)(0x80 | (cp & 0x3f));
-                k = 3;
-            } else {
-                out[0] = (char)(0xf0 | (cp >> 18));
-                out[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-                out[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
-                out[3] = (char)(0x80 | (cp & 0x3f));
-                k = 4;
-            }
-            break;
-        }
-        default: return jr_syntax(r, "invalid escape in a string");
-        }
-        rc = jr_put(r, out, k);
-        if (rc) return rc;
-        r->i += adv;
-        run = r->i;
-    }
-}
-
-enum { JR_INT, JR_REAL, JR_BIG };
-
-/* Reads the number at r->i: *kind JR_INT with *neg and *mag (|value| within
- * int64), JR_REAL (a fraction or exponent) or JR_BIG (an integer beyond
- * int64). */
-static int jr_number(jr *r, int *kind, int *neg, uint64_t *mag)
-{
-    const char *p = r->p;
-    size_t n = r->n, i = r->i;
-    int big = 0, real = 0;
-    *neg = 0;
-    *mag = 0;
-#define JR_DIGIT(k) ((k) < n && p[k] >= '0' && p[k] <= '9')
-    if (i < n && p[i] == '-') *neg = 1, i++;
-    if (!JR_DIGIT(i)) return r->i = i, jr_syntax(r, "invalid number");
-    if (p[i] == '0') {
-        i++;
-    } else {
-        while (JR_DIGIT(i)) {
-            unsigned d = (unsigned)(p[i] - '0');
-            if (*mag > (UINT64_MAX - d) / 10)
-                big = 1;
-            else
-                *mag = *mag * 10 + d;
-            i++;
-        }
-    }
-    if (i < n && p[i] == '.') {
-        i++;
-        if (!JR_DIGIT(i)) return r->i = i, jr_syntax(r, "invalid number");
-        while (JR_DIGIT(i))
-            i++;
-        real = 1;
-    }
-    if (i < n && (p[i] == 'e' || p[i] == 'E')) {
-        i++;
-        if (i < n && (p[i] == '+' || p[i] == '-')) i++;
-        if (!JR_DIGIT(i)) return r->i = i, jr_syntax(r, "invalid number");
-        while (JR_DIGIT(i))
-            i++;
-        real = 1;
-    }
-#undef JR_DIGIT
-    r->i = i;
-    if (real)
-        *kind = JR_REAL;
-    else if (big || *mag > (*neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX))
-        *kind = JR_BIG;
-    else
-        *kind = JR_INT;
-    return 0;
-}
-
-/* Reads and discards any value, nested at most 64 deep. */
-static int jr_skip(jr *r, int depth)
-{
-    if (depth > 64) return jr_syntax(r, "values nested deeper than 64 levels");
-    int c = jr_peek(r), rc;
-    if (c == '"') return jr_string(r);
-    if (c == '{' || c == '[') {
-        int close = c == '{' ? '}' : ']';
-        r->i++;
-        if (jr_peek(r) == close) return r->i++, 0;
-        for (;;) {
-            if (c == '{') {
-                if ((rc = jr_string(r)) || (rc = jr_expect(r, ':', "expected ':'"))) return rc;
-            }
-            if ((rc = jr_skip(r, depth + 1))) return rc;
-            int d = jr_peek(r);
-            if (d == ',') {
-                r->i++;
-                continue;
-            }
-            if (d == close) return r->i++, 0;
-            return jr_syntax(r, c == '{' ? "expected ',' or '}'" : "expected ',' or ']'");
-        }
-    }
-    if (c == '-' || (c >= '0' && c <= '9')) {
-        int kind, neg;
-        uint64_t mag;
-        return jr_number(r, &kind, &neg, &mag);
-    }
-    static const char *const lits[] = {"true", "false", "null"};
-    for (int k = 0; k < 3; k++) {
-        size_t len = strlen(lits[k]);
-        if (r->n - r->i >= len && memcmp(r->p + r->i, lits[k], len) == 0) {
-            r->i += len;
-            return 0;
-        }
-    }
-    return jr_syntax(r, "expected a value");
-}
-
-/* Refuses anything but white space after the top-level value. */
-static int jr_end(jr *r)
-{
-    if (jr_peek(r) != -1) return jr_syntax(r, "unexpected data after the top-level object");
-    return 0;
 }
 
 /* ---- string sets (names kept for the duplicate check) ---- */
@@ -499,18 +192,19 @@ static int cmp_name_ptr(const void *a, const void *b)
 }
 
 /* Reads a non-negative integer element field[idx] of tensor qname. */
-static int read_u64(jr *r, const char *qname, const char *field, int idx, uint64_t *out)
+static int read_u64(vram__jr *r, const char *qname, const char *field, int idx, uint64_t *out)
 {
-    int c = jr_peek(r), kind, neg;
+    int c = vram__jr_peek(r), kind, neg;
     uint64_t mag;
     if (c != '-' && (c < '0' || c > '9'))
-        return jr_wrong(r, "%s: tensor '%s': %s[%d] is not an integer", r->what, qname, field, idx);
-    int rc = jr_number(r, &kind, &neg, &mag);
+        return vram__jr_wrong(r, "%s: tensor '%s': %s[%d] is not an integer", r->what, qname,
+                              field, idx);
+    int rc = vram__jr_number(r, &kind, &neg, &mag);
     if (rc) return rc;
-    if (kind == JR_REAL)
+    if (kind == VRAM_JR_REAL)
         return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': %s[%d] is not an integer", r->what,
                             qname, field, idx);
-    if (kind == JR_BIG)
+    if (kind == VRAM_JR_BIG)
         return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': %s[%d] is too large", r->what, qname,
                             field, idx);
     if (neg && mag)
@@ -522,102 +216,105 @@ static int read_u64(jr *r, const char *qname, const char *field, int idx, uint64
 
 /* Reads a JSON array of at most max non-negative integers into v; *count
  * gets how many. Refuses longer arrays with too_long. */
-static int read_u64_array(jr *r, const char *qname, const char *field, int max, uint64_t *v,
+static int read_u64_array(vram__jr *r, const char *qname, const char *field, int max, uint64_t *v,
                           int *count, const char *too_long)
 {
     *count = 0;
     r->i++; /* '[' */
-    if (jr_peek(r) == ']') return r->i++, 0;
+    if (vram__jr_peek(r) == ']') return r->i++, 0;
     for (;;) {
         if (*count == max)
             return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': %s", r->what, qname, too_long);
         int rc = read_u64(r, qname, field, *count, &v[*count]);
         if (rc) return rc;
         (*count)++;
-        int more = jr_next(r, ']');
+        int more = vram__jr_next(r, ']');
         if (more <= 0) return more;
     }
 }
 
-/* Reads and validates one tensor entry into *t (t->name set). */
-static int parse_entry(jr *r, vram__st_tensor *t, uint64_t data_size)
+/* Reads the dtype value of tensor qname into t->dtype. */
+static int read_dtype(vram__jr *r, const char *qname, vram__st_tensor *t)
 {
-    const char *what = r->what;
-    char qname[400];
-    size_t len = strlen(t->name);
-    vram__quote(t->name, qname, sizeof qname);
-    if (len == 0) return vram__errorf(VRAM_EFORMAT, "%s: a tensor has an empty name", what);
-    if (len > VRAM_ST_MAX_NAME)
-        return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': name of %zu bytes is longer than %d",
-                            what, qname, len, VRAM_ST_MAX_NAME);
-    if (jr_peek(r) != '{')
-        return jr_wrong(r, "%s: tensor '%s': entry is not a JSON object", what, qname);
-    r->i++;
-    unsigned seen = 0;
-    int rc;
-    if (jr_peek(r) == '}') {
-        r->i++;
-    } else {
-        for (;;) {
-            if ((rc = jr_string(r))) return rc;
-            unsigned which = strcmp(r->buf, "dtype") == 0          ? 1u
-                             : strcmp(r->buf, "shape") == 0        ? 2u
-                             : strcmp(r->buf, "data_offsets") == 0 ? 4u
-                                                                   : 0u;
-            char qk[160];
-            if (!which)
-                return vram__errorf(VRAM_EFORMAT,
-                                    "%s: tensor '%s': unexpected key '%s' (expected only dtype, "
-                                    "shape, data_offsets)",
-                                    what, qname, vram__quote(r->buf, qk, sizeof qk));
-            if (seen & which)
-                return vram__errorf(VRAM_EFORMAT,
-                                    "%s: header names a key twice ('%s' in tensor "
-                                    "'%s')",
-                                    what, r->buf, qname);
-            seen |= which;
-            if ((rc = jr_expect(r, ':', "expected ':'"))) return rc;
-            int c = jr_peek(r);
-            if (which == 1) {
-                if (c != '"')
-                    return jr_wrong(r, "%s: tensor '%s': dtype is not a string", what, qname);
-                if ((rc = jr_string(r))) return rc;
-                t->dtype = vram__st_dtype_find(r->buf);
-                if (!t->dtype)
-                    return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': unknown dtype '%s'", what,
-                                        qname, vram__quote(r->buf, qk, sizeof qk));
-            } else if (which == 2) {
-                if (c != '[')
-                    return jr_wrong(r, "%s: tensor '%s': shape is not an array", what, qname);
-                uint64_t v[VRAM_MAX_DIMS];
-                char msg[64];
-                snprintf(msg, sizeof msg, "shape has more than %d dimensions", VRAM_MAX_DIMS);
-                if ((rc = read_u64_array(r, qname, "shape", VRAM_MAX_DIMS, v, &t->ndim, msg)))
-                    return rc;
-                for (int d = 0; d < t->ndim; d++)
-                    t->shape[d] = (int64_t)v[d];
-            } else {
-                const char *bad = "data_offsets is not an array [begin, end]";
-                if (c != '[') return jr_wrong(r, "%s: tensor '%s': %s", what, qname, bad);
-                uint64_t v[2];
-                int k = 0;
-                if ((rc = read_u64_array(r, qname, "data_offsets", 2, v, &k, bad))) return rc;
-                if (k != 2)
-                    return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': %s", what, qname, bad);
-                t->begin = v[0];
-                t->end = v[1];
-            }
-            int more = jr_next(r, '}');
-            if (more < 0) return more;
-            if (!more) break;
-        }
-    }
-    if (seen != 7)
-        return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': entry has no \"%s\"", what, qname,
-                            !(seen & 1)   ? "dtype"
-                            : !(seen & 2) ? "shape"
-                                          : "data_offsets");
+    char qk[160];
+    if (vram__jr_peek(r) != '"')
+        return vram__jr_wrong(r, "%s: tensor '%s': dtype is not a string", r->what, qname);
+    int rc = vram__jr_string(r);
+    if (rc) return rc;
+    t->dtype = vram__st_dtype_find(r->buf);
+    if (!t->dtype)
+        return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': unknown dtype '%s'", r->what, qname,
+                            vram__quote(r->buf, qk, sizeof qk));
+    return 0;
+}
 
+/* Reads the shape value of tensor qname into t->ndim and t->shape. */
+static int read_shape(vram__jr *r, const char *qname, vram__st_tensor *t)
+{
+    if (vram__jr_peek(r) != '[')
+        return vram__jr_wrong(r, "%s: tensor '%s': shape is not an array", r->what, qname);
+    uint64_t v[VRAM_MAX_DIMS];
+    char msg[64];
+    snprintf(msg, sizeof msg, "shape has more than %d dimensions", VRAM_MAX_DIMS);
+    int rc = read_u64_array(r, qname, "shape", VRAM_MAX_DIMS, v, &t->ndim, msg);
+    if (rc) return rc;
+    for (int d = 0; d < t->ndim; d++)
+        t->shape[d] = (int64_t)v[d];
+    return 0;
+}
+
+/* Reads the data_offsets value of tensor qname into t->begin and t->end. */
+static int read_offsets(vram__jr *r, const char *qname, vram__st_tensor *t)
+{
+    const char *bad = "data_offsets is not an array [begin, end]";
+    if (vram__jr_peek(r) != '[')
+        return vram__jr_wrong(r, "%s: tensor '%s': %s", r->what, qname, bad);
+    uint64_t v[2];
+    int k = 0;
+    int rc = read_u64_array(r, qname, "data_offsets", 2, v, &k, bad);
+    if (rc) return rc;
+    if (k != 2) return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': %s", r->what, qname, bad);
+    t->begin = v[0];
+    t->end = v[1];
+    return 0;
+}
+
+/* Reads one member of tensor qname's entry (key and value) into t; *seen
+ * collects the keys read (1 dtype, 2 shape, 4 data_offsets), each at most
+ * once. */
+static int read_entry_member(vram__jr *r, const char *qname, vram__st_tensor *t, unsigned *seen)
+{
+    int rc = vram__jr_string(r);
+    if (rc) return rc;
+    unsigned which = strcmp(r->buf, "dtype") == 0          ? 1u
+                     : strcmp(r->buf, "shape") == 0        ? 2u
+                     : strcmp(r->buf, "data_offsets") == 0 ? 4u
+                                                           : 0u;
+    char qk[160];
+    if (!which)
+        return vram__errorf(VRAM_EFORMAT,
+                            "%s: tensor '%s': unexpected key '%s' (expected only dtype, "
+                            "shape, data_offsets)",
+                            r->what, qname, vram__quote(r->buf, qk, sizeof qk));
+    if (*seen & which)
+        return vram__errorf(VRAM_EFORMAT,
+                            "%s: header names a key twice ('%s' in tensor "
+                            "'%s')",
+                            r->what, r->buf, qname);
+    *seen |= which;
+    if ((rc = vram__jr_expect(r, ':', "expected ':'"))) return rc;
+    if (which == 1) return read_dtype(r, qname, t);
+    if (which == 2) return read_shape(r, qname, t);
+    return read_offsets(r, qname, t);
+}
+
+/* Checks that the complete entry of tensor qname agrees with itself and
+ * with a data section of data_size bytes: its shape and dtype make whole
+ * bytes without overflow, and data_offsets hold exactly those bytes inside
+ * the section. */
+static int check_entry(const char *what, const char *qname, const vram__st_tensor *t,
+                       uint64_t data_size)
+{
     char st[256];
     uint64_t need = 0;
     int brc = vram__st_tensor_bytes(t->dtype, t->ndim, t->shape, &need);
@@ -650,37 +347,70 @@ static int parse_entry(jr *r, vram__st_tensor *t, uint64_t data_size)
     return 0;
 }
 
-/* Reads __metadata__: an object of strings; its keys go to keys. */
-static int parse_meta(jr *r, strset *keys, size_t *count)
+/* Reads and validates one tensor entry into *t (t->name set). */
+static int parse_entry(vram__jr *r, vram__st_tensor *t, uint64_t data_size)
 {
-    if (jr_peek(r) != '{') return jr_wrong(r, "%s: __metadata__ is not a JSON object", r->what);
+    const char *what = r->what;
+    char qname[400];
+    size_t len = strlen(t->name);
+    vram__quote(t->name, qname, sizeof qname);
+    if (len == 0) return vram__errorf(VRAM_EFORMAT, "%s: a tensor has an empty name", what);
+    if (len > VRAM_ST_MAX_NAME)
+        return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': name of %zu bytes is longer than %d",
+                            what, qname, len, VRAM_ST_MAX_NAME);
+    if (vram__jr_peek(r) != '{')
+        return vram__jr_wrong(r, "%s: tensor '%s': entry is not a JSON object", what, qname);
     r->i++;
-    if (jr_peek(r) == '}') return r->i++, 0;
+    unsigned seen = 0;
+    if (vram__jr_peek(r) == '}') {
+        r->i++;
+    } else {
+        for (;;) {
+            int rc = read_entry_member(r, qname, t, &seen);
+            if (rc) return rc;
+            int more = vram__jr_next(r, '}');
+            if (more < 0) return more;
+            if (!more) break;
+        }
+    }
+    if (seen != 7)
+        return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': entry has no \"%s\"", what, qname,
+                            !(seen & 1)   ? "dtype"
+                            : !(seen & 2) ? "shape"
+                                          : "data_offsets");
+    return check_entry(what, qname, t, data_size);
+}
+
+/* Reads __metadata__: an object of strings; its keys go to keys. */
+static int parse_meta(vram__jr *r, strset *keys, size_t *count)
+{
+    if (vram__jr_peek(r) != '{')
+        return vram__jr_wrong(r, "%s: __metadata__ is not a JSON object", r->what);
+    r->i++;
+    if (vram__jr_peek(r) == '}') return r->i++, 0;
     for (;;) {
-        int rc = jr_string(r);
+        int rc = vram__jr_string(r);
         if (rc) return rc;
         if (strset_add(keys, r->buf, r->blen) < 0)
             return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", r->what);
-        if ((rc = jr_expect(r, ':', "expected ':'"))) return rc;
-        if (jr_peek(r) != '"') {
+        if ((rc = vram__jr_expect(r, ':', "expected ':'"))) return rc;
+        if (vram__jr_peek(r) != '"') {
             char qk[400];
-            return jr_wrong(r, "%s: __metadata__ value of '%s' is not a string", r->what,
+            return vram__jr_wrong(r, "%s: __metadata__ value of '%s' is not a string", r->what,
                             vram__quote(r->buf, qk, sizeof qk));
         }
-        if ((rc = jr_string(r))) return rc;
+        if ((rc = vram__jr_string(r))) return rc;
         (*count)++;
-        int more = jr_next(r, '}');
+        int more = vram__jr_next(r, '}');
         if (more <= 0) return more;
     }
 }
 
-/* See st_parse.h. One pass over the header builds the tensor list; then
- * duplicate names, file order and overlaps are checked. On failure every
- * allocation is freed before returning. */
-int vram__st_parse_header(const char *json, uint64_t n, uint64_t file_size, const char *what,
-                          vram__st_header *out)
+/* Checks what comes before the JSON of a header: the file holds the 8-byte
+ * length, the length n is within VRAM_ST_MAX_HEADER and the file, not 0,
+ * and the n bytes at json are valid UTF-8. */
+static int check_header_bounds(const char *json, uint64_t n, uint64_t file_size, const char *what)
 {
-    memset(out, 0, sizeof *out);
     if (file_size < 8)
         return vram__errorf(VRAM_EFORMAT,
                             "%s: file of %" PRIu64
@@ -703,8 +433,114 @@ int vram__st_parse_header(const char *json, uint64_t n, uint64_t file_size, cons
                             "%s: header is not valid UTF-8 (byte 0x%02x at header offset %" PRIu64
                             ")",
                             what, (unsigned char)json[bad], bad);
+    return 0;
+}
 
-    jr r = {json, (size_t)n, 0, what, "header", NULL, 0, 0};
+/* Appends the tensor named r->buf to h (growing h->tensors, *cap entries
+ * now) and reads its entry. The tensor counts in h as soon as its name is
+ * copied, so that vram__st_header_free frees it after a failure. */
+static int add_tensor(vram__jr *r, vram__st_header *h, size_t *cap)
+{
+    if (h->ntensors == *cap) {
+        size_t nc = *cap ? *cap * 2 : 64;
+        vram__st_tensor *nt = realloc(h->tensors, nc * sizeof *nt);
+        if (!nt) return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", r->what);
+        h->tensors = nt;
+        *cap = nc;
+    }
+    vram__st_tensor *t = &h->tensors[h->ntensors];
+    memset(t, 0, sizeof *t);
+    t->name = malloc(r->blen + 1);
+    if (!t->name) return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", r->what);
+    memcpy(t->name, r->buf, r->blen + 1);
+    h->ntensors++;
+    return parse_entry(r, t, h->data_size);
+}
+
+/* Reads the top-level object of a header: __metadata__ (at most once; its
+ * keys go to meta, their count to h->nmeta) and the tensor entries into h. */
+static int read_header_members(vram__jr *r, vram__st_header *h, strset *meta)
+{
+    size_t cap = 0;
+    int seen_meta = 0, rc;
+    int open = vram__jr_open_top(r, r->what, "header");
+    if (open <= 0) return open;
+    for (;;) {
+        if ((rc = vram__jr_string(r)) || (rc = vram__jr_expect(r, ':', "expected ':'")))
+            return rc;
+        if (strcmp(r->buf, "__metadata__") == 0) {
+            if (seen_meta++)
+                return vram__errorf(VRAM_EFORMAT,
+                                    "%s: header names a key twice "
+                                    "('__metadata__')",
+                                    r->what);
+            if ((rc = parse_meta(r, meta, &h->nmeta))) return rc;
+        } else {
+            if ((rc = add_tensor(r, h, &cap))) return rc;
+        }
+        int more = vram__jr_next(r, '}');
+        if (more <= 0) return more;
+    }
+}
+
+/* Refuses a name that a header holds twice: a key of __metadata__ (meta),
+ * or a tensor name of h. */
+static int check_header_dups(const vram__st_header *h, const strset *meta, const char *what)
+{
+    const char *dup = NULL;
+    char qd[400];
+    if (strset_dup(meta, &dup) < 0)
+        return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
+    if (dup)
+        return vram__errorf(VRAM_EFORMAT, "%s: header names a key twice ('%s' in __metadata__)",
+                            what, vram__quote(dup, qd, sizeof qd));
+    char **names = malloc((h->ntensors ? h->ntensors : 1) * sizeof *names);
+    if (!names) return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
+    for (size_t i = 0; i < h->ntensors; i++)
+        names[i] = h->tensors[i].name;
+    qsort(names, h->ntensors, sizeof *names, cmp_name_ptr);
+    int rc = 0;
+    for (size_t i = 1; i < h->ntensors && rc == 0; i++)
+        if (strcmp(names[i - 1], names[i]) == 0)
+            rc = vram__errorf(VRAM_EFORMAT, "%s: header names a key twice (tensor '%s')", what,
+                              vram__quote(names[i], qd, sizeof qd));
+    free(names);
+    return rc;
+}
+
+/* Sorts h's tensors into file order, refuses two that share a byte and
+ * sets h->data_end. */
+static int sort_and_check_overlaps(vram__st_header *h, const char *what)
+{
+    if (h->ntensors) qsort(h->tensors, h->ntensors, sizeof *h->tensors, cmp_tensor_begin);
+    const vram__st_tensor *last = NULL; /* the non-empty tensor reaching furthest */
+    for (size_t i = 0; i < h->ntensors; i++) {
+        const vram__st_tensor *t = &h->tensors[i];
+        if (t->end == t->begin) continue;
+        if (last && t->begin < last->end) {
+            char qa[400], qb[400];
+            return vram__errorf(VRAM_EFORMAT,
+                                "%s: tensors '%s' [%" PRIu64 ", %" PRIu64 "] and '%s' [%" PRIu64
+                                ", %" PRIu64 "] overlap",
+                                what, vram__quote(last->name, qa, sizeof qa), last->begin,
+                                last->end, vram__quote(t->name, qb, sizeof qb), t->begin, t->end);
+        }
+        if (!last || t->end > last->end) last = t;
+    }
+    h->data_end = last ? last->end : 0;
+    return 0;
+}
+
+/* See st_parse.h. One pass over the header builds the tensor list; then
+ * duplicate names, file order and overlaps are checked. On failure every
+ * allocation is freed before returning. */
+int vram__st_parse_header(const char *json, uint64_t n, uint64_t file_size, const char *what,
+                          vram__st_header *out)
+{
+    memset(out, 0, sizeof *out);
+    int rc = check_header_bounds(json, n, file_size, what);
+    if (rc) return rc;
+    vram__jr r = {json, (size_t)n, 0, what, "header", NULL, 0, 0};
     vram__st_header h;
     memset(&h, 0, sizeof h);
     h.header_len = n;
@@ -712,115 +548,18 @@ int vram__st_parse_header(const char *json, uint64_t n, uint64_t file_size, cons
     h.data_size = file_size - 8 - n;
     strset meta;
     memset(&meta, 0, sizeof meta);
-    char **names = NULL;
-    size_t cap = 0;
-    int rc = 0, seen_meta = 0;
-    int open = jr_open_top(&r, what, "header");
-    if (open < 0) {
-        rc = open;
-        goto fail;
-    }
-    if (open) {
-        for (;;) {
-            if ((rc = jr_string(&r)) || (rc = jr_expect(&r, ':', "expected ':'"))) goto fail;
-            if (strcmp(r.buf, "__metadata__") == 0) {
-                if (seen_meta++) {
-                    rc = vram__errorf(VRAM_EFORMAT,
-                                      "%s: header names a key twice "
-                                      "('__metadata__')",
-                                      what);
-                    goto fail;
-                }
-                if ((rc = parse_meta(&r, &meta, &h.nmeta))) goto fail;
-            } else {
-                if (h.ntensors == cap) {
-                    size_t nc = cap ? cap * 2 : 64;
-                    vram__st_tensor *nt = realloc(h.tensors, nc * sizeof *nt);
-                    if (!nt) {
-                        rc = vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
-                        goto fail;
-                    }
-                    h.tensors = nt;
-                    cap = nc;
-                }
-                vram__st_tensor *t = &h.tensors[h.ntensors];
-                memset(t, 0, sizeof *t);
-                t->name = malloc(r.blen + 1);
-                if (!t->name) {
-                    rc = vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
-                    goto fail;
-                }
-                memcpy(t->name, r.buf, r.blen + 1);
-                h.ntensors++;
-                if ((rc = parse_entry(&r, t, h.data_size))) goto fail;
-            }
-            int more = jr_next(&r, '}');
-            if (more < 0) {
-                rc = more;
-                goto fail;
-            }
-            if (!more) break;
-        }
-    }
-    if ((rc = jr_end(&r))) goto fail;
-
-    /* duplicate names: in __metadata__, and among tensors */
-    const char *dup = NULL;
-    char qd[400];
-    if (strset_dup(&meta, &dup) < 0) {
-        rc = vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
-        goto fail;
-    }
-    if (dup) {
-        rc = vram__errorf(VRAM_EFORMAT, "%s: header names a key twice ('%s' in __metadata__)", what,
-                          vram__quote(dup, qd, sizeof qd));
-        goto fail;
-    }
-    names = malloc((h.ntensors ? h.ntensors : 1) * sizeof *names);
-    if (!names) {
-        rc = vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
-        goto fail;
-    }
-    for (size_t i = 0; i < h.ntensors; i++)
-        names[i] = h.tensors[i].name;
-    qsort(names, h.ntensors, sizeof *names, cmp_name_ptr);
-    for (size_t i = 1; i < h.ntensors; i++)
-        if (strcmp(names[i - 1], names[i]) == 0) {
-            rc = vram__errorf(VRAM_EFORMAT, "%s: header names a key twice (tensor '%s')", what,
-                              vram__quote(names[i], qd, sizeof qd));
-            goto fail;
-        }
-
-    /* file order, and no two tensors share a byte */
-    if (h.ntensors) qsort(h.tensors, h.ntensors, sizeof *h.tensors, cmp_tensor_begin);
-    const vram__st_tensor *last = NULL; /* the non-empty tensor reaching furthest */
-    for (size_t i = 0; i < h.ntensors; i++) {
-        const vram__st_tensor *t = &h.tensors[i];
-        if (t->end == t->begin) continue;
-        if (last && t->begin < last->end) {
-            char qa[400], qb[400];
-            rc = vram__errorf(VRAM_EFORMAT,
-                              "%s: tensors '%s' [%" PRIu64 ", %" PRIu64 "] and '%s' [%" PRIu64
-                              ", %" PRIu64 "] overlap",
-                              what, vram__quote(last->name, qa, sizeof qa), last->begin,
-                              last->end, vram__quote(t->name, qb, sizeof qb), t->begin, t->end);
-            goto fail;
-        }
-        if (!last || t->end > last->end) last = t;
-    }
-    h.data_end = last ? last->end : 0;
-    free(names);
+    rc = read_header_members(&r, &h, &meta);
+    if (rc == 0) rc = vram__jr_end(&r);
+    if (rc == 0) rc = check_header_dups(&h, &meta, what);
+    if (rc == 0) rc = sort_and_check_overlaps(&h, what);
     free(r.buf);
     strset_free(&meta);
+    if (rc) {
+        vram__st_header_free(&h);
+        return rc;
+    }
     *out = h;
     return 0;
-
-fail:
-    free(names);
-    free(r.buf);
-    strset_free(&meta);
-    vram__st_header_free(&h);
-    return rc;
 }
 
 /* See st_parse.h. The 8-byte length is read little-endian and bounded
@@ -881,14 +620,15 @@ static int cmp_entry_shard(const void *a, const void *b, void *arg)
 }
 
 /* Reads weight_map: tensor name -> shard file name. */
-static int parse_weight_map(jr *r, strset *names, strset *shards)
+static int parse_weight_map(vram__jr *r, strset *names, strset *shards)
 {
-    if (jr_peek(r) != '{') return jr_wrong(r, "%s: \"weight_map\" is not a JSON object", r->what);
+    if (vram__jr_peek(r) != '{')
+        return vram__jr_wrong(r, "%s: \"weight_map\" is not a JSON object", r->what);
     r->i++;
-    if (jr_peek(r) == '}') return r->i++, 0;
+    if (vram__jr_peek(r) == '}') return r->i++, 0;
     for (;;) {
         char qname[400], qs[400];
-        int rc = jr_string(r);
+        int rc = vram__jr_string(r);
         if (rc) return rc;
         if (r->blen == 0 || r->blen > VRAM_ST_MAX_NAME)
             return vram__errorf(VRAM_EFORMAT,
@@ -898,26 +638,26 @@ static int parse_weight_map(jr *r, strset *names, strset *shards)
         if (strset_add(names, r->buf, r->blen) < 0)
             return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", r->what);
         vram__quote(r->buf, qname, sizeof qname);
-        if ((rc = jr_expect(r, ':', "expected ':'"))) return rc;
-        if (jr_peek(r) != '"')
-            return jr_wrong(r, "%s: tensor '%s': weight_map value is not a string", r->what, qname);
-        if ((rc = jr_string(r))) return rc;
+        if ((rc = vram__jr_expect(r, ':', "expected ':'"))) return rc;
+        if (vram__jr_peek(r) != '"')
+            return vram__jr_wrong(r, "%s: tensor '%s': weight_map value is not a string", r->what,
+                                  qname);
+        if ((rc = vram__jr_string(r))) return rc;
         const char *why = shard_name_problem(r->buf);
         if (why)
             return vram__errorf(VRAM_EFORMAT, "%s: tensor '%s': shard name '%s' %s", r->what, qname,
                                 vram__quote(r->buf, qs, sizeof qs), why);
         if (strset_add(shards, r->buf, r->blen) < 0)
             return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", r->what);
-        int more = jr_next(r, '}');
+        int more = vram__jr_next(r, '}');
         if (more <= 0) return more;
     }
 }
 
-/* See st_parse.h. The names and shard names live in two arenas handed to
- * *out on success; on failure everything is freed. */
-int vram__st_parse_index(const char *json, size_t n, const char *what, vram__st_index *out)
+/* Checks what comes before the JSON of an index: its size n is within
+ * VRAM_ST_MAX_HEADER and not 0, and the n bytes at json are valid UTF-8. */
+static int check_index_bounds(const char *json, size_t n, const char *what)
 {
-    memset(out, 0, sizeof *out);
     if (n > VRAM_ST_MAX_HEADER)
         return vram__errorf(VRAM_EFORMAT,
                             "%s: index of %zu bytes is larger than the limit of %" PRIu64 " bytes",
@@ -928,109 +668,126 @@ int vram__st_parse_index(const char *json, size_t n, const char *what, vram__st_
         return vram__errorf(
             VRAM_EFORMAT, "%s: index is not valid UTF-8 (byte 0x%02x at index offset %" PRIu64 ")",
             what, (unsigned char)json[bad], bad);
-    jr r = {json, n, 0, what, "index", NULL, 0, 0};
+    return 0;
+}
+
+/* Reads the top-level object of an index: every key goes to keys;
+ * weight_map's names and shard names to names and shards (*has_wm set);
+ * "metadata" must be an object; the rest is skipped. */
+static int read_index_members(vram__jr *r, strset *keys, strset *names, strset *shards,
+                              int *has_wm)
+{
+    int rc;
+    int open = vram__jr_open_top(r, r->what, "index");
+    if (open <= 0) return open;
+    for (;;) {
+        if ((rc = vram__jr_string(r))) return rc;
+        if (strset_add(keys, r->buf, r->blen) < 0)
+            return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", r->what);
+        int is_wm = strcmp(r->buf, "weight_map") == 0;
+        int is_meta = strcmp(r->buf, "metadata") == 0;
+        if ((rc = vram__jr_expect(r, ':', "expected ':'"))) return rc;
+        if (is_wm) {
+            *has_wm = 1;
+            if ((rc = parse_weight_map(r, names, shards))) return rc;
+        } else {
+            if (is_meta && vram__jr_peek(r) != '{')
+                return vram__jr_wrong(r, "%s: \"metadata\" is not a JSON object", r->what);
+            if ((rc = vram__jr_skip(r, 1))) return rc;
+        }
+        int more = vram__jr_next(r, '}');
+        if (more <= 0) return more;
+    }
+}
+
+/* Refuses an index that names a top-level key twice, has no weight_map or
+ * an empty one, or names a tensor twice in it. */
+static int check_index_keys(const strset *keys, const strset *names, int has_wm,
+                            const char *what)
+{
+    const char *dup = NULL;
+    char qd[400];
+    if (strset_dup(keys, &dup) < 0)
+        return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
+    if (dup)
+        return vram__errorf(VRAM_EFORMAT, "%s: index names a key twice ('%s')", what,
+                            vram__quote(dup, qd, sizeof qd));
+    if (!has_wm)
+        return vram__errorf(VRAM_EFORMAT, "%s: index has no \"weight_map\" object", what);
+    if (names->n == 0) return vram__errorf(VRAM_EFORMAT, "%s: weight_map is empty", what);
+    if (strset_dup(names, &dup) < 0)
+        return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
+    if (dup)
+        return vram__errorf(VRAM_EFORMAT,
+                            "%s: index names a key twice (tensor '%s' in weight_map)", what,
+                            vram__quote(dup, qd, sizeof qd));
+    return 0;
+}
+
+/* Fills ix from weight_map's entries (names, and per entry its shard name
+ * in shards): the distinct shard names, sorted, and each entry's shard.
+ * ix points into the arenas of names and shards, which the caller hands
+ * over on success. On failure (VRAM_EHOSTMEM) the caller frees ix's arrays. */
+static int build_shard_list(vram__st_index *ix, const strset *names, const strset *shards,
+                            const char *what)
+{
+    ix->nentries = names->n;
+    ix->names = malloc(names->n * sizeof *ix->names);
+    ix->shard_of = malloc(names->n * sizeof *ix->shard_of);
+    ix->shards = malloc(names->n * sizeof *ix->shards);
+    size_t *order = malloc(names->n * sizeof *order);
+    if (!ix->names || !ix->shard_of || !ix->shards || !order) {
+        free(order);
+        return vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
+    }
+    for (size_t i = 0; i < names->n; i++) {
+        ix->names[i] = names->arena + names->offs[i];
+        order[i] = i;
+    }
+    qsort_r(order, names->n, sizeof *order, cmp_entry_shard, (void *)shards);
+    for (size_t k = 0; k < names->n; k++) {
+        const char *s = shards->arena + shards->offs[order[k]];
+        if (ix->nshards == 0 || strcmp(ix->shards[ix->nshards - 1], s) != 0)
+            ix->shards[ix->nshards++] = (char *)s;
+        ix->shard_of[order[k]] = ix->nshards - 1;
+    }
+    free(order);
+    return 0;
+}
+
+/* See st_parse.h. The names and shard names live in two arenas handed to
+ * *out on success; on failure everything is freed. */
+int vram__st_parse_index(const char *json, size_t n, const char *what, vram__st_index *out)
+{
+    memset(out, 0, sizeof *out);
+    int rc = check_index_bounds(json, n, what);
+    if (rc) return rc;
+    vram__jr r = {json, n, 0, what, "index", NULL, 0, 0};
     strset keys, names, shards;
     memset(&keys, 0, sizeof keys);
     memset(&names, 0, sizeof names);
     memset(&shards, 0, sizeof shards);
     vram__st_index ix;
     memset(&ix, 0, sizeof ix);
-    size_t *order = NULL;
-    int rc = 0, has_wm = 0;
-    const char *dup = NULL;
-    char qd[400];
-    int open = jr_open_top(&r, what, "index");
-    if (open < 0) {
-        rc = open;
-        goto fail;
-    }
-    if (open) {
-        for (;;) {
-            if ((rc = jr_string(&r))) goto fail;
-            if (strset_add(&keys, r.buf, r.blen) < 0) {
-                rc = vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
-                goto fail;
-            }
-            int is_wm = strcmp(r.buf, "weight_map") == 0;
-            int is_meta = strcmp(r.buf, "metadata") == 0;
-            if ((rc = jr_expect(&r, ':', "expected ':'"))) goto fail;
-            if (is_wm) {
-                has_wm = 1;
-                if ((rc = parse_weight_map(&r, &names, &shards))) goto fail;
-            } else {
-                if (is_meta && jr_peek(&r) != '{') {
-                    rc = jr_wrong(&r, "%s: \"metadata\" is not a JSON object", what);
-                    goto fail;
-                }
-                if ((rc = jr_skip(&r, 1))) goto fail;
-            }
-            int more = jr_next(&r, '}');
-            if (more < 0) {
-                rc = more;
-                goto fail;
-            }
-            if (!more) break;
-        }
-    }
-    if ((rc = jr_end(&r))) goto fail;
-    if (strset_dup(&keys, &dup) < 0) goto oom;
-    if (dup) {
-        rc = vram__errorf(VRAM_EFORMAT, "%s: index names a key twice ('%s')", what,
-                          vram__quote(dup, qd, sizeof qd));
-        goto fail;
-    }
-    if (!has_wm) {
-        rc = vram__errorf(VRAM_EFORMAT, "%s: index has no \"weight_map\" object", what);
-        goto fail;
-    }
-    if (names.n == 0) {
-        rc = vram__errorf(VRAM_EFORMAT, "%s: weight_map is empty", what);
-        goto fail;
-    }
-    if (strset_dup(&names, &dup) < 0) goto oom;
-    if (dup) {
-        rc = vram__errorf(VRAM_EFORMAT, "%s: index names a key twice (tensor '%s' in weight_map)",
-                          what, vram__quote(dup, qd, sizeof qd));
-        goto fail;
-    }
-    /* shards: the distinct file names, sorted; shard_of maps each entry */
-    ix.nentries = names.n;
-    ix.names = malloc(names.n * sizeof *ix.names);
-    ix.shard_of = malloc(names.n * sizeof *ix.shard_of);
-    ix.shards = malloc(names.n * sizeof *ix.shards);
-    order = malloc(names.n * sizeof *order);
-    if (!ix.names || !ix.shard_of || !ix.shards || !order) goto oom;
-    for (size_t i = 0; i < names.n; i++) {
-        ix.names[i] = names.arena + names.offs[i];
-        order[i] = i;
-    }
-    qsort_r(order, names.n, sizeof *order, cmp_entry_shard, &shards);
-    for (size_t k = 0; k < names.n; k++) {
-        const char *s = shards.arena + shards.offs[order[k]];
-        if (ix.nshards == 0 || strcmp(ix.shards[ix.nshards - 1], s) != 0)
-            ix.shards[ix.nshards++] = (char *)s;
-        ix.shard_of[order[k]] = ix.nshards - 1;
+    int has_wm = 0;
+    rc = read_index_members(&r, &keys, &names, &shards, &has_wm);
+    if (rc == 0) rc = vram__jr_end(&r);
+    if (rc == 0) rc = check_index_keys(&keys, &names, has_wm, what);
+    if (rc == 0) rc = build_shard_list(&ix, &names, &shards, what);
+    free(r.buf);
+    strset_free(&keys);
+    if (rc) {
+        free(ix.names);
+        free(ix.shards);
+        free(ix.shard_of);
+        strset_free(&names);
+        strset_free(&shards);
+        return rc;
     }
     ix.names_arena = names.arena;
     ix.shards_arena = shards.arena;
     free(names.offs);
     free(shards.offs);
-    free(order);
-    free(r.buf);
-    strset_free(&keys);
     *out = ix;
     return 0;
-
-oom:
-    rc = vram__errorf(VRAM_EHOSTMEM, "%s: out of host memory", what);
-fail:
-    free(ix.names);
-    free(ix.shards);
-    free(ix.shard_of);
-    free(order);
-    free(r.buf);
-    strset_free(&keys);
-    strset_free(&names);
-    strset_free(&shards);
-    return rc;
 }
