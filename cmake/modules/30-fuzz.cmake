@@ -7,7 +7,7 @@ if(VRAM_FUZZ)
       -fno-omit-frame-pointer -g)
   # The parser is compiled into the target (instrumented for coverage); the
   # rest (error details) comes from the library.
-  add_executable(fuzz_safetensors fuzz/fuzz_safetensors.c src/loader/st_parse.c)
+  add_executable(fuzz_safetensors fuzz/fuzz_safetensors.c src/loader/st_parse.c src/loader/st_json.c)
   target_include_directories(fuzz_safetensors PRIVATE include src)
   target_compile_definitions(fuzz_safetensors PRIVATE _GNU_SOURCE VRAM_BUILDING)
   target_compile_options(fuzz_safetensors PRIVATE ${VRAM_FUZZ_FLAGS})

@@ -57,9 +57,13 @@ const char *vram_last_error(void) { return tls_errmsg; }
 
 int vram_set_error(int err, const char *fmt, ...)
 {
+    if (!fmt) {
+        tls_errmsg[0] = '\0';
+        return err;
+    }
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(tls_errmsg, sizeof tls_errmsg, fmt ? fmt : "", ap);
+    vsnprintf(tls_errmsg, sizeof tls_errmsg, fmt, ap);
     va_end(ap);
     return err;
 }
