@@ -200,13 +200,23 @@ def typed_view(addr, nbytes, dtype, shape, stride, device):
 
 def _assign(slot, view):
     """Points every use of the slot at view, keeping Parameter objects."""
-    done = set()
+    done = {}
     for mod, kind, attr in slot.refs:
         if kind == "param":
             p = mod._parameters[attr]
-            if id(p) not in done:
+            if id(p) in done:
+                mod._parameters[attr] = done[id(p)]
+                continue
+            if p.device.type == "meta" and view.device.type != "meta":
+                # torch 1.13 refuses .data = across meta and a real device: a
+                # skeleton's meta Parameter is replaced (once, so ties stay)
+                newp = torch.nn.Parameter(view, requires_grad=p.requires_grad)
+                mod._parameters[attr] = newp
+                done[id(p)] = newp
+                done[id(newp)] = newp
+            else:
                 p.data = view
-                done.add(id(p))
+                done[id(p)] = p
         else:
             mod._buffers[attr] = view
 
