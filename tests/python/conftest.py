@@ -3,6 +3,7 @@ import json
 import math
 import os
 import struct
+import threading
 import time
 
 import torch  # a missing torch fails the suite (it must not skip)
@@ -107,9 +108,13 @@ class TinyLM(nn.Module):
         return ids
 
 
+_rng_lock = threading.Lock()  # torch's default generator is process-wide
+
+
 def build_tiny(seed=0, **kw):
-    torch.manual_seed(seed)
-    return TinyLM(**kw).eval()
+    with _rng_lock:
+        torch.manual_seed(seed)
+        return TinyLM(**kw).eval()
 
 
 def inputs(seed=1, batch=2, t=8, vocab=61):
