@@ -1,8 +1,7 @@
-/* vramd.c - the vram daemon: models served over HTTP (seed API, /api/v1, /metrics) and MCP. */
+/* vramd.c - the vram daemon: a thin program over libvram-server (seed API, /api/v1, /metrics, MCP) with models from flags. */
 #define _GNU_SOURCE
 #include <ctype.h>
 #include <errno.h>
-#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -15,8 +14,8 @@
 #include "backend/nvml.h"
 #include "core/config.h"
 #include "base/base.h"
-#include "server/http.h"
 #include "vram.h"
+#include "vram_server.h"
 
 #define EXIT_USAGE 2   /* bad flag, config file or value: nothing started */
 #define EXIT_RUNTIME 1 /* could not start (port taken, no backend, a model that does not open) */
@@ -99,14 +98,41 @@ static size_t option_key(const char *s)
     return n && s[n] == '=' ? n : 0;
 }
 
-static int parse_seconds_text(const char *v, double *out)
+/* Seconds as the option table reads them (600, 90s, 10m, 1h), through a
+ * scratch config: one parser and one limit for every surface. */
+static int parse_seconds_text(const char *v, double *out, char *err, size_t errlen)
 {
-    char *end = NULL;
-    errno = 0;
-    double s = strtod(v, &end);
-    if (errno || end == v || *end || !isfinite(s) || s < 0 || s > VRAM_SECONDS_MAX) return -1;
-    *out = s;
+    vram_config tmp;
+    vram_config_init(&tmp);
+    if (vram_config_set(&tmp, "VRAM_RELEASE_TIMEOUT", v, err, errlen) < 0) return -1;
+    *out = tmp.release_timeout;
     return 0;
+}
+
+/* The value of one NAME=SOURCE,key=value option into ms. */
+static void model_option(model_spec *ms, const char *text, const char *k, size_t kl, const char *val)
+{
+    char err[512];
+    if (strncmp(k, "idle_timeout", kl) == 0) {
+        if (parse_seconds_text(val, &ms->idle_timeout, err, sizeof err) < 0)
+            die(EXIT_USAGE, "--model '%s': idle_timeout: %s", text, err);
+    } else if (strncmp(k, "release_timeout", kl) == 0) {
+        if (parse_seconds_text(val, &ms->release_timeout, err, sizeof err) < 0)
+            die(EXIT_USAGE, "--model '%s': release_timeout: %s", text, err);
+    } else if (strncmp(k, "immediate_offload", kl) == 0) {
+        if (!strcmp(val, "1") || !strcasecmp(val, "true") || !strcasecmp(val, "yes"))
+            ms->immediate_offload = 1;
+        else if (!strcmp(val, "0") || !strcasecmp(val, "false") || !strcasecmp(val, "no"))
+            ms->immediate_offload = 0;
+        else
+            die(EXIT_USAGE, "--model '%s': immediate_offload '%s' is not 1 or 0", text, val);
+    } else {
+        char *end = NULL;
+        long d = strtol(val, &end, 10);
+        if (end == val || *end || d < 0 || d > 1023)
+            die(EXIT_USAGE, "--model '%s': device '%s' is not a device index", text, val);
+        ms->device = (int)d;
+    }
 }
 
 static void parse_model(const char *text, model_spec *ms)
@@ -152,27 +178,7 @@ static void parse_model(const char *text, model_spec *ms)
                 "--model '%s': unknown option '%.*s' (known: idle_timeout, release_timeout, "
                 "immediate_offload, device)",
                 text, (int)kl, k);
-        if (strncmp(k, "idle_timeout", kl) == 0) {
-            if (parse_seconds_text(val, &ms->idle_timeout) < 0)
-                die(EXIT_USAGE, "--model '%s': idle_timeout '%s' is not seconds >= 0", text, val);
-        } else if (strncmp(k, "release_timeout", kl) == 0) {
-            if (parse_seconds_text(val, &ms->release_timeout) < 0)
-                die(EXIT_USAGE, "--model '%s': release_timeout '%s' is not seconds >= 0", text,
-                    val);
-        } else if (strncmp(k, "immediate_offload", kl) == 0) {
-            if (!strcmp(val, "1") || !strcasecmp(val, "true") || !strcasecmp(val, "yes"))
-                ms->immediate_offload = 1;
-            else if (!strcmp(val, "0") || !strcasecmp(val, "false") || !strcasecmp(val, "no"))
-                ms->immediate_offload = 0;
-            else
-                die(EXIT_USAGE, "--model '%s': immediate_offload '%s' is not 1 or 0", text, val);
-        } else {
-            char *end = NULL;
-            long d = strtol(val, &end, 10);
-            if (end == val || *end || d < 0 || d > 1023)
-                die(EXIT_USAGE, "--model '%s': device '%s' is not a device index", text, val);
-            ms->device = (int)d;
-        }
+        model_option(ms, text, k, kl, val);
         opts = next;
     }
 }
@@ -337,10 +343,10 @@ static void choose_gpu(settings *s)
         char why[1024];
         int index = -1;
         if (vram__nvml_pick(chosen, sizeof chosen, &index, why, sizeof why) < 0) {
-            vram__log(VRAM_LOG_WARN, "--gpu auto: %s; keeping the default devices", why);
+            vram_log(VRAM_LOG_WARN, "--gpu auto: %s; keeping the default devices", why);
             return;
         }
-        vram__log(VRAM_LOG_INFO, "--gpu auto: picked GPU %d (%s): %s", index, chosen, why);
+        vram_log(VRAM_LOG_INFO, "--gpu auto: picked GPU %d (%s): %s", index, chosen, why);
     } else {
         snprintf(chosen, sizeof chosen, "%s", s->gpu);
     }
@@ -360,6 +366,111 @@ static const char *url_host(const char *bind, char *buf, size_t len)
     return buf;
 }
 
+/* Signals are handled by sigwait in the main thread only (an inherited
+ * "ignore", as a shell gives background jobs, would make sigwait miss them). */
+static void block_stop_signals(sigset_t *stop)
+{
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    sigemptyset(stop);
+    sigaddset(stop, SIGINT);
+    sigaddset(stop, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, stop, NULL);
+    signal(SIGPIPE, SIG_IGN);
+}
+
+/* Log lines of the start, held back until the port is ours: a daemon that
+ * cannot start says so in one line, not after the backend's. */
+static struct {
+    char lines[16][1024];
+    int n;
+} g_held;
+
+static void hold_line(vram_log_level level, const char *line, void *user)
+{
+    (void)user;
+    if (level <= VRAM_LOG_WARN || g_held.n == 16) {
+        fprintf(stderr, "%s\n", line);
+        return;
+    }
+    snprintf(g_held.lines[g_held.n++], sizeof g_held.lines[0], "%s", line);
+}
+
+static void release_held(int print)
+{
+    vram_set_log_callback(NULL, NULL);
+    for (int i = 0; print && i < g_held.n; i++)
+        fprintf(stderr, "%s\n", g_held.lines[i]);
+    g_held.n = 0;
+}
+
+/* The manager with every --model registered; exits on failure. */
+static vram_manager *start_manager(settings *s)
+{
+    vram_manager *m = NULL;
+    vram_set_error(VRAM_OK, "%s", "");
+    int rc = vram_manager_create(&s->cfg, &m);
+    if (rc < 0) {
+        const char *d = vram_last_error();
+        die(EXIT_RUNTIME, "cannot start the memory manager: %s%s%s", vram_strerror(rc),
+            *d ? ": " : "", d);
+    }
+    for (size_t i = 0; i < s->nmodels; i++) {
+        model_spec *ms = &s->models[i];
+        vram_model_opts o;
+        vram_model_opts_init(&o);
+        o.source = ms->source;
+        o.idle_timeout = ms->idle_timeout;
+        o.release_timeout = ms->release_timeout;
+        o.immediate_offload = ms->immediate_offload;
+        o.device = ms->device;
+        vram_set_error(VRAM_OK, "%s", "");
+        rc = vram_manager_register(m, ms->name, &o, NULL);
+        if (rc < 0) {
+            const char *d = vram_last_error();
+            vram_manager_destroy(m);
+            die(EXIT_RUNTIME, "--model %s: %s%s%s", ms->text, vram_strerror(rc), *d ? ": " : "", d);
+        }
+    }
+    return m;
+}
+
+static void log_started(const settings *s, vram_manager *m, vram_server *srv)
+{
+    char names[512] = "";
+    size_t n = 0;
+    for (size_t i = 0; i < s->nmodels && n < sizeof names; i++)
+        n += (size_t)snprintf(names + n, sizeof names - n, "%s%s", i ? ", " : "",
+                              s->models[i].name);
+    char hostbuf[VRAM_STR_MAX + 4];
+    vram_log(VRAM_LOG_INFO,
+             "vramd %s listening on http://%s:%d (backend %s; %zu model%s%s%s; MCP at /mcp%s)",
+             VRAM_VERSION, url_host(s->cfg.bind, hostbuf, sizeof hostbuf), vram_server_port(srv),
+             vram_manager_backend(m), s->nmodels, s->nmodels == 1 ? "" : "s",
+             s->nmodels ? ": " : "", names, s->cfg.token[0] ? "; token required" : "");
+    const char *b = s->cfg.bind;
+    if (!s->cfg.token[0] && strcmp(b, "127.0.0.1") != 0 && strcmp(b, "::1") != 0 &&
+        strcmp(b, "localhost") != 0)
+        vram_log(VRAM_LOG_WARN,
+                 "listening on %s without a token: anyone who reaches this address can offload "
+                 "and release models (set --token or VRAM_TOKEN)",
+                 b);
+    if (!s->nmodels)
+        vram_log(VRAM_LOG_WARN,
+                 "no models: give --model NAME=SOURCE, e.g. --model demo=synthetic:256M");
+}
+
+static void settings_free(settings *s)
+{
+    for (size_t i = 0; i < s->nmodels; i++) {
+        free(s->models[i].text);
+        free(s->models[i].name);
+        free(s->models[i].source);
+    }
+    free(s->models);
+    free(s->gpu);
+}
+
 int main(int argc, char **argv)
 {
     settings s;
@@ -368,94 +479,41 @@ int main(int argc, char **argv)
     parse_args(&s, argc, argv);
     vram_set_log_level(s.cfg.log_level);
     choose_gpu(&s);
-
-    /* signals: handled by sigwait in this thread only (an inherited "ignore",
-     * as a shell gives background jobs, would make sigwait miss them) */
-    signal(SIGINT, SIG_DFL);
-    signal(SIGTERM, SIG_DFL);
     sigset_t stop;
-    sigemptyset(&stop);
-    sigaddset(&stop, SIGINT);
-    sigaddset(&stop, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &stop, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    block_stop_signals(&stop);
 
-    char err[512];
-    vram__http_opts ho = {s.cfg.bind, s.cfg.port, s.cfg.token, 0};
-    vram__http *http = NULL;
-    if (vram__http_listen(&ho, &http, err, sizeof err) < 0) die(EXIT_RUNTIME, "%s", err);
-
-    vram_manager *m = NULL;
-    vram__clear_error();
-    int rc = vram_manager_create(&s.cfg, &m);
-    if (rc < 0) {
-        const char *d = vram__last_error();
-        die(EXIT_RUNTIME, "cannot start the memory manager: %s%s%s", vram_strerror(rc),
-            *d ? ": " : "", d);
-    }
-    for (size_t i = 0; i < s.nmodels; i++) {
-        model_spec *ms = &s.models[i];
-        vram_model_opts o;
-        vram_model_opts_init(&o);
-        o.source = ms->source;
-        o.idle_timeout = ms->idle_timeout;
-        o.release_timeout = ms->release_timeout;
-        o.immediate_offload = ms->immediate_offload;
-        o.device = ms->device;
-        vram__clear_error();
-        rc = vram_manager_register(m, ms->name, &o, NULL);
-        if (rc < 0) {
-            const char *d = vram__last_error();
-            vram_manager_destroy(m);
-            die(EXIT_RUNTIME, "--model %s: %s%s%s", ms->text, vram_strerror(rc), *d ? ": " : "", d);
-        }
-    }
-    if (vram__http_start(http, m, err, sizeof err) < 0) {
-        vram__http_stop(http, 0);
+    vram_set_log_callback(hold_line, NULL);
+    vram_manager *m = start_manager(&s);
+    vram_server_opts so;
+    vram_server_opts_init(&so);
+    so.bind = s.cfg.bind;
+    so.port = s.cfg.port;
+    so.token = s.cfg.token;
+    vram_server *srv = NULL;
+    if (vram_server_start(m, &so, &srv) < 0) {
+        char why[600];
+        snprintf(why, sizeof why, "%s", vram_last_error());
         vram_manager_destroy(m);
-        die(EXIT_RUNTIME, "%s", err);
+        release_held(0);
+        die(EXIT_RUNTIME, "%s", why);
     }
-
-    char names[512] = "";
-    size_t n = 0;
-    for (size_t i = 0; i < s.nmodels && n < sizeof names; i++)
-        n += (size_t)snprintf(names + n, sizeof names - n, "%s%s", i ? ", " : "", s.models[i].name);
-    char hostbuf[VRAM_STR_MAX + 4];
-    vram__log(VRAM_LOG_INFO,
-              "vramd %s listening on http://%s:%d (backend %s; %zu model%s%s%s; MCP at /mcp%s)",
-              VRAM_VERSION, url_host(s.cfg.bind, hostbuf, sizeof hostbuf), vram__http_port(http),
-              vram_manager_backend(m), s.nmodels, s.nmodels == 1 ? "" : "s", s.nmodels ? ": " : "",
-              names, s.cfg.token[0] ? "; token required" : "");
-    if (!s.cfg.token[0] && strcmp(s.cfg.bind, "127.0.0.1") != 0 && strcmp(s.cfg.bind, "::1") != 0 &&
-        strcmp(s.cfg.bind, "localhost") != 0)
-        vram__log(VRAM_LOG_WARN,
-                  "listening on %s without a token: anyone who reaches this address can offload "
-                  "and release models (set --token or VRAM_TOKEN)",
-                  s.cfg.bind);
-    if (!s.nmodels)
-        vram__log(VRAM_LOG_WARN,
-                  "no models: give --model NAME=SOURCE, e.g. --model demo=synthetic:256M");
+    release_held(1);
+    log_started(&s, m, srv);
 
     int sig = 0;
     while (sigwait(&stop, &sig) != 0) {
     }
-    vram__log(VRAM_LOG_INFO, "vramd: %s received, stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
-    int left = vram__http_stop(http, GRACE_SECONDS);
+    vram_log(VRAM_LOG_INFO, "vramd: %s received, stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    int left = vram_server_stop(srv, GRACE_SECONDS);
     if (left > 0) {
-        vram__log(VRAM_LOG_WARN,
-                  "vramd: %d slow request%s still running after %.0f s; exiting without them", left,
-                  left == 1 ? "" : "s", GRACE_SECONDS);
+        vram_log(VRAM_LOG_WARN,
+                 "vramd: %d slow request%s still running after %.0f s; exiting without them", left,
+                 left == 1 ? "" : "s", GRACE_SECONDS);
         fflush(stderr);
         _exit(0);
     }
     vram_manager_destroy(m);
-    for (size_t i = 0; i < s.nmodels; i++) {
-        free(s.models[i].text);
-        free(s.models[i].name);
-        free(s.models[i].source);
-    }
-    free(s.models);
-    free(s.gpu);
-    vram__log(VRAM_LOG_INFO, "vramd: stopped");
+    settings_free(&s);
+    vram_log(VRAM_LOG_INFO, "vramd: stopped");
     return 0;
 }

@@ -43,6 +43,7 @@ if(VRAM_BUILD_TESTS)
   enable_testing()
   find_program(VRAM_PYTHON3 NAMES python3)
   set(VRAM_TOOL_ENV "VRAMD=$<TARGET_FILE:vramd>" "VRAMCTL=$<TARGET_FILE:vramctl>"
+      "EMBED_SERVER=$<TARGET_FILE:embed_server>"
       "VRAM_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
 
   # Integration tests: python3 (standard library only) driving vramd on a free port.

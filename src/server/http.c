@@ -1,14 +1,11 @@
-/* http.c - vramd's HTTP server (libmicrohttpd thread pool): seed API, /api/v1, /metrics, /mcp. */
+/* http.c - the HTTP server (libmicrohttpd thread pool): request handling and life cycle; seed API, /api/v1, /metrics, /mcp. */
 #define _GNU_SOURCE
 #include "server/http.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <jansson.h>
-#include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,465 +16,13 @@
 #include <unistd.h>
 
 #include "base/base.h"
-#include "server/commands.h"
-#include "server/mcp.h"
-#include "server/metrics.h"
+#include "server/http_internal.h"
 
-/*
- * THREADS AND LOCKS
- *
- * libmicrohttpd runs a pool of event threads (epoll). A handler on an event
- * thread never blocks: fast commands (status, lists, timeouts) run there;
- * slow ones (load, run, offload, release, and MCP tools/call of those) run
- * as a job on a thread of their own while the connection is suspended, and
- * the job resumes the connection when its answer is ready. A job touches
- * its request only before MHD_resume_connection; after that the event
- * thread owns it again (and frees it when the request completes).
- *
- * One mutex, h->lock, guards h->jobs and h->stopping and nothing else; it
- * is never held while a command runs or an MHD function is called.
- */
-
-#define MAX_JOBS 256           /* slow requests in flight at once; more get 503 */
-#define DISCARD_MAX (1u << 20) /* bytes of an oversized chunked body read before hanging up */
-
-/* ---- routes ---- */
-
-enum {
-    R_OTHER,
-    R_ROOT,
-    R_HEALTH,
-    R_METRICS,
-    R_GPU_STATUS,
-    R_GPU_OFFLOAD,
-    R_GPU_RELEASE,
-    R_GPU_TIMEOUT,
-    R_MODELS,
-    R_MODEL,
-    R_MODEL_LOAD,
-    R_MODEL_RUN,
-    R_MODEL_OFFLOAD,
-    R_MODEL_RELEASE,
-    R_DEVICES,
-    R_MCP,
-    NROUTES
-};
-
-typedef struct route {
-    const char *name;  /* path, or its template; the metrics label */
-    const char *get;   /* command for GET/HEAD, or NULL */
-    const char *post;  /* command for POST, or NULL */
-    const char *patch; /* command for PATCH, or NULL */
-    const char *allow; /* the Allow header of a 405 */
-} route;
-
-static const route routes[NROUTES] = {
-    [R_OTHER] = {"other", NULL, NULL, NULL, ""},
-    [R_ROOT] = {"/", "", NULL, NULL, "GET, HEAD"},
-    [R_HEALTH] = {"/healthz", "health", NULL, NULL, "GET, HEAD"},
-    [R_METRICS] = {"/metrics", "", NULL, NULL, "GET, HEAD"},
-    [R_GPU_STATUS] = {"/api/gpu/status", "status", NULL, NULL, "GET, HEAD"},
-    [R_GPU_OFFLOAD] = {"/api/gpu/offload", NULL, "offload", NULL, "POST"},
-    [R_GPU_RELEASE] = {"/api/gpu/release", NULL, "release", NULL, "POST"},
-    [R_GPU_TIMEOUT] = {"/api/gpu/timeout", NULL, "timeout", NULL, "POST"},
-    [R_MODELS] = {"/api/v1/models", "models", NULL, NULL, "GET, HEAD"},
-    [R_MODEL] = {"/api/v1/models/{name}", "show", NULL, "configure", "GET, HEAD, PATCH"},
-    [R_MODEL_LOAD] = {"/api/v1/models/{name}/load", NULL, "load", NULL, "POST"},
-    [R_MODEL_RUN] = {"/api/v1/models/{name}/run", NULL, "run", NULL, "POST"},
-    [R_MODEL_OFFLOAD] = {"/api/v1/models/{name}/offload", NULL, "offload", NULL, "POST"},
-    [R_MODEL_RELEASE] = {"/api/v1/models/{name}/release", NULL, "release", NULL, "POST"},
-    [R_DEVICES] = {"/api/v1/devices", "devices", NULL, NULL, "GET, HEAD"},
-    [R_MCP] = {"/mcp", NULL, NULL, NULL, "POST, DELETE"},
-};
-
-#define MODELS_PREFIX "/api/v1/models/"
-
-/* Which route url is; for a per-model route, *name / *name_len get the
- * model's name (a slice of url). */
-static int match_route(const char *url, const char **name, size_t *name_len)
-{
-    static const struct {
-        const char *path;
-        int r;
-    } exact[] = {
-        {"/", R_ROOT},
-        {"/healthz", R_HEALTH},
-        {"/metrics", R_METRICS},
-        {"/api/gpu/status", R_GPU_STATUS},
-        {"/api/gpu/offload", R_GPU_OFFLOAD},
-        {"/api/gpu/release", R_GPU_RELEASE},
-        {"/api/gpu/timeout", R_GPU_TIMEOUT},
-        {"/api/v1/models", R_MODELS},
-        {"/api/v1/models/", R_MODELS},
-        {"/api/v1/devices", R_DEVICES},
-        {"/mcp", R_MCP},
-    };
-    for (size_t i = 0; i < sizeof exact / sizeof exact[0]; i++)
-        if (strcmp(url, exact[i].path) == 0) return exact[i].r;
-    if (strncmp(url, MODELS_PREFIX, strlen(MODELS_PREFIX)) != 0) return R_OTHER;
-    const char *rest = url + strlen(MODELS_PREFIX);
-    size_t len = strlen(rest);
-    static const struct {
-        const char *suffix;
-        int r;
-    } actions[] = {{"/load", R_MODEL_LOAD},
-                   {"/run", R_MODEL_RUN},
-                   {"/offload", R_MODEL_OFFLOAD},
-                   {"/release", R_MODEL_RELEASE}};
-    for (size_t i = 0; i < sizeof actions / sizeof actions[0]; i++) {
-        size_t sl = strlen(actions[i].suffix);
-        if (len > sl && strcmp(rest + len - sl, actions[i].suffix) == 0) {
-            *name = rest;
-            *name_len = len - sl;
-            return actions[i].r;
-        }
-    }
-    *name = rest;
-    *name_len = len;
-    return R_MODEL;
-}
-
-/* ---- server and request state ---- */
-
-struct vram__http {
-    int listen_fd;
-    int port;
-    int wildcard; /* bound to every address: Host is not checked */
-    char bind[128];
-    char token[VRAM_STR_MAX];
-    int threads;
-    struct MHD_Daemon *daemon;
-    vram_manager *m;
-    vram__mcp *mcp;
-    vram__metrics *mx;
-    const char *route_names[NROUTES]; /* metrics labels: routes[i].name */
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    int jobs;
-    int stopping;
-};
-
-typedef struct job job;
-
-typedef struct request {
-    double t0;
-    int route;
-    int method; /* M_* */
-    unsigned status;
-    int started;
-    char *body;
-    size_t len, cap;
-    size_t discarded;
-    int too_large;
-    char name[132]; /* model name from the path */
-    char *log_url;  /* only when debug logging is on */
-    job *job;
-} request;
-
-enum { M_GET, M_HEAD, M_POST, M_PATCH, M_DELETE, M_OTHER };
-
-struct job {
-    vram__http *h;
-    struct MHD_Connection *conn;
-    /* a command ... */
-    const vram__command *cmd;
-    json_t *args;
-    /* ... or an MCP message */
-    int is_mcp;
-    vram__mcp_http_req mreq;
-    char *mcp_strings[4];
-    /* the answer */
-    int done;
-    unsigned status;
-    char *body;
-    size_t len;
-    char session_id[40];
-    const char *allow;
-};
-
-/* ---- responses ---- */
-
-static enum MHD_Result send_body(struct MHD_Connection *c, request *r, unsigned status, char *body,
-                                 size_t len, const char *ctype, const char *h1, const char *v1)
-{
-    struct MHD_Response *resp =
-        body ? MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE)
-             : MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
-    if (!resp) {
-        free(body);
-        return MHD_NO;
-    }
-    if (ctype) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
-    if (h1 && v1) MHD_add_response_header(resp, h1, v1);
-    r->status = status;
-    enum MHD_Result ret = MHD_queue_response(c, status, resp);
-    MHD_destroy_response(resp);
-    return ret;
-}
-
-/* JSON text of o plus a newline (for terminals), malloc'd; steals o. */
-static char *dump_line(json_t *o, size_t *len)
-{
-    char *text = o ? json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(12)) : NULL;
-    json_decref(o);
-    if (!text) return NULL;
-    size_t n = strlen(text);
-    char *t2 = realloc(text, n + 2);
-    if (!t2) {
-        free(text);
-        return NULL;
-    }
-    t2[n] = '\n';
-    t2[n + 1] = '\0';
-    *len = n + 1;
-    return t2;
-}
-
-static enum MHD_Result send_json(struct MHD_Connection *c, request *r, unsigned status, json_t *o,
-                                 const char *h1, const char *v1)
-{
-    size_t len = 0;
-    char *text = dump_line(o, &len);
-    if (!text) return MHD_NO;
-    return send_body(c, r, status, text, len, "application/json", h1, v1);
-}
-
-/* {"error":{"code":code,"message":message}} with status. */
-static enum MHD_Result send_error(struct MHD_Connection *c, request *r, unsigned status,
-                                  const char *code, const char *message, const char *h1,
-                                  const char *v1)
-{
-    if (r->route == R_MCP) { /* /mcp speaks JSON-RPC, even when refusing */
-        char *text = vram__mcp_error_text(NULL, -32000, message);
-        return send_body(c, r, status, text, text ? strlen(text) : 0, "application/json", h1, v1);
-    }
-    return send_json(c, r, status,
-                     json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", message), h1,
-                     v1);
-}
-
-/* The answer of a finished command (raw text is taken over from res). */
-static void result_body(vram__cmd_result *res, unsigned *status, char **body, size_t *len)
-{
-    *status = vram__cmd_http_status(res->code);
-    *body = NULL;
-    if (res->code < 0) {
-        *body = dump_line(json_pack("{s:{s:s, s:s}}", "error", "code", vram_err_name(res->code),
-                                    "message", res->message),
-                          len);
-    } else if (res->raw) {
-        size_t n = strlen(res->raw);
-        char *t = realloc(res->raw, n + 2);
-        if (t) {
-            res->raw = NULL;
-            t[n] = '\n';
-            t[n + 1] = '\0';
-            *body = t;
-            *len = n + 1;
-        }
-    } else {
-        *body = dump_line(json_incref(res->json), len);
-    }
-}
-
-/* ---- checks ---- */
+/* Threads and locks: see http_internal.h. */
 
 static const char *header(struct MHD_Connection *c, const char *name)
 {
     return MHD_lookup_connection_value(c, MHD_HEADER_KIND, name);
-}
-
-static int token_ok(const char *given, const char *want)
-{
-    /* constant time in the content of the token */
-    size_t gl = strlen(given), wl = strlen(want);
-    unsigned char d = (unsigned char)(gl != wl);
-    for (size_t i = 0; i < wl; i++)
-        d |= (unsigned char)(want[i] ^ (i < gl ? given[i] : 0));
-    return d == 0;
-}
-
-static int authorized(vram__http *h, struct MHD_Connection *c)
-{
-    const char *a = header(c, MHD_HTTP_HEADER_AUTHORIZATION);
-    if (!a) return 0;
-    while (*a == ' ')
-        a++;
-    if (strncasecmp(a, "Bearer", 6) != 0 || (a[6] != ' ' && a[6] != '\t')) return 0;
-    a += 6;
-    while (*a == ' ' || *a == '\t')
-        a++;
-    size_t n = strlen(a);
-    while (n && (a[n - 1] == ' ' || a[n - 1] == '\t'))
-        n--;
-    char given[VRAM_STR_MAX + 2];
-    if (n > VRAM_STR_MAX) n = VRAM_STR_MAX + 1; /* too long: cannot match, still compared */
-    memcpy(given, a, n);
-    given[n] = '\0';
-    return token_ok(given, h->token);
-}
-
-/* host (no port, no brackets) is a loopback name or the address bound to. */
-static int host_allowed(vram__http *h, const char *host, size_t len)
-{
-    static const char *const loop[] = {"localhost", "127.0.0.1", "::1", "localhost.", NULL};
-    for (const char *const *l = loop; *l; l++)
-        if (strlen(*l) == len && strncasecmp(host, *l, len) == 0) return 1;
-    if (len > 4 && strncmp(host, "127.", 4) == 0) {
-        for (size_t i = 4; i < len; i++)
-            if (!((host[i] >= '0' && host[i] <= '9') || host[i] == '.')) return 0;
-        return 1;
-    }
-    return strlen(h->bind) == len && strncasecmp(host, h->bind, len) == 0;
-}
-
-/* Splits "host:port", "[v6]:port" or "host" into the host part. */
-static void host_part(const char *hp, const char **host, size_t *len)
-{
-    if (*hp == '[') {
-        const char *e = strchr(hp, ']');
-        *host = hp + 1;
-        *len = e ? (size_t)(e - hp - 1) : strlen(hp + 1);
-        return;
-    }
-    const char *colon = strchr(hp, ':');
-    if (colon && strchr(colon + 1, ':')) colon = NULL; /* a bare IPv6 address */
-    *host = hp;
-    *len = colon ? (size_t)(colon - hp) : strlen(hp);
-}
-
-/* DNS-rebinding and cross-site protection: Host must name this machine's
- * loopback (or the bound address), and Origin, when sent, too. */
-static int origin_allowed(vram__http *h, struct MHD_Connection *c, const char **why)
-{
-    const char *host = header(c, MHD_HTTP_HEADER_HOST);
-    const char *hn = NULL;
-    size_t hl = 0;
-    if (host) {
-        host_part(host, &hn, &hl);
-        if (!h->wildcard && !host_allowed(h, hn, hl)) {
-            *why = "Forbidden: the Host header does not name this server (DNS rebinding?)";
-            return 0;
-        }
-    }
-    const char *origin = header(c, "Origin");
-    if (!origin) return 1;
-    const char *p = strstr(origin, "://");
-    if (!p || (strncasecmp(origin, "http://", 7) != 0 && strncasecmp(origin, "https://", 8) != 0)) {
-        *why = "Forbidden: requests from this Origin are not accepted";
-        return 0;
-    }
-    const char *on;
-    size_t ol;
-    host_part(p + 3, &on, &ol);
-    if (ol && on[ol - 1] == '/') ol--;
-    if (host_allowed(h, on, ol)) return 1;
-    if (h->wildcard && hn && hl == ol && strncasecmp(hn, on, ol) == 0) return 1; /* same origin */
-    *why = "Forbidden: requests from this Origin are not accepted";
-    return 0;
-}
-
-/* ---- jobs: slow work off the event threads ---- */
-
-static void job_free(job *j)
-{
-    if (!j) return;
-    json_decref(j->args);
-    for (int i = 0; i < 4; i++)
-        free(j->mcp_strings[i]);
-    free(j->body);
-    free(j);
-}
-
-static void job_run(job *j)
-{
-    if (j->is_mcp) {
-        vram__mcp_http_resp resp;
-        vram__mcp_http(j->h->mcp, &j->mreq, &resp);
-        j->status = resp.status;
-        j->body = resp.body;
-        j->len = resp.body ? strlen(resp.body) : 0;
-        memcpy(j->session_id, resp.session_id, sizeof j->session_id);
-        j->allow = resp.allow;
-    } else {
-        vram__cmd_result res = {0};
-        vram__command_run(j->h->m, j->cmd, j->args, &res);
-        result_body(&res, &j->status, &j->body, &j->len);
-        vram__cmd_result_clear(&res);
-    }
-}
-
-static void *job_main(void *arg)
-{
-    job *j = arg;
-    vram__http *h = j->h;
-    struct MHD_Connection *c = j->conn;
-    job_run(j);
-    __atomic_store_n(&j->done, 1, __ATOMIC_RELEASE);
-    MHD_resume_connection(c); /* j belongs to the event thread from here on */
-    pthread_mutex_lock(&h->lock);
-    h->jobs--;
-    pthread_cond_broadcast(&h->cond);
-    pthread_mutex_unlock(&h->lock);
-    return NULL;
-}
-
-/* Hands j to a thread of its own and suspends the connection; the handler
- * is called again once the answer is ready. On refusal answers 503. */
-static enum MHD_Result start_job(vram__http *h, struct MHD_Connection *c, request *r, job *j)
-{
-    pthread_mutex_lock(&h->lock);
-    int ok = !h->stopping && h->jobs < MAX_JOBS;
-    if (ok) h->jobs++;
-    pthread_mutex_unlock(&h->lock);
-    if (!ok) {
-        job_free(j);
-        return send_error(c, r, 503, "EBUSY",
-                          h->stopping ? "vramd is shutting down"
-                                      : "too many slow requests in flight; try again",
-                          "Retry-After", "1");
-    }
-    j->h = h;
-    j->conn = c;
-    r->job = j;
-    MHD_suspend_connection(c);
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_t t;
-    int rc = pthread_create(&t, &attr, job_main, j);
-    pthread_attr_destroy(&attr);
-    if (rc != 0) {
-        j->status = 503;
-        j->body = dump_line(json_pack("{s:{s:s, s:s}}", "error", "code", "EBUSY", "message",
-                                      "cannot start a thread for this request; try again"),
-                            &j->len);
-        __atomic_store_n(&j->done, 1, __ATOMIC_RELEASE);
-        MHD_resume_connection(c);
-        pthread_mutex_lock(&h->lock);
-        h->jobs--;
-        pthread_cond_broadcast(&h->cond);
-        pthread_mutex_unlock(&h->lock);
-    }
-    return MHD_YES;
-}
-
-static enum MHD_Result finish_job(struct MHD_Connection *c, request *r)
-{
-    job *j = r->job;
-    char *body = j->body;
-    j->body = NULL;
-    const char *h1 = NULL, *v1 = NULL;
-    if (j->session_id[0]) {
-        h1 = "Mcp-Session-Id";
-        v1 = j->session_id;
-    } else if (j->allow) {
-        h1 = MHD_HTTP_HEADER_ALLOW;
-        v1 = j->allow;
-    }
-    enum MHD_Result ret =
-        send_body(c, r, j->status, body, j->len, body ? "application/json" : NULL, h1, v1);
-    return ret;
 }
 
 /* ---- handlers ---- */
@@ -486,11 +31,11 @@ static enum MHD_Result handle_root(vram__http *h, struct MHD_Connection *c, requ
 {
     json_t *eps = json_array();
     for (int i = R_ROOT; i < NROUTES; i++) {
-        const char *allow = routes[i].allow;
+        const char *allow = vram__http_routes[i].allow;
         json_array_append_new(eps,
-                              json_pack("{s:s, s:s}", "path", routes[i].name, "methods", allow));
+                              json_pack("{s:s, s:s}", "path", vram__http_routes[i].name, "methods", allow));
     }
-    return send_json(c, r, 200,
+    return vram__http_send_json(c, r, 200,
                      json_pack("{s:s, s:s, s:s, s:o, s:s}", "name", "vramd", "version",
                                VRAM_VERSION, "backend", vram_manager_backend(h->m), "endpoints",
                                eps, "docs", "see README.md (HTTP API)"),
@@ -501,8 +46,8 @@ static enum MHD_Result handle_metrics(vram__http *h, struct MHD_Connection *c, r
 {
     size_t len = 0;
     char *text = vram__metrics_render(h->mx, h->m, vram__mcp_session_count(h->mcp), &len);
-    if (!text) return send_error(c, r, 503, "EHOSTMEM", "out of host memory", NULL, NULL);
-    return send_body(c, r, 200, text, len, "text/plain; version=0.0.4; charset=utf-8", NULL, NULL);
+    if (!text) return vram__http_send_error(c, r, 503, "EHOSTMEM", "out of host memory", NULL, NULL);
+    return vram__http_send_body(c, r, 200, text, len, "text/plain; version=0.0.4; charset=utf-8", NULL, NULL);
 }
 
 /* Arguments of a command from the body (and the model in the path). */
@@ -551,21 +96,21 @@ static enum MHD_Result handle_command(vram__http *h, struct MHD_Connection *c, r
                                       const char *name)
 {
     const vram__command *cmd = vram__command_find(name);
-    if (!cmd) return send_error(c, r, 500, "EINVAL", "internal: unknown command", NULL, NULL);
+    if (!cmd) return vram__http_send_error(c, r, 500, "EINVAL", "internal: unknown command", NULL, NULL);
     json_t *args = NULL;
     char err[300];
     int rc = command_args(r, &args, err, sizeof err);
     if (rc < 0)
-        return send_error(c, r, vram__cmd_http_status(rc), vram_err_name(rc), err, NULL, NULL);
+        return vram__http_send_error(c, r, vram__cmd_http_status(rc), vram_err_name(rc), err, NULL, NULL);
     if (cmd->slow) {
         job *j = calloc(1, sizeof *j);
         if (!j) {
             json_decref(args);
-            return send_error(c, r, 503, "EHOSTMEM", "out of host memory", NULL, NULL);
+            return vram__http_send_error(c, r, 503, "EHOSTMEM", "out of host memory", NULL, NULL);
         }
         j->cmd = cmd;
         j->args = args;
-        return start_job(h, c, r, j);
+        return vram__http_start_job(h, c, r, j);
     }
     vram__cmd_result res = {0};
     vram__command_run(h->m, cmd, args, &res);
@@ -573,10 +118,10 @@ static enum MHD_Result handle_command(vram__http *h, struct MHD_Connection *c, r
     unsigned status;
     char *body = NULL;
     size_t len = 0;
-    result_body(&res, &status, &body, &len);
+    vram__http_result_body(&res, &status, &body, &len);
     vram__cmd_result_clear(&res);
     if (!body) return MHD_NO;
-    return send_body(c, r, status, body, len, "application/json", NULL, NULL);
+    return vram__http_send_body(c, r, status, body, len, "application/json", NULL, NULL);
 }
 
 static enum MHD_Result handle_mcp(vram__http *h, struct MHD_Connection *c, request *r,
@@ -593,7 +138,7 @@ static enum MHD_Result handle_mcp(vram__http *h, struct MHD_Connection *c, reque
     };
     if (vram__mcp_http_is_slow(&q)) {
         job *j = calloc(1, sizeof *j);
-        if (!j) return send_error(c, r, 503, "EHOSTMEM", "out of host memory", NULL, NULL);
+        if (!j) return vram__http_send_error(c, r, 503, "EHOSTMEM", "out of host memory", NULL, NULL);
         /* copies: the job reads them from another thread */
         const char *src[4] = {q.session_id, q.protocol_version, q.accept, q.content_type};
         for (int i = 0; i < 4; i++)
@@ -605,7 +150,7 @@ static enum MHD_Result handle_mcp(vram__http *h, struct MHD_Connection *c, reque
         j->mreq.protocol_version = j->mcp_strings[1];
         j->mreq.accept = j->mcp_strings[2];
         j->mreq.content_type = j->mcp_strings[3];
-        return start_job(h, c, r, j); /* r->body stays alive until the request completes */
+        return vram__http_start_job(h, c, r, j); /* r->body stays alive until the request completes */
     }
     vram__mcp_http_resp resp;
     vram__mcp_http(h->mcp, &q, &resp);
@@ -617,32 +162,8 @@ static enum MHD_Result handle_mcp(vram__http *h, struct MHD_Connection *c, reque
         h1 = MHD_HTTP_HEADER_ALLOW;
         v1 = resp.allow;
     }
-    return send_body(c, r, resp.status, resp.body, resp.body ? strlen(resp.body) : 0,
+    return vram__http_send_body(c, r, resp.status, resp.body, resp.body ? strlen(resp.body) : 0,
                      resp.body ? "application/json" : NULL, h1, v1);
-}
-
-static int method_of(const char *m)
-{
-    if (strcmp(m, "GET") == 0) return M_GET;
-    if (strcmp(m, "HEAD") == 0) return M_HEAD;
-    if (strcmp(m, "POST") == 0) return M_POST;
-    if (strcmp(m, "PATCH") == 0) return M_PATCH;
-    if (strcmp(m, "DELETE") == 0) return M_DELETE;
-    return M_OTHER;
-}
-
-/* The command for r's route and method: a name, "" for a built-in page,
- * NULL when the method is not allowed there. */
-static const char *route_command(const request *r)
-{
-    const route *rt = &routes[r->route];
-    switch (r->method) {
-    case M_GET:
-    case M_HEAD: return rt->get;
-    case M_POST: return rt->post;
-    case M_PATCH: return rt->patch;
-    default: return NULL;
-    }
 }
 
 /* First call of a request, its headers read: everything that can be
@@ -655,20 +176,21 @@ static int first_call(vram__http *h, struct MHD_Connection *c, request *r, const
     const char *name = NULL;
     size_t name_len = 0;
     char msg[320];
-    r->route = match_route(url, &name, &name_len);
-    r->method = method_of(method);
-    if (!origin_allowed(h, c, &why)) {
-        *ret = send_error(c, r, 403, "FORBIDDEN", why, NULL, NULL);
+    r->route = vram__http_match_route(url, &name, &name_len);
+    r->method = vram__http_method(method);
+    if (!vram__http_origin_ok(&h->guard, header(c, MHD_HTTP_HEADER_HOST), header(c, "Origin"),
+                             &why)) {
+        *ret = vram__http_send_error(c, r, 403, "FORBIDDEN", why, NULL, NULL);
         return 1;
     }
     if (r->route == R_OTHER) {
         snprintf(msg, sizeof msg, "no such endpoint: %.16s %.200s (GET / lists them)", method, url);
-        *ret = send_error(c, r, 404, "NOT_FOUND", msg, NULL, NULL);
+        *ret = vram__http_send_error(c, r, 404, "NOT_FOUND", msg, NULL, NULL);
         return 1;
     }
     if (name) {
         if (name_len == 0 || name_len >= sizeof r->name) {
-            *ret = send_error(c, r, 404, "NOT_FOUND",
+            *ret = vram__http_send_error(c, r, 404, "NOT_FOUND",
                               name_len ? "model name too long" : "no model name in the path", NULL,
                               NULL);
             return 1;
@@ -676,17 +198,18 @@ static int first_call(vram__http *h, struct MHD_Connection *c, request *r, const
         memcpy(r->name, name, name_len);
         r->name[name_len] = '\0';
     }
-    int allowed = r->route == R_MCP ? 1 : route_command(r) != NULL;
+    int allowed = r->route == R_MCP ? 1 : vram__http_route_command(r->route, r->method) != NULL;
     if (!allowed) {
         snprintf(msg, sizeof msg, "%.16s is not allowed on %s (allowed: %s)", method,
-                 routes[r->route].name, routes[r->route].allow);
-        *ret = send_error(c, r, 405, "METHOD_NOT_ALLOWED", msg, MHD_HTTP_HEADER_ALLOW,
-                          routes[r->route].allow);
+                 vram__http_routes[r->route].name, vram__http_routes[r->route].allow);
+        *ret = vram__http_send_error(c, r, 405, "METHOD_NOT_ALLOWED", msg, MHD_HTTP_HEADER_ALLOW,
+                          vram__http_routes[r->route].allow);
         return 1;
     }
     int changes = r->route == R_MCP || (r->method != M_GET && r->method != M_HEAD);
-    if (h->token[0] && changes && !authorized(h, c)) {
-        *ret = send_error(c, r, 401, "UNAUTHORIZED",
+    if (h->guard.token[0] && changes &&
+        !vram__http_authorized(&h->guard, header(c, MHD_HTTP_HEADER_AUTHORIZATION))) {
+        *ret = vram__http_send_error(c, r, 401, "UNAUTHORIZED",
                           "this request needs 'Authorization: Bearer TOKEN' (vramd runs with "
                           "--token / VRAM_TOKEN)",
                           "WWW-Authenticate", "Bearer realm=\"vramd\"");
@@ -700,7 +223,7 @@ static int first_call(vram__http *h, struct MHD_Connection *c, request *r, const
         if (errno || end == cl || n > VRAM__HTTP_BODY_MAX) {
             snprintf(msg, sizeof msg, "request body too large (limit %d bytes)",
                      VRAM__HTTP_BODY_MAX);
-            *ret = send_error(c, r, 413, "PAYLOAD_TOO_LARGE", msg, NULL, NULL);
+            *ret = vram__http_send_error(c, r, 413, "PAYLOAD_TOO_LARGE", msg, NULL, NULL);
             return 1;
         }
     }
@@ -711,7 +234,7 @@ static enum MHD_Result dispatch(vram__http *h, struct MHD_Connection *c, request
                                 const char *method)
 {
     if (r->route == R_MCP) return handle_mcp(h, c, r, method);
-    const char *cmd = route_command(r);
+    const char *cmd = vram__http_route_command(r->route, r->method);
     if (r->route == R_ROOT) return handle_root(h, c, r);
     if (r->route == R_METRICS) return handle_metrics(h, c, r);
     return handle_command(h, c, r, cmd);
@@ -740,7 +263,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     }
     if (r->job) {
         if (!__atomic_load_n(&r->job->done, __ATOMIC_ACQUIRE)) return MHD_YES;
-        return finish_job(c, r);
+        return vram__http_finish_job(c, r);
     }
     if (*upload_size) {
         size_t n = *upload_size;
@@ -768,7 +291,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     if (r->too_large) {
         char msg[120];
         snprintf(msg, sizeof msg, "request body too large (limit %d bytes)", VRAM__HTTP_BODY_MAX);
-        return send_error(c, r, 413, "PAYLOAD_TOO_LARGE", msg, NULL, NULL);
+        return vram__http_send_error(c, r, 413, "PAYLOAD_TOO_LARGE", msg, NULL, NULL);
     }
     (void)version;
     return dispatch(h, c, r, method);
@@ -786,7 +309,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
     if (r->log_url)
         vram_log(VRAM_LOG_DEBUG, "http: %s -> %u (%.3f ms)%s", r->log_url, r->status, dt * 1e3,
                   toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (connection ended early)");
-    job_free(r->job);
+    vram__http_job_free(r->job);
     free(r->body);
     free(r->log_url);
     free(r);
@@ -886,9 +409,13 @@ int vram__http_listen(const vram__http_opts *o, vram__http **out, char *err, siz
     }
     h->listen_fd = fd;
     h->port = port;
-    h->wildcard = wildcard;
-    snprintf(h->bind, sizeof h->bind, "%s", node);
-    snprintf(h->token, sizeof h->token, "%s", o->token ? o->token : "");
+    int rc = vram__http_guard_init(&h->guard, node, wildcard, o->token, o->allowed_hosts, err,
+                                   errlen);
+    if (rc < 0) {
+        close(fd);
+        free(h);
+        return rc;
+    }
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     h->threads = o->threads > 0 ? o->threads : (int)(ncpu < 2 ? 2 : ncpu > 16 ? 16 : ncpu);
     pthread_mutex_init(&h->lock, NULL);
@@ -907,7 +434,7 @@ int vram__http_start(vram__http *h, vram_manager *m, char *err, size_t errlen)
     h->m = m;
     h->mcp = vram__mcp_create(m);
     for (int i = 0; i < NROUTES; i++)
-        h->route_names[i] = routes[i].name;
+        h->route_names[i] = vram__http_routes[i].name;
     h->mx = vram__metrics_create(h->route_names, NROUTES);
     if (!h->mcp || !h->mx) {
         snprintf(err, errlen, "out of host memory");

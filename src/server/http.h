@@ -1,4 +1,4 @@
-/* http.h - vramd's HTTP server (libmicrohttpd thread pool): seed API, /api/v1, /metrics, /mcp. */
+/* http.h - the HTTP server (libmicrohttpd thread pool): seed API, /api/v1, /metrics, /mcp. */
 #ifndef VRAM_SERVER_HTTP_H
 #define VRAM_SERVER_HTTP_H
 
@@ -13,6 +13,7 @@ typedef struct vram__http_opts {
     const char *bind;  /* address to listen on ("127.0.0.1", "::1", "0.0.0.0", "localhost") */
     int port;          /* 0: any free port (see vram__http_port) */
     const char *token; /* "" or NULL: no authentication */
+    const char *allowed_hosts; /* comma-separated Host names accepted besides loopback and bind */
     int threads;       /* event threads; 0: one per CPU, at least 2 */
 } vram__http_opts;
 

@@ -740,6 +740,96 @@ static void test_monitor_thread_real_clock(void **state)
 
 /* ---- status JSON ---- */
 
+static int load_says_why(vram_model *model, void *user)
+{
+    (void)user;
+    void *p = NULL;
+    int rc = vram_model_alloc(model, 1 << 20, &p);
+    if (rc < 0) return rc;
+    return vram_set_error(VRAM_ELOAD, "checkpoint %s: tensor 'lm_head' is missing", "x.safetensors");
+}
+
+/* A load callback's own message (vram_set_error) becomes the model's last_error. */
+static void test_load_callback_message(void **state)
+{
+    (void)state;
+    vram_manager *m = fake_manager(64 * MiB);
+    vram_model_opts o;
+    vram_model_opts_init(&o);
+    o.load = load_says_why;
+    vram_model *model = NULL;
+    assert_int_equal(vram_manager_register(m, "cb", &o, &model), 0);
+    vram_lease *l = NULL;
+    assert_int_equal(vram_model_acquire(model, &l), VRAM_ELOAD);
+    assert_null(l);
+    assert_non_null(strstr(vram_last_error(), "tensor 'lm_head' is missing"));
+    vram_model_info mi;
+    assert_int_equal(vram_model_get_info(model, &mi, sizeof mi), 0);
+    assert_int_equal(mi.state, VRAM_STATE_UNLOADED);
+    assert_non_null(strstr(mi.last_error, "checkpoint x.safetensors: tensor 'lm_head' is missing"));
+    vram_device_status ds;
+    assert_int_equal(vram_manager_devices(m, &ds, 1, sizeof ds), 1);
+    assert_int_equal(ds.used_by_models_bytes, 0); /* every byte freed */
+    vram_manager_destroy(m);
+}
+
+/* Status as data: one snapshot, counts, and structs that grow only at their end. */
+static void test_status_structs(void **state)
+{
+    (void)state;
+    vram_manager *m = fake_manager(64 * MiB);
+    vram_model *a = add_synthetic(m, "a", "synthetic:2M:1");
+    add_synthetic(m, "b", "synthetic:1M:2");
+    assert_int_equal(vram_manager_models(m, NULL, 0, sizeof(vram_model_info)), 2);
+    vram_model_info mi[3];
+    memset(mi, 0x5a, sizeof mi);
+    assert_int_equal(vram_manager_models(m, mi, 1, sizeof mi[0]), 2); /* too small: says so */
+    assert_string_equal(mi[0].name, "a");
+    assert_int_equal((unsigned char)mi[1].name[0], 0x5a); /* beyond cap: untouched */
+    vram_lease *l = NULL;
+    assert_int_equal(vram_model_acquire(a, &l), 0);
+    assert_int_equal(vram_model_get_info(a, &mi[0], sizeof mi[0]), 0);
+    assert_int_equal(mi[0].state, VRAM_STATE_GPU);
+    assert_int_equal(mi[0].leases, 1);
+    assert_int_equal(mi[0].bytes, 2 * MiB);
+    assert_int_equal(mi[0].loads, 1);
+    assert_true(mi[0].idle_seconds == 0); /* leased: not idle */
+    vram_lease_end(l);
+    fake_now += 5;
+    assert_int_equal(vram_model_get_info(a, &mi[0], sizeof mi[0]), 0);
+    assert_true(mi[0].idle_seconds == 5);
+    assert_int_equal(mi[0].leases, 0);
+
+    /* an embedder compiled against a shorter struct gets exactly its bytes */
+    size_t old = offsetof(vram_model_info, bytes);
+    unsigned char buf[2 * sizeof(vram_model_info)];
+    memset(buf, 0xee, sizeof buf);
+    assert_int_equal(vram_manager_models(m, (vram_model_info *)(void *)buf, 2, old), 2);
+    assert_string_equal((const char *)buf, "a");
+    assert_string_equal((const char *)buf + old, "b");
+    assert_int_equal(buf[2 * old], 0xee);
+    /* and one compiled against a longer struct gets zeros past ours */
+    memset(buf, 0xee, sizeof buf);
+    assert_int_equal(vram_model_get_info(a, (vram_model_info *)(void *)buf, sizeof(vram_model_info) + 16), 0);
+    for (size_t i = sizeof(vram_model_info); i < sizeof(vram_model_info) + 16; i++)
+        assert_int_equal(buf[i], 0);
+
+    vram_device_status ds[2];
+    assert_int_equal(vram_manager_devices(m, ds, 2, sizeof ds[0]), 1);
+    assert_int_equal(ds[0].total_bytes, 64 * MiB);
+    assert_int_equal(ds[0].used_by_models_bytes, 2 * MiB);
+    vram_manager_info info;
+    assert_int_equal(vram_manager_get_info(m, &info, sizeof info), 0);
+    assert_string_equal(info.backend, "host");
+    assert_int_equal(info.models, 2);
+    assert_int_equal(info.devices, 1);
+    assert_int_equal(info.monitor_running, 0);
+    assert_int_equal(vram_manager_get_info(m, &info, 0), VRAM_EINVAL);
+    assert_int_equal(vram_model_get_info(NULL, &mi[0], sizeof mi[0]), VRAM_EINVAL);
+    assert_non_null(strstr(vram_last_error(), "required"));
+    vram_manager_destroy(m);
+}
+
 static void test_status_json(void **state)
 {
     (void)state;
@@ -968,6 +1058,8 @@ int main(void)
         cmocka_unit_test(test_host_budget),
         cmocka_unit_test(test_idle_timeout_fake_clock),
         cmocka_unit_test(test_monitor_thread_real_clock),
+        cmocka_unit_test(test_status_structs),
+        cmocka_unit_test(test_load_callback_message),
         cmocka_unit_test(test_status_json),
         cmocka_unit_test(test_registry_and_bad_arguments),
         cmocka_unit_test(test_status_survives_invalid_utf8),
