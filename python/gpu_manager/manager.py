@@ -140,6 +140,7 @@ class ModelManager(object):
         self._load_exc = (threading.get_ident(), e)
 
     def _run_load(self, model_ptr):
+        self._load_exc = None
         load_func = self._load_func
         if load_func is None:
             raise InvalidArgument("%s: the first get_model() needs load_func" % self.name)
@@ -238,11 +239,13 @@ class ModelManager(object):
         rc = lib.vram_model_acquire(self._ptr, ctypes.byref(lease))
         if rc < 0:
             err = _lib.make_error(rc, self.name)
-            rec, self._load_exc = self._load_exc, None
+            rec = self._load_exc
             if rc == _ELOAD and rec is not None:
                 ident, exc = rec
                 if ident == threading.get_ident():
+                    self._load_exc = None
                     raise exc  # load_func's own exception, with its traceback
+                # a thread that waited for another thread's failed load
                 raise LoadError(str(err.message)) from exc
             raise err
         try:

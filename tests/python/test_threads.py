@@ -94,3 +94,30 @@ def test_threads_on_two_models(manager):
 
     run_threads(6, worker)
     assert a.get_status()["loads"] == 1 and b.get_status()["loads"] == 1
+
+
+def test_concurrent_get_model_with_a_failing_load(manager):
+    import pytest
+    import gpu_manager
+    mm = manager.register_model(unique("failing"))
+    gate = threading.Barrier(6)
+    seen = []
+
+    def load():
+        raise ValueError("no such checkpoint")
+
+    def worker(i):
+        gate.wait()
+        try:
+            mm.get_model(load_func=load)
+        except ValueError as e:  # the thread that ran load_func: its own exception
+            seen.append(("own", str(e)))
+        except gpu_manager.LoadError as e:  # threads that waited for that load
+            assert "no such checkpoint" in str(e)
+            seen.append(("waited", str(e)))
+
+    run_threads(6, worker)
+    assert len(seen) == 6 and ("own", "no such checkpoint") in seen
+    assert mm.state == "unloaded" and used_bytes(manager) == 0
+    with pytest.raises(ValueError):
+        mm.get_model(load_func=load)
