@@ -235,8 +235,12 @@ class ModelManager(object):
 
     # ---- leases ----
     def _acquire(self):
+        ptr = self._ptr
+        if ptr is None:
+            raise StaleModule("%s: the model was unregistered or its manager closed"
+                              % self.name)
         lease = ctypes.c_void_p()
-        rc = lib.vram_model_acquire(self._ptr, ctypes.byref(lease))
+        rc = lib.vram_model_acquire(ptr, ctypes.byref(lease))
         if rc < 0:
             err = _lib.make_error(rc, self.name)
             rec = self._load_exc
@@ -775,6 +779,8 @@ class GPUManager(object):
             self._ticker = None
         if self._owned and self._m:
             m, self._m = self._m, None
+            for mm in self.managers.values():
+                mm._ptr = None  # its module's calls now raise StaleModule
             lib.vram_manager_destroy(m)
             with _registry_lock:
                 for mm in self.managers.values():

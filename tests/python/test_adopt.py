@@ -209,3 +209,12 @@ def test_register_is_idempotent_and_status_dict(manager):
     assert "monitor_running" not in json.loads(json.dumps(st))
     with pytest.raises(KeyError):
         st["no such model"]
+
+
+def test_module_of_a_closed_manager_raises():
+    m = gpu_manager.GPUManager(config={"VRAM_HOST_MEMORY": "64M"})
+    mm = m.register_model("short-lived")
+    model = mm.get_model(lambda: build_tiny(0))
+    m.close()
+    with pytest.raises(gpu_manager.StaleModule):
+        model(inputs())
