@@ -19,7 +19,7 @@
 #include "backend/nvml.h"
 #include "core/config.h"
 #include "base/base.h"
-#include "loader/st_parse.h"
+#include "common/st_write.h"
 #include "vram.h"
 
 /* Exit codes. */
@@ -963,7 +963,7 @@ static int cmd_make_model(int argc, char **argv)
         die(EXIT_USAGE, "usage: vramctl make-model PATH --size SIZE [--dtypes BF16,F32] "
                         "[--seed N] [--shards N]");
     char err[512] = "";
-    int rc = vram__safetensors_make_model(path, size, dtypes, seed, shards, err, sizeof err);
+    int rc = st_make_model(path, size, dtypes, seed, shards, err, sizeof err);
     if (rc < 0) die(EXIT_FAILED, "make-model: %s", err[0] ? err : vram_strerror(rc));
     char h[32];
     human_size((double)size, h, sizeof h);

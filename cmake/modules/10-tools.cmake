@@ -34,8 +34,8 @@ target_link_libraries(vramd PRIVATE vram_server)
 
 add_executable(vramctl tools/vramctl.c)
 target_include_directories(vramctl PRIVATE include src)
-target_link_libraries(vramctl PRIVATE vram_static PkgConfig::CURL PkgConfig::JANSSON
-                      Threads::Threads)
+target_link_libraries(vramctl PRIVATE vram_static vram_tools_common PkgConfig::CURL
+                      PkgConfig::JANSSON Threads::Threads)
 
 install(TARGETS vramd vramctl RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 
