@@ -1,4 +1,4 @@
-/* tools_api.c - the public "For tools" section of vram.h: flags, option help, the GPU picker, the checksum in pieces. */
+/* tools_api.c - vram.h's "For tools" section: flags, option help, GPU pick, checksum in pieces. */
 #include "backend/nvml.h"
 #include "base/base.h"
 #include "core/config.h"

@@ -1,4 +1,4 @@
-/* test_tools_api.c - unit tests of vram.h's "For tools" section: flags, option help, the GPU picker, the checksum in pieces. */
+/* test_tools_api.c - unit tests of vram.h's "For tools" section (flags, GPU pick, checksum). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
