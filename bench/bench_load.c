@@ -13,7 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "loader/st_parse.h"
+#include "common/st_write.h"
 #include "vram.h"
 
 #define READ_CHUNK ((size_t)16 << 20)
@@ -245,7 +245,7 @@ int main(int argc, char **argv)
     if (!(reuse && stat(path, &st) == 0)) {
         char err[512];
         double t0 = now();
-        int rc = vram__safetensors_make_model(path, size, dtypes, 1, 1, err, sizeof err);
+        int rc = st_make_model(path, size, dtypes, 1, 1, err, sizeof err);
         if (rc < 0) {
             fprintf(stderr, "bench_load: make_model: %s\n", err);
             return 1;

@@ -424,6 +424,50 @@ VRAM_API int vram_model_find_tensor(vram_model *model, const char *name,
 VRAM_API void vram_model_load_progress(vram_model *model, uint64_t *done,
                                        uint64_t *total);
 
+/* ------------------------------------------------------------------------ */
+/* For tools: what vramd and vramctl need beyond the embedding API above:   */
+/* the option table's command-line flags, the GPU picker, the checksum in   */
+/* pieces. Stable like the rest, but of little use to an embedder.          */
+/* ------------------------------------------------------------------------ */
+
+/* Sets the option whose command-line flag is flag ("--port", "--gpu-budget",
+ * "--url") from value, as vram_config_set does for its variable; the message
+ * in err (errlen bytes) names the flag. With value NULL a flag written
+ * "--port=7000" is split at the '='. Returns 0, or VRAM_ECONFIG for an
+ * unknown flag or a bad value; cfg is unchanged on failure. */
+VRAM_API int vram_config_set_flag(vram_config *cfg, const char *flag, const char *value,
+                                  char *err, size_t errlen);
+
+/* Writes one --help line per option of the table to file (a FILE*; NULL:
+ * stdout): "  --gpu-budget SIZE|PCT   VRAM_GPU_BUDGET, default 100%: help". */
+VRAM_API void vram_config_print_help(void *file /* FILE* */);
+
+/* Picks the idlest GPU as NVML reports it: the most free memory, free
+ * memory within 256 MiB of the most counting as a tie; among ties the
+ * lowest utilization, then the most free memory, then the lowest index (a
+ * device that cannot report utilization, MIG, ranks last). NVML is $VRAM_NVML_LIBRARY, else libnvidia-ml.so.1, loaded, used
+ * and shut down within the call; the CUDA driver is not touched and the
+ * environment is left alone. On success writes the device's UUID
+ * ("GPU-...") into uuid_out (len bytes), its NVML index into *index_out
+ * (when not NULL; NVML counts by PCI bus, which may differ from CUDA's
+ * order: pin by UUID) and one line telling why into why (whylen bytes),
+ * and returns 0. Without NVML or without a device returns VRAM_ENODEV with
+ * the reason in why, and makes no guess. */
+VRAM_API int vram_gpu_pick(char *uuid_out, size_t len, int *index_out, char *why,
+                           size_t whylen);
+
+/* vram_checksum in pieces, for data that never sits in one buffer: start
+ * with sum = 0, add each piece with vram_checksum_update (offset = where
+ * the piece starts in the whole, a multiple of 8; so every piece but the
+ * last is a multiple of 8 bytes long), then vram_checksum_finish with the
+ * whole length. vram_checksum(p, n) equals
+ * vram_checksum_finish(vram_checksum_update(0, p, n, 0), n). Pieces may be
+ * added in any order (the sum is commutative). An offset that is not a
+ * multiple of 8 gives a meaningless sum. */
+VRAM_API uint64_t vram_checksum_update(uint64_t sum, const void *data, size_t bytes,
+                                       uint64_t offset);
+VRAM_API uint64_t vram_checksum_finish(uint64_t sum, uint64_t total_bytes);
+
 #ifdef __cplusplus
 }
 #endif

@@ -32,10 +32,13 @@ install(FILES ${CMAKE_BINARY_DIR}/vram-server.pc DESTINATION ${CMAKE_INSTALL_LIB
 add_executable(vramd tools/vramd.c)
 target_link_libraries(vramd PRIVATE vram_server)
 
-add_executable(vramctl tools/vramctl.c)
-target_include_directories(vramctl PRIVATE include src)
-target_link_libraries(vramctl PRIVATE vram_static PkgConfig::CURL PkgConfig::JANSSON
-                      Threads::Threads)
+# vramctl sees the public headers only (include/, tools/common)
+file(GLOB VRAMCTL_SOURCES CONFIGURE_DEPENDS tools/vramctl/*.c)
+add_executable(vramctl ${VRAMCTL_SOURCES})
+target_include_directories(vramctl PRIVATE include)
+target_compile_definitions(vramctl PRIVATE _GNU_SOURCE=)
+target_link_libraries(vramctl PRIVATE vram_static vram_tools_common PkgConfig::CURL
+                      PkgConfig::JANSSON Threads::Threads)
 
 install(TARGETS vramd vramctl RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 

@@ -23,6 +23,7 @@
 #include "backend/backend.h"
 #include "base/base.h"
 #include "loader/source.h"
+#include "common/st_write.h"
 #include "loader/st_parse.h"
 #include "vram.h"
 
@@ -328,8 +329,7 @@ static void test_make_model_single(void **state)
     (void)state;
     const char *p = tmp_path("model.safetensors");
     char err[256];
-    assert_int_equal(vram__safetensors_make_model(p, 3 * MiB, "BF16,F32", 7, 1, err, sizeof err),
-                     0);
+    assert_int_equal(st_make_model(p, 3 * MiB, "BF16,F32", 7, 1, err, sizeof err), 0);
     struct stat st;
     assert_int_equal(stat(p, &st), 0);
     assert_true(st.st_size > (off_t)(2 * MiB) && st.st_size < (off_t)(5 * MiB));
@@ -377,7 +377,7 @@ static void test_make_model_sharded(void **state)
     (void)state;
     const char *dir = tmp_path("ckpt");
     char err[256];
-    int rc = vram__safetensors_make_model(dir, 3 * MiB, "F16", 11, 3, err, sizeof err);
+    int rc = st_make_model(dir, 3 * MiB, "F16", 11, 3, err, sizeof err);
     if (rc) fail_msg("make_model: %s", err);
     const char *files[] = {tmp_path("ckpt/model-00001-of-00003.safetensors"),
                            tmp_path("ckpt/model-00002-of-00003.safetensors"),
@@ -403,16 +403,14 @@ static void test_make_model_sharded(void **state)
     /* a single-file model into an existing directory lands at dir/model.safetensors */
     const char *d2 = tmp_path("single");
     assert_int_equal(mkdir(d2, 0755), 0);
-    assert_int_equal(vram__safetensors_make_model(d2, 1 * MiB, NULL, 1, 1, err, sizeof err), 0);
+    assert_int_equal(st_make_model(d2, 1 * MiB, NULL, 1, 1, err, sizeof err), 0);
     assert_int_equal(access(tmp_path("single/model.safetensors"), F_OK), 0);
     /* bad arguments */
-    assert_int_equal(
-        vram__safetensors_make_model(tmp_path("x"), 1 * MiB, "F12", 1, 1, err, sizeof err),
-        VRAM_EINVAL);
+    assert_int_equal(st_make_model(tmp_path("x"), 1 * MiB, "F12", 1, 1, err, sizeof err),
+                     VRAM_EINVAL);
     assert_contains(err, "unknown dtype 'F12'");
-    assert_int_equal(
-        vram__safetensors_make_model(tmp_path("y"), 64 << 10, "BF16", 1, 100000, err, sizeof err),
-        VRAM_EINVAL);
+    assert_int_equal(st_make_model(tmp_path("y"), 64 << 10, "BF16", 1, 100000, err, sizeof err),
+                     VRAM_EINVAL);
 }
 
 static void test_make_model_every_dtype(void **state)
@@ -420,15 +418,14 @@ static void test_make_model_every_dtype(void **state)
     (void)state;
     const char *p = tmp_path("mixed.safetensors");
     char err[256];
-    int rc = vram__safetensors_make_model(
+    int rc = st_make_model(
         p, 2 * MiB,
         "BOOL,F4,F6_E2M3,F6_E3M2,U8,I8,F8_E5M2,F8_E4M3,F8_E8M0,I16,U16,F16,BF16,I32,U32,F32", 3, 1,
         err, sizeof err);
     if (rc) fail_msg("make_model: %s", err);
     const char *files[] = {p};
     roundtrip(p, files, 1, 64 << 10);
-    assert_int_equal(
-        vram__safetensors_make_model(p, 2 * MiB, "C64,F64,I64,U64", 3, 1, err, sizeof err), 0);
+    assert_int_equal(st_make_model(p, 2 * MiB, "C64,F64,I64,U64", 3, 1, err, sizeof err), 0);
     roundtrip(p, files, 1, 0);
 }
 
@@ -839,7 +836,7 @@ static void test_reload_and_changed_file(void **state)
     (void)state;
     const char *p = tmp_path("m.safetensors");
     char err[256];
-    assert_int_equal(vram__safetensors_make_model(p, 1 * MiB, "BF16", 5, 1, err, sizeof err), 0);
+    assert_int_equal(st_make_model(p, 1 * MiB, "BF16", 5, 1, err, sizeof err), 0);
     vram_source *s = NULL;
     assert_int_equal(vram__safetensors_open(p, &s), 0);
     unsigned char *a = load_to_host(s, 0);
@@ -908,7 +905,7 @@ static void test_load_backend_failures(void **state)
     (void)state;
     const char *p = tmp_path("f.safetensors");
     char err[256];
-    assert_int_equal(vram__safetensors_make_model(p, 2 * MiB, "F32", 9, 1, err, sizeof err), 0);
+    assert_int_equal(st_make_model(p, 2 * MiB, "F32", 9, 1, err, sizeof err), 0);
     vram_source *s = NULL;
     assert_int_equal(vram__safetensors_open(p, &s), 0);
     const char *ops[] = {"to_device", "host_alloc"};
@@ -945,12 +942,10 @@ static void test_direct_and_staged_agree(void **state)
     (void)state;
     const char *dir = tmp_path("ckpt");
     char err[256];
-    int rc = vram__safetensors_make_model(dir, 3 * MiB, "BOOL,F16,F6_E2M3,BF16,U8,F32", 21, 3, err,
-                                          sizeof err);
+    int rc = st_make_model(dir, 3 * MiB, "BOOL,F16,F6_E2M3,BF16,U8,F32", 21, 3, err, sizeof err);
     if (rc) fail_msg("make_model: %s", err);
     const char *single = tmp_path("one.safetensors");
-    assert_int_equal(
-        vram__safetensors_make_model(single, 5 * MiB / 2, "I8,F64", 4, 1, err, sizeof err), 0);
+    assert_int_equal(st_make_model(single, 5 * MiB / 2, "I8,F64", 4, 1, err, sizeof err), 0);
     const char *specs[] = {dir, single, FIXTURES "/sharded", FIXTURES "/non_sharded"};
     const uint64_t chunks[] = {0, 64 << 10, 200 << 10, 1 * MiB};
     for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++) {
@@ -992,8 +987,7 @@ static void test_load_io_faults(void **state)
     (void)state;
     const char *p = tmp_path("io.safetensors");
     char err[256];
-    assert_int_equal(vram__safetensors_make_model(p, 2 * MiB, "BF16,F32", 13, 1, err, sizeof err),
-                     0);
+    assert_int_equal(st_make_model(p, 2 * MiB, "BF16,F32", 13, 1, err, sizeof err), 0);
     vram_source *s = NULL;
     assert_int_equal(vram__safetensors_open(p, &s), 0);
     unsigned char *want = load_range(s, 0, 1, NULL);
@@ -1056,8 +1050,7 @@ static void test_manager_api(void **state)
     (void)state;
     const char *dir = tmp_path("api");
     char err[256];
-    assert_int_equal(vram__safetensors_make_model(dir, 2 * MiB, "BF16,F32", 3, 2, err, sizeof err),
-                     0);
+    assert_int_equal(st_make_model(dir, 2 * MiB, "BF16,F32", 3, 2, err, sizeof err), 0);
     vram_config cfg;
     vram_config_init(&cfg);
     cfg.backend = VRAM_BACKEND_HOST;

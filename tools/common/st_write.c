@@ -1,4 +1,4 @@
-/* st_write.c - writes synthetic LLaMA-like safetensors models (single files and sharded checkpoints) for demos, tests and benchmarks. */
+/* st_write.c - writes synthetic LLaMA-like safetensors models, single files or sharded. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -14,26 +14,74 @@
 
 #include <jansson.h>
 
-#include "base/base.h"
-#include "loader/st_parse.h"
+#include "common/st_write.h"
+#include "vram.h"
 
 #define MW_MAX_DTYPES 16
 #define MW_BUF ((size_t)8 << 20)
 
+/* The dtypes of the safetensors format and their widths in bits (the
+ * writer's own copy: libvram's parser keeps its table private). */
+typedef struct mw_dtype {
+    const char *name;
+    unsigned bits;
+} mw_dtype;
+
+static const mw_dtype mw_dtypes[] = {
+    {"BOOL", 8}, {"F4", 4},      {"F6_E2M3", 6}, {"F6_E3M2", 6}, {"U8", 8},
+    {"I8", 8},   {"F8_E5M2", 8}, {"F8_E4M3", 8}, {"F8_E8M0", 8}, {"I16", 16},
+    {"U16", 16}, {"F16", 16},    {"BF16", 16},   {"I32", 32},    {"U32", 32},
+    {"F32", 32}, {"C64", 64},    {"F64", 64},    {"I64", 64},    {"U64", 64},
+};
+
+static const mw_dtype *dtype_find(const char *name)
+{
+    for (size_t i = 0; i < sizeof mw_dtypes / sizeof mw_dtypes[0]; i++)
+        if (!strcmp(mw_dtypes[i].name, name)) return &mw_dtypes[i];
+    return NULL;
+}
+
+/* Bytes of a tensor of dt with this shape; -1 when the count overflows or
+ * does not end on a byte boundary. */
+static int tensor_bytes(const mw_dtype *dt, int ndim, const int64_t *shape, uint64_t *bytes)
+{
+    uint64_t elems = 1, bits = 0;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0) return -1;
+        if (__builtin_mul_overflow(elems, (uint64_t)shape[i], &elems)) return -1;
+    }
+    if (__builtin_mul_overflow(elems, (uint64_t)dt->bits, &bits)) return -1;
+    if (bits % 8 != 0) return -1;
+    *bytes = bits / 8;
+    return 0;
+}
+
 typedef struct mw_tensor {
     char name[96];
-    const vram__st_dtype *dtype;
+    const mw_dtype *dtype;
     int ndim;
     int64_t shape[2];
     uint64_t bytes;
     int shard;
 } mw_tensor;
 
-/* Sets the message in err (and the thread's detail) and returns code. */
-#define mw_fail vram__errorf_to
+/* Writes the message into err (errlen bytes, err may be NULL) and as the
+ * thread's vram_last_error(), and returns code. */
+static int mw_fail(char *err, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int mw_fail(char *err, size_t errlen, int code, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (err && errlen) snprintf(err, errlen, "%s", msg);
+    return vram_set_error(code, "%s", msg);
+}
 
 /* Splits "BF16,F32" into dtypes; returns the count or a negative code. */
-static int parse_dtypes(const char *text, const vram__st_dtype **out, char *err, size_t errlen)
+static int parse_dtypes(const char *text, const mw_dtype **out, char *err, size_t errlen)
 {
     if (!text || !*text) text = "BF16";
     int n = 0;
@@ -50,7 +98,7 @@ static int parse_dtypes(const char *text, const vram__st_dtype **out, char *err,
         if (len >= sizeof name) len = sizeof name - 1;
         memcpy(name, p, len);
         name[len] = '\0';
-        const vram__st_dtype *dt = vram__st_dtype_find(name);
+        const mw_dtype *dt = dtype_find(name);
         if (!dt)
             return mw_fail(err, errlen, VRAM_EINVAL,
                            "unknown dtype '%s' (use e.g. BF16, F16, F32, F8_E4M3, I8, U8)", name);
@@ -138,7 +186,7 @@ static int write_shard(const char *path, const mw_tensor *t, size_t first, size_
     json_decref(root);
     if (!text) return mw_fail(err, errlen, VRAM_EHOSTMEM, "%s: out of host memory", path);
     size_t len = strlen(text);
-    size_t padded = (size_t)vram__round_up(len, 8);
+    size_t padded = (len + 7) / 8 * 8;
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         free(text);
@@ -196,44 +244,11 @@ static int write_index(const char *path, const mw_tensor *t, size_t n, const cha
     return 0;
 }
 
-/* See st_parse.h. Builds the tensor list, splits it into shards of about
- * equal bytes (none empty), writes each file and the index; on failure
- * removes every file it wrote. */
-int vram__safetensors_make_model(const char *out_path, uint64_t total_bytes, const char *dtypes,
-                                 uint64_t seed, int shards, char *err, size_t errlen)
+/* The LLaMA-like tensor list of the shape choose_shape picked: names and
+ * shapes into t (3 + 9 * layers entries), dtypes and bytes left to
+ * assign_dtypes. */
+static void list_tensors(mw_tensor *t, uint64_t h, uint64_t inter, uint64_t vocab, uint64_t layers)
 {
-    if (err && errlen) err[0] = '\0';
-    if (!out_path || !*out_path) return mw_fail(err, errlen, VRAM_EINVAL, "no output path");
-    if (total_bytes == 0) return mw_fail(err, errlen, VRAM_EINVAL, "model size must be above 0");
-    const vram__st_dtype *dts[MW_MAX_DTYPES];
-    int ndt = parse_dtypes(dtypes, dts, err, errlen);
-    if (ndt < 0) return ndt;
-    if (shards < 1) shards = 1;
-    if (shards > 99999) return mw_fail(err, errlen, VRAM_EINVAL, "at most 99999 shards");
-
-    double avg_bits = 0;
-    for (int i = 0; i < ndt; i++)
-        avg_bits += dts[i]->bits;
-    avg_bits /= ndt;
-    uint64_t h, inter, vocab, layers;
-    choose_shape(total_bytes, avg_bits, &h, &inter, &vocab, &layers);
-
-    size_t n = (size_t)(3 + 9 * layers);
-    if ((size_t)shards > n)
-        return mw_fail(err, errlen, VRAM_EINVAL,
-                       "%d shards but the model of about %" PRIu64 " bytes has only %zu tensors",
-                       shards, total_bytes, n);
-    mw_tensor *t = calloc(n, sizeof *t);
-    unsigned char *buf = malloc(MW_BUF);
-    char **names = calloc((size_t)shards, sizeof *names);
-    char **written = calloc((size_t)shards + 1, sizeof *written);
-    size_t nwritten = 0;
-    char *dir = NULL;
-    int rc = 0;
-    if (!t || !buf || !names || !written) {
-        rc = mw_fail(err, errlen, VRAM_EHOSTMEM, "out of host memory");
-        goto out;
-    }
     size_t k = 0;
 #define MW_ADD(r, c, fmt, ...)                                                                     \
     do {                                                                                           \
@@ -258,17 +273,28 @@ int vram__safetensors_make_model(const char *out_path, uint64_t total_bytes, con
     MW_ADD(h, 0, "%s", "model.norm.weight");
     MW_ADD(vocab, h, "%s", "lm_head.weight");
 #undef MW_ADD
-    uint64_t total = 0;
+}
+
+/* Gives tensor i dtype dts[i % ndt] and its byte count; sums them into
+ * *total. VRAM_EINVAL when a tensor has no whole byte count. */
+static int assign_dtypes(mw_tensor *t, size_t n, const mw_dtype *const *dts, int ndt,
+                         uint64_t *total, char *err, size_t errlen)
+{
+    *total = 0;
     for (size_t i = 0; i < n; i++) {
         t[i].dtype = dts[i % (size_t)ndt];
-        if (vram__st_tensor_bytes(t[i].dtype, t[i].ndim, t[i].shape, &t[i].bytes) < 0) {
-            rc = mw_fail(err, errlen, VRAM_EINVAL, "tensor %s of %s has no whole byte count",
-                         t[i].name, t[i].dtype->name);
-            goto out;
-        }
-        total += t[i].bytes;
+        if (tensor_bytes(t[i].dtype, t[i].ndim, t[i].shape, &t[i].bytes) < 0)
+            return mw_fail(err, errlen, VRAM_EINVAL, "tensor %s of %s has no whole byte count",
+                           t[i].name, t[i].dtype->name);
+        *total += t[i].bytes;
     }
-    /* shards: contiguous groups of about equal bytes, none empty */
+    return 0;
+}
+
+/* Splits the tensors into shards contiguous groups of about equal bytes,
+ * none empty (n >= shards). */
+static void split_shards(mw_tensor *t, size_t n, uint64_t total, int shards)
+{
     uint64_t cum = 0;
     int prev = 0;
     for (size_t i = 0; i < n; i++) {
@@ -282,87 +308,145 @@ int vram__safetensors_make_model(const char *out_path, uint64_t total_bytes, con
         t[i].shard = prev = s;
         cum += t[i].bytes;
     }
+}
 
+/* What one call writes, and what it must free (and, on failure, remove). */
+typedef struct mw_plan {
+    const char *out_path;
+    uint64_t seed;
+    int shards;
+    mw_tensor *t;
+    size_t n;
+    uint64_t total; /* bytes of every tensor */
+    int is_dir;     /* out_path is (or became) a directory */
+    char **names;   /* shards file names */
+    char **written; /* paths created so far (shards + 1 slots) */
+    size_t nwritten;
+    unsigned char *buf; /* MW_BUF bytes of scratch */
+} mw_plan;
+
+/* Makes out_path a directory when more than one shard goes there, and the
+ * shard file names. */
+static int plan_files(mw_plan *p, char *err, size_t errlen)
+{
     struct stat st;
-    int is_dir = stat(out_path, &st) == 0 && S_ISDIR(st.st_mode);
-    if (shards > 1 && !is_dir) {
-        if (mkdir(out_path, 0755) < 0) {
-            rc = mw_fail(err, errlen, VRAM_EIO, "%s: cannot create directory: %s", out_path,
-                         strerror(errno));
-            goto out;
-        }
-        is_dir = 1;
+    p->is_dir = stat(p->out_path, &st) == 0 && S_ISDIR(st.st_mode);
+    if (p->shards > 1 && !p->is_dir) {
+        if (mkdir(p->out_path, 0755) < 0)
+            return mw_fail(err, errlen, VRAM_EIO, "%s: cannot create directory: %s", p->out_path,
+                           strerror(errno));
+        p->is_dir = 1;
     }
-    dir = strdup(out_path);
-    if (!dir) {
+    for (int s = 0; s < p->shards; s++) {
+        char base[64];
+        if (p->shards == 1)
+            snprintf(base, sizeof base, "model.safetensors");
+        else
+            snprintf(base, sizeof base, "model-%05d-of-%05d.safetensors", s + 1, p->shards);
+        p->names[s] = strdup(base);
+        if (!p->names[s]) return mw_fail(err, errlen, VRAM_EHOSTMEM, "out of host memory");
+    }
+    return 0;
+}
+
+/* A new path under out_path (or out_path itself for name NULL), recorded in
+ * p->written so that a failure removes it; NULL when out of memory. */
+static char *plan_path(mw_plan *p, const char *name)
+{
+    char *path;
+    if (!name) {
+        path = strdup(p->out_path);
+    } else {
+        size_t len = strlen(p->out_path) + strlen(name) + 2;
+        path = malloc(len);
+        if (path) snprintf(path, len, "%s/%s", p->out_path, name);
+    }
+    if (path) p->written[p->nwritten++] = path;
+    return path;
+}
+
+/* Writes every shard, then (sharded) the index. */
+static int write_files(mw_plan *p, char *err, size_t errlen)
+{
+    uint64_t stream = 0;
+    size_t first = 0;
+    for (int s = 0; s < p->shards; s++) {
+        size_t last = first;
+        while (last < p->n && p->t[last].shard == s)
+            last++;
+        char *path = plan_path(p, p->shards == 1 && !p->is_dir ? NULL : p->names[s]);
+        if (!path) return mw_fail(err, errlen, VRAM_EHOSTMEM, "out of host memory");
+        int rc = write_shard(path, p->t, first, last, p->seed, stream, p->buf, err, errlen);
+        if (rc < 0) return rc;
+        for (size_t i = first; i < last; i++)
+            stream += p->t[i].bytes;
+        first = last;
+    }
+    if (p->shards == 1) return 0;
+    char *path = plan_path(p, "model.safetensors.index.json");
+    if (!path) return mw_fail(err, errlen, VRAM_EHOSTMEM, "out of host memory");
+    return write_index(path, p->t, p->n, (const char *const *)p->names, p->total, err, errlen);
+}
+
+/* See st_write.h. Builds the tensor list, splits it into shards, writes
+ * each file and the index; on failure removes every file it wrote. */
+int st_make_model(const char *out_path, uint64_t total_bytes, const char *dtypes, uint64_t seed,
+                  int shards, char *err, size_t errlen)
+{
+    if (err && errlen) err[0] = '\0';
+    if (!out_path || !*out_path) return mw_fail(err, errlen, VRAM_EINVAL, "no output path");
+    if (total_bytes == 0) return mw_fail(err, errlen, VRAM_EINVAL, "model size must be above 0");
+    const mw_dtype *dts[MW_MAX_DTYPES];
+    int ndt = parse_dtypes(dtypes, dts, err, errlen);
+    if (ndt < 0) return ndt;
+    if (shards < 1) shards = 1;
+    if (shards > 99999) return mw_fail(err, errlen, VRAM_EINVAL, "at most 99999 shards");
+
+    double avg_bits = 0;
+    for (int i = 0; i < ndt; i++)
+        avg_bits += dts[i]->bits;
+    avg_bits /= ndt;
+    uint64_t h, inter, vocab, layers;
+    choose_shape(total_bytes, avg_bits, &h, &inter, &vocab, &layers);
+
+    size_t n = (size_t)(3 + 9 * layers);
+    if ((size_t)shards > n)
+        return mw_fail(err, errlen, VRAM_EINVAL,
+                       "%d shards but the model of about %" PRIu64 " bytes has only %zu tensors",
+                       shards, total_bytes, n);
+    mw_plan p = {.out_path = out_path, .seed = seed, .shards = shards, .n = n};
+    p.t = calloc(n, sizeof *p.t);
+    p.buf = malloc(MW_BUF);
+    p.names = calloc((size_t)shards, sizeof *p.names);
+    p.written = calloc((size_t)shards + 1, sizeof *p.written);
+    int rc = 0;
+    if (!p.t || !p.buf || !p.names || !p.written) {
         rc = mw_fail(err, errlen, VRAM_EHOSTMEM, "out of host memory");
         goto out;
     }
-    for (int s = 0; s < shards; s++) {
-        char base[64];
-        if (shards == 1)
-            snprintf(base, sizeof base, "model.safetensors");
-        else
-            snprintf(base, sizeof base, "model-%05d-of-%05d.safetensors", s + 1, shards);
-        names[s] = strdup(base);
-        if (!names[s]) {
-            rc = mw_fail(err, errlen, VRAM_EHOSTMEM, "out of host memory");
-            goto out;
-        }
-    }
-    uint64_t stream = 0;
-    size_t first = 0;
-    for (int s = 0; s < shards; s++) {
-        size_t last = first;
-        while (last < n && t[last].shard == s)
-            last++;
-        char *path;
-        if (shards == 1 && !is_dir) {
-            path = strdup(out_path);
-        } else {
-            size_t len = strlen(dir) + strlen(names[s]) + 2;
-            path = malloc(len);
-            if (path) snprintf(path, len, "%s/%s", dir, names[s]);
-        }
-        if (!path) {
-            rc = mw_fail(err, errlen, VRAM_EHOSTMEM, "out of host memory");
-            goto out;
-        }
-        written[nwritten++] = path;
-        rc = write_shard(path, t, first, last, seed, stream, buf, err, errlen);
-        if (rc < 0) goto out;
-        for (size_t i = first; i < last; i++)
-            stream += t[i].bytes;
-        first = last;
-    }
-    if (shards > 1) {
-        size_t len = strlen(dir) + 40;
-        char *path = malloc(len);
-        if (!path) {
-            rc = mw_fail(err, errlen, VRAM_EHOSTMEM, "out of host memory");
-            goto out;
-        }
-        snprintf(path, len, "%s/model.safetensors.index.json", dir);
-        written[nwritten++] = path;
-        rc = write_index(path, t, n, (const char *const *)names, total, err, errlen);
-        if (rc < 0) goto out;
-    }
-    vram__log(VRAM_LOG_DEBUG,
-              "make-model %s: %zu tensors, %" PRIu64 " bytes, hidden %" PRIu64 ", %" PRIu64
-              " layers, %d shard(s)",
-              out_path, n, total, h, layers, shards);
+    list_tensors(p.t, h, inter, vocab, layers);
+    rc = assign_dtypes(p.t, n, dts, ndt, &p.total, err, errlen);
+    if (rc < 0) goto out;
+    split_shards(p.t, n, p.total, shards);
+    rc = plan_files(&p, err, errlen);
+    if (rc < 0) goto out;
+    rc = write_files(&p, err, errlen);
+    if (rc < 0) goto out;
+    vram_log(VRAM_LOG_DEBUG,
+             "make-model %s: %zu tensors, %" PRIu64 " bytes, hidden %" PRIu64 ", %" PRIu64
+             " layers, %d shard(s)",
+             out_path, n, p.total, h, layers, shards);
 out:
-    for (size_t i = 0; i < nwritten; i++) {
-        if (rc < 0) unlink(written[i]);
-        free(written[i]);
+    for (size_t i = 0; i < p.nwritten; i++) {
+        if (rc < 0) unlink(p.written[i]);
+        free(p.written[i]);
     }
-    if (names)
+    if (p.names)
         for (int s = 0; s < shards; s++)
-            free(names[s]);
-    free(names);
-    free(written);
-    free(dir);
-    free(buf);
-    free(t);
+            free(p.names[s]);
+    free(p.names);
+    free(p.written);
+    free(p.buf);
+    free(p.t);
     return rc;
 }
