@@ -11,9 +11,6 @@
 #include <strings.h>
 #include <unistd.h>
 
-#include "backend/nvml.h"
-#include "core/config.h"
-#include "base/base.h"
 #include "vram.h"
 #include "vram_server.h"
 
@@ -63,7 +60,7 @@ static void usage(FILE *f)
             "\n"
             "Options of the configuration table (flag VALUE, then its variable and default).\n"
             "Each is read from the flag, else the environment, else ./.env:\n");
-    vram__config_print_help(f);
+    vram_config_print_help(f);
     fprintf(f,
             "\n"
             "Stop with SIGINT or SIGTERM: requests in flight finish (up to %.0f s), models are\n"
@@ -211,7 +208,7 @@ static void apply(settings *s, const char *flag, const char *value, const char *
         if (!s->gpu) die(EXIT_RUNTIME, "out of memory");
     } else {
         if (!value) die(EXIT_USAGE, "%s%s needs a value (see vramd --help)", where, flag);
-        if (vram__config_set_flag(&s->cfg, flag, value, err, sizeof err) < 0)
+        if (vram_config_set_flag(&s->cfg, flag, value, err, sizeof err) < 0)
             die(EXIT_USAGE, "%s%s", where, err);
     }
 }
@@ -342,7 +339,7 @@ static void choose_gpu(settings *s)
     if (!strcmp(s->gpu, "auto")) {
         char why[1024];
         int index = -1;
-        if (vram__nvml_pick(chosen, sizeof chosen, &index, why, sizeof why) < 0) {
+        if (vram_gpu_pick(chosen, sizeof chosen, &index, why, sizeof why) < 0) {
             vram_log(VRAM_LOG_WARN, "--gpu auto: %s; keeping the default devices", why);
             return;
         }

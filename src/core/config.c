@@ -12,7 +12,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "config.h"
+#include "core/config.h"
 #include "base/base.h"
 
 /* ------------------------------------------------------------------------ */

@@ -1,4 +1,4 @@
-/* st_parse.h - safetensors header and index validation over memory buffers, and the synthetic model writer. */
+/* st_parse.h - safetensors header and index validation over memory buffers (the synthetic model writer is tools/common/st_write.h). */
 #ifndef VRAM_ST_PARSE_H
 #define VRAM_ST_PARSE_H
 
@@ -97,23 +97,5 @@ void vram__st_index_free(vram__st_index *ix);
  * overflows or does not end on a byte boundary (sub-byte dtypes). */
 int vram__st_tensor_bytes(const vram__st_dtype *dt, int ndim, const int64_t *shape,
                           uint64_t *bytes);
-
-/* Writes a synthetic LLaMA-like model of about total_bytes (tensors
- * model.embed_tokens.weight, model.layers.N.{self_attn.{q,k,v,o}_proj,
- * mlp.{gate,up,down}_proj,input_layernorm,post_attention_layernorm}.weight,
- * model.norm.weight, lm_head.weight). dtypes is a comma list ("BF16,F32";
- * NULL or "" = "BF16"); tensor i takes dtypes[i % count]. Data bytes are
- * vram_synthetic_fill(seed, offset, ...) where offset counts the data bytes
- * of all tensors written before (across shards). Headers are padded with
- * spaces to a multiple of 8 and carry __metadata__ {"format":"pt"}.
- * shards <= 1: out_path is the file (or, when it is a directory,
- * out_path/model.safetensors). shards > 1: out_path is a directory (created
- * when missing) that receives model-0000K-of-0000N.safetensors and
- * model.safetensors.index.json (metadata.total_size = the sum of tensor
- * bytes). Returns 0, or VRAM_EINVAL / VRAM_EIO / VRAM_EHOSTMEM with a
- * message in err (errlen bytes, may be NULL); files half-written by a
- * failed call are removed. */
-int vram__safetensors_make_model(const char *out_path, uint64_t total_bytes, const char *dtypes,
-                                 uint64_t seed, int shards, char *err, size_t errlen);
 
 #endif /* VRAM_ST_PARSE_H */
