@@ -384,6 +384,13 @@ typedef struct vram_manager_info {
     uint64_t host_used_bytes;    /* bytes of host backups */
 } vram_manager_info;
 
+/* sizeof of a public struct as this library was built, by its name
+ * ("vram_model_info", "vram_device_status", "vram_manager_info",
+ * "vram_model_opts", "vram_tensor_info", "vram_config"); 0 for an unknown
+ * name. For language bindings that mirror the structs (ctypes, cffi): they
+ * check their layout against it at import (libuv's uv_handle_size idea). */
+VRAM_API size_t vram_struct_size(const char *name);
+
 /* One model's status. VRAM_EINVAL for a NULL argument or a size of 0. */
 VRAM_API int vram_model_get_info(vram_model *model, vram_model_info *out, size_t size);
 /* Every model's status in registration order, in one snapshot: fills up to

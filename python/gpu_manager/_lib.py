@@ -216,6 +216,29 @@ for _name, (_res, _args) in _protos.items():
     _f = getattr(lib, _name)
     _f.restype = _res
     _f.argtypes = _args
+
+# The mirrored structs must match the library's (vram_struct_size); a
+# mismatch would corrupt memory, so it stops the import with the reason.
+def _check_layouts():
+    f = getattr(lib, "vram_struct_size", None)
+    if f is None:
+        return
+    f.restype = ctypes.c_size_t
+    f.argtypes = [ctypes.c_char_p]
+    for cname, cls in (("vram_model_info", ModelInfo), ("vram_device_status", DeviceStatus),
+                       ("vram_manager_info", ManagerInfo), ("vram_model_opts", ModelOpts),
+                       ("vram_tensor_info", TensorInfo)):
+        want = f(cname.encode())
+        if want != ctypes.sizeof(cls):
+            raise ImportError("gpu_manager: %s is %d bytes in %s but %d in this package: "
+                              "the library and the package are from different versions"
+                              % (cname, want, library_path, ctypes.sizeof(cls)))
+    if f(b"vram_config") > CONFIG_BYTES:
+        raise ImportError("gpu_manager: vram_config is larger than the %d bytes reserved for it"
+                          % CONFIG_BYTES)
+
+
+_check_layouts()
 # vram_set_error is variadic: called as vram_set_error(code, "%s", text), no argtypes.
 lib.vram_set_error.restype = ctypes.c_int
 

@@ -145,3 +145,21 @@ int vram_manager_get_info(vram_manager *m, vram_manager_info *out, size_t size)
     give(out, &s, sizeof s, size);
     return 0;
 }
+
+size_t vram_struct_size(const char *name)
+{
+    static const struct {
+        const char *name;
+        size_t size;
+    } sizes[] = {
+        {"vram_model_info", sizeof(vram_model_info)},
+        {"vram_device_status", sizeof(vram_device_status)},
+        {"vram_manager_info", sizeof(vram_manager_info)},
+        {"vram_model_opts", sizeof(vram_model_opts)},
+        {"vram_tensor_info", sizeof(vram_tensor_info)},
+        {"vram_config", sizeof(vram_config)},
+    };
+    for (size_t i = 0; name && i < sizeof sizes / sizeof sizes[0]; i++)
+        if (strcmp(name, sizes[i].name) == 0) return sizes[i].size;
+    return 0;
+}
