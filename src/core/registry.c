@@ -28,7 +28,7 @@ void vram_model_opts_init(vram_model_opts *opts)
 static int valid_name(const char *name)
 {
     size_t n = strlen(name);
-    if (n == 0 || n > 128 || !vram__utf8_valid(name)) return 0;
+    if (n == 0 || n > VRAM_NAME_MAX || !vram__utf8_valid(name)) return 0;
     for (const unsigned char *p = (const unsigned char *)name; *p; p++)
         if (*p < 0x20 || *p == 0x7f || *p == '/' || *p == '"' || *p == '\\') return 0;
     return 1;

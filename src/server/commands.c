@@ -29,7 +29,6 @@
  * idle monitor) show up within STATUS_TTL.
  */
 
-#define MODEL_NAME_MAX 128
 #define STATUS_TTL 0.010 /* seconds */
 
 static struct {
@@ -228,8 +227,8 @@ static int get_model(vram_manager *m, json_t *args, int required, vram_model **o
         return vram__cmd_fail(res, VRAM_EINVAL, "'model' must be a string (a model name)");
     const char *name = json_string_value(v);
     size_t len = json_string_length(v);
-    if (len == 0 || len > MODEL_NAME_MAX || strlen(name) != len)
-        return vram__cmd_fail(res, VRAM_EINVAL, "'model' must be 1-%d characters", MODEL_NAME_MAX);
+    if (len == 0 || len > VRAM_NAME_MAX || strlen(name) != len)
+        return vram__cmd_fail(res, VRAM_EINVAL, "'model' must be 1-%d characters", VRAM_NAME_MAX);
     vram_model *model = vram_manager_find(m, name);
     if (!model) return unknown_model(m, name, res);
     *out = model;

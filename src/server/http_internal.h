@@ -106,7 +106,7 @@ typedef struct request {
     size_t len, cap;
     size_t discarded;
     int too_large;
-    char name[132]; /* model name from the path */
+    char name[VRAM_NAME_MAX + 4]; /* model name from the path */
     char *log_url;  /* only when debug logging is on */
     job *job;
 } request;
