@@ -866,7 +866,7 @@ static int only_indices(const char *list)
     return 1;
 }
 
-static void apply_visible_devices(const vram_config *cfg)
+static void apply_visible_devices(const vram_backend_config *cfg)
 {
     if (!cfg || !cfg->visible_devices[0]) return;
     /* NVIDIA_VISIBLE_DEVICES in the environment is the NVIDIA container
@@ -956,7 +956,23 @@ static int dev_open(cuda_ctx *c, int i)
  * VRAM_ENODEV, with the reason (library name and dlerror, the failing
  * driver call with its error name, or "no CUDA device"), when there is no
  * usable driver or device; nothing is left allocated on failure. */
-int vram__backend_cuda_create(const vram_config *cfg, vram_backend **out)
+static const struct vram_backend_iface cuda_iface = {
+    .device_count = cuda_device_count,
+    .device_info = cuda_device_info,
+    .reserve = cuda_reserve,
+    .map = cuda_map,
+    .unmap = cuda_unmap,
+    .unreserve = cuda_unreserve,
+    .host_alloc = cuda_host_alloc,
+    .host_free = cuda_host_free,
+    .to_host = cuda_to_host,
+    .to_device = cuda_to_device,
+    .checksum = cuda_checksum,
+    .destroy = cuda_destroy,
+    .host_ptr = NULL, /* device memory is not host-visible */
+};
+
+int vram__backend_cuda_create(const vram_backend_config *cfg, vram_backend **out)
 {
     *out = NULL;
     const char *path = cfg && cfg->cuda_library[0] ? cfg->cuda_library : NULL;
@@ -1013,19 +1029,8 @@ int vram__backend_cuda_create(const vram_config *cfg, vram_backend **out)
 
     b->version = VRAM_BACKEND_VERSION;
     b->name = "cuda";
+    b->iface = &cuda_iface;
     b->ctx = c;
-    b->device_count = cuda_device_count;
-    b->device_info = cuda_device_info;
-    b->reserve = cuda_reserve;
-    b->map = cuda_map;
-    b->unmap = cuda_unmap;
-    b->unreserve = cuda_unreserve;
-    b->host_alloc = cuda_host_alloc;
-    b->host_free = cuda_host_free;
-    b->to_host = cuda_to_host;
-    b->to_device = cuda_to_device;
-    b->checksum = cuda_checksum;
-    b->destroy = cuda_destroy;
     for (int i = 0; i < c->ndev; i++)
         vram__log(VRAM_LOG_DEBUG, "cuda: device %d: %s %s, %.1f GiB, granularity %zu KiB", i,
                   c->devs[i].name, c->devs[i].uuid, (double)c->devs[i].total / (1 << 30),

@@ -27,29 +27,12 @@
  *   contiguous: map takes one extent when one is large enough, else several
  *   (scatter) and maps each piece at its place in the range, so a map fails
  *   for lack of memory only when fewer free bytes than it needs are left.
- * - One mutex guards the allocators and the fault-injection counters;
- *   copies run without it.
+ * - One mutex guards the allocators; copies run without it.
  */
 
 #define HOST_GRANULARITY ((size_t)2 << 20) /* 2 MiB, CUDA's usual granularity */
 #define HOST_MAX_DEVICES 16
 #define HOST_RANGE_MAGIC 0x686f737472616e67ULL /* "hostrang" */
-
-enum {
-    OP_RESERVE,
-    OP_MAP,
-    OP_UNMAP,
-    OP_HOST_ALLOC,
-    OP_TO_HOST,
-    OP_TO_DEVICE,
-    OP_CHECKSUM,
-    OP_MAP_PIECE,
-    OP_COUNT
-};
-
-static const char *const op_names[OP_COUNT] = {
-    "reserve", "map", "unmap", "host_alloc", "to_host", "to_device", "checksum", "map_piece",
-};
 
 typedef struct host_extent {
     uint64_t off;
@@ -65,19 +48,13 @@ typedef struct host_dev {
     size_t free_cap; /* room for the worst case: allocation never fails on free */
 } host_dev;
 
-typedef struct host_inject {
-    int countdown; /* calls left until the failing one; 0 = not armed */
-    int n;         /* the n it was armed with, for the message */
-    int err;
-} host_inject;
-
 typedef struct host_ctx {
     pthread_mutex_t lock;
     int ndev;
     host_dev devs[HOST_MAX_DEVICES];
     size_t page;
-    int armed; /* number of armed injections; read atomically as a fast path */
-    host_inject inject[OP_COUNT];
+    int piece_countdown; /* atomic: vram__backend_host_fail_piece; 0 = not armed */
+    int piece_n, piece_err;
     int populate_fallback; /* kernel without MADV_POPULATE_*: use MAP_POPULATE */
 } host_ctx;
 
@@ -93,6 +70,8 @@ typedef struct host_range {
     host_extent one;
 } host_range;
 
+static const struct vram_backend_iface host_iface;
+
 static const char *host_strerror(int e, char *buf, size_t len)
 {
     /* GNU strerror_r: returns a static string or one written into buf */
@@ -104,53 +83,40 @@ static double mib(uint64_t bytes)
     return (double)bytes / (1024.0 * 1024.0);
 }
 
-/* ---- fault injection ---- */
+/* ---- the one fault the decorator cannot reach ---- */
 
-/* Counts one call of op; returns the injected error (with its message) when
- * this is the call that was asked to fail, else 0. */
-static int inject_check(host_ctx *c, int op)
+/* Counts one piece mmap of a map; returns the armed error (message set)
+ * when this is the piece that was asked to fail, else 0. */
+static int piece_check(host_ctx *c)
 {
-    if (__atomic_load_n(&c->armed, __ATOMIC_ACQUIRE) == 0) return 0;
-    int err = 0, n = 0;
-    pthread_mutex_lock(&c->lock);
-    host_inject *in = &c->inject[op];
-    if (in->countdown > 0 && --in->countdown == 0) {
-        err = in->err;
-        n = in->n;
-        __atomic_fetch_sub(&c->armed, 1, __ATOMIC_RELEASE);
+    int left = __atomic_load_n(&c->piece_countdown, __ATOMIC_ACQUIRE);
+    while (left > 0) {
+        if (__atomic_compare_exchange_n(&c->piece_countdown, &left, left - 1, 0,
+                                        __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+            if (left != 1) return 0;
+            return vram__errorf(__atomic_load_n(&c->piece_err, __ATOMIC_ACQUIRE),
+                                "injected failure: map_piece #%d",
+                                __atomic_load_n(&c->piece_n, __ATOMIC_ACQUIRE));
+        }
     }
-    pthread_mutex_unlock(&c->lock);
-    if (err) return vram__errorf(err, "injected failure: %s #%d", op_names[op], n);
     return 0;
 }
 
-/* Beyond backend.h's five operations, "unmap" and "checksum" can fail too,
- * and "map_piece": the mmap of one piece inside a map, counted per piece (a
- * map in one extent has one), so that a map fails midway, its memory taken.
- * Only calls that get past the argument checks count; err >= 0 becomes
- * VRAM_EBACKEND; an unknown name is logged and ignored. */
-void vram__backend_host_inject(vram_backend *b, const char *what, int n, int err)
+/* Tests: the nth piece mapped from now (each map counts one per piece it
+ * maps, a map in one extent one) fails with err, so that a map fails midway
+ * with its memory taken; n = 0 clears. Whole-call failures of any backend
+ * belong to the fault decorator (fault.c); this one sits inside map.
+ * Returns VRAM_ENOTSUP when b is not a host backend. */
+int vram__backend_host_fail_piece(vram_backend *b, int n, int err)
 {
-    if (!b || !b->name || strcmp(b->name, "host") != 0 || !b->ctx || !what) return;
+    if (!b || b->iface != &host_iface)
+        return vram__errorf(VRAM_ENOTSUP, "map_piece faults: not a host backend");
     host_ctx *c = b->ctx;
-    int op = -1;
-    for (int i = 0; i < OP_COUNT; i++)
-        if (strcmp(what, op_names[i]) == 0) op = i;
-    if (op < 0) {
-        vram__log(VRAM_LOG_WARN, "host backend: fault injection for unknown operation '%s' ignored",
-                  what);
-        return;
-    }
-    if (n < 0) n = 0;
-    if (err >= 0) err = VRAM_EBACKEND; /* a failure must be a negative code */
-    pthread_mutex_lock(&c->lock);
-    host_inject *in = &c->inject[op];
-    int was = in->countdown > 0, now = n > 0;
-    in->countdown = n;
-    in->n = n;
-    in->err = err;
-    __atomic_fetch_add(&c->armed, now - was, __ATOMIC_RELEASE);
-    pthread_mutex_unlock(&c->lock);
+    if (err >= 0) err = VRAM_EBACKEND;
+    __atomic_store_n(&c->piece_n, n < 0 ? 0 : n, __ATOMIC_RELEASE);
+    __atomic_store_n(&c->piece_err, err, __ATOMIC_RELEASE);
+    __atomic_store_n(&c->piece_countdown, n < 0 ? 0 : n, __ATOMIC_RELEASE);
+    return 0;
 }
 
 /* ---- extent allocator (caller holds c->lock) ---- */
@@ -301,8 +267,6 @@ static int host_reserve(vram_backend *b, int dev, size_t bytes, vram_buf *buf)
     if (bytes == 0) return vram__errorf(VRAM_EINVAL, "host backend: reserve: 0 bytes");
     if (bytes > SIZE_MAX / 2 - 2 * HOST_GRANULARITY)
         return vram__errorf(VRAM_EINVAL, "host backend: reserve: %zu bytes is too large", bytes);
-    rc = inject_check(c, OP_RESERVE);
-    if (rc) return rc;
 
     size_t rounded = (size_t)vram__round_up(bytes, HOST_GRANULARITY);
     host_range *r = malloc(sizeof *r);
@@ -410,7 +374,7 @@ static int range_take(host_ctx *c, vram_buf *buf, host_range *r)
 
 /* mmaps the range's pieces in turn from its start, each MAP_SHARED|
  * MAP_FIXED at its offset in the device's memfd, with extra flags
- * (MAP_POPULATE or 0). inject: each piece counts as a "map_piece" call.
+ * (MAP_POPULATE or 0). inject: each piece counts for vram__backend_host_fail_piece.
  * Returns 0; a positive errno when an mmap failed; or a negative VRAM code
  * (message set) when an injected failure hit. Pieces already mapped stay. */
 static int pieces_mmap(host_ctx *c, const vram_buf *buf, const host_range *r, int flags, int inject)
@@ -419,7 +383,7 @@ static int pieces_mmap(host_ctx *c, const vram_buf *buf, const host_range *r, in
     size_t at = 0;
     for (size_t i = 0; i < r->npieces; i++) {
         if (inject) {
-            int rc = inject_check(c, OP_MAP_PIECE);
+            int rc = piece_check(c);
             if (rc) return rc;
         }
         void *p = mmap((char *)buf->addr + at, (size_t)r->pieces[i].len, PROT_READ | PROT_WRITE,
@@ -442,9 +406,7 @@ static int host_map(vram_backend *b, vram_buf *buf)
     if (buf->mapped)
         return vram__errorf(VRAM_EINVAL, "host backend: map: range at %#lx is already mapped",
                             (unsigned long)buf->addr);
-    int rc = inject_check(c, OP_MAP);
-    if (rc) return rc;
-    rc = range_take(c, buf, r);
+    int rc = range_take(c, buf, r);
     if (rc) return rc;
 
     int populate = __atomic_load_n(&c->populate_fallback, __ATOMIC_RELAXED) ? MAP_POPULATE : 0;
@@ -501,8 +463,6 @@ static int host_unmap(vram_backend *b, vram_buf *buf)
     if (!r) return vram__errorf(VRAM_EINVAL, "host backend: unmap: not a reserved host range");
     if (check_dev(c, buf->device)) return VRAM_EINVAL;
     if (!buf->mapped) return 0;
-    int rc = inject_check(c, OP_UNMAP);
-    if (rc) return rc;
     int e = range_to_none(buf);
     if (e) {
         char eb[128];
@@ -543,8 +503,6 @@ static int host_host_alloc(vram_backend *b, size_t bytes, void **out)
     if (bytes > SIZE_MAX - c->page)
         return vram__errorf(VRAM_EHOSTMEM, "host backend: host_alloc: %zu bytes is too large",
                             bytes);
-    int rc = inject_check(c, OP_HOST_ALLOC);
-    if (rc) return rc;
     size_t len = (size_t)vram__round_up(bytes, c->page);
     int populate = __atomic_load_n(&c->populate_fallback, __ATOMIC_RELAXED) ? MAP_POPULATE : 0;
     void *p =
@@ -639,8 +597,6 @@ static int host_to_host(vram_backend *b, const vram_buf *buf, size_t off, void *
 {
     int rc = check_copy("to_host", buf, off, n, dst);
     if (rc) return rc;
-    rc = inject_check(b->ctx, OP_TO_HOST);
-    if (rc) return rc;
     if (n) host_copy(dst, (const char *)buf->addr + off, n);
     return 0;
 }
@@ -649,8 +605,6 @@ static int host_to_device(vram_backend *b, const vram_buf *buf, size_t off, cons
                           size_t n)
 {
     int rc = check_copy("to_device", buf, off, n, src);
-    if (rc) return rc;
-    rc = inject_check(b->ctx, OP_TO_DEVICE);
     if (rc) return rc;
     if (n) host_copy((char *)buf->addr + off, src, n);
     return 0;
@@ -673,8 +627,6 @@ static int host_checksum(vram_backend *b, const vram_buf *buf, size_t off, size_
     if (off % 8)
         return vram__errorf(VRAM_EINVAL,
                             "host backend: checksum: offset %zu is not a multiple of 8", off);
-    rc = inject_check(b->ctx, OP_CHECKSUM);
-    if (rc) return rc;
     *sum = vram__checksum_partial((const char *)buf->addr + off, n, off / 8);
     return 0;
 }
@@ -702,7 +654,23 @@ static void host_destroy(vram_backend *b)
     free(b);
 }
 
-int vram__backend_host_create(const vram_config *cfg, vram_backend **out)
+static const struct vram_backend_iface host_iface = {
+    .device_count = host_device_count,
+    .device_info = host_device_info,
+    .reserve = host_reserve,
+    .map = host_map,
+    .unmap = host_unmap,
+    .unreserve = host_unreserve,
+    .host_alloc = host_host_alloc,
+    .host_free = host_host_free,
+    .to_host = host_to_host,
+    .to_device = host_to_device,
+    .checksum = host_checksum,
+    .destroy = host_destroy,
+    .host_ptr = host_host_ptr,
+};
+
+int vram__backend_host_create(const vram_backend_config *cfg, vram_backend **out)
 {
     if (!out) return vram__errorf(VRAM_EINVAL, "host backend: out is NULL");
     *out = NULL;
@@ -774,20 +742,8 @@ int vram__backend_host_create(const vram_config *cfg, vram_backend **out)
 
     b->version = VRAM_BACKEND_VERSION;
     b->name = "host";
+    b->iface = &host_iface;
     b->ctx = c;
-    b->device_count = host_device_count;
-    b->device_info = host_device_info;
-    b->reserve = host_reserve;
-    b->map = host_map;
-    b->unmap = host_unmap;
-    b->unreserve = host_unreserve;
-    b->host_alloc = host_host_alloc;
-    b->host_free = host_host_free;
-    b->to_host = host_to_host;
-    b->to_device = host_to_device;
-    b->checksum = host_checksum;
-    b->host_ptr = host_host_ptr;
-    b->destroy = host_destroy;
     *out = b;
     return 0;
 

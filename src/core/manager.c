@@ -21,6 +21,20 @@ const char *vram_manager_backend(const vram_manager *m)
     return m ? m->backend->name : NULL;
 }
 
+/* What the backend reads of cfg, copied into out; returns out. */
+static const vram_backend_config *backend_config(const vram_config *cfg, vram_backend_config *out)
+{
+    memset(out, 0, sizeof *out);
+    out->kind = cfg->backend;
+    out->host_memory = cfg->host_memory;
+    out->host_devices = cfg->host_devices;
+    out->chunk_bytes = cfg->chunk_bytes;
+    snprintf(out->visible_devices, sizeof out->visible_devices, "%s", cfg->visible_devices);
+    snprintf(out->cuda_library, sizeof out->cuda_library, "%s", cfg->cuda_library);
+    out->fault_injection = cfg->fault_injection;
+    return out;
+}
+
 /* ---- idle monitor ---- */
 
 /* Does every due offload and release; returns how many, and leaves the
@@ -169,28 +183,29 @@ int vram_manager_create(const vram_config *cfg, vram_manager **out)
     vram_set_log_level(m->cfg.log_level);
     if (m->cfg.evict_wait < 0) m->cfg.evict_wait = 0;
 
-    int rc = vram__backend_open(&m->cfg, &m->backend);
+    vram_backend_config bcfg;
+    int rc = vram__backend_open(backend_config(&m->cfg, &bcfg), &m->backend);
     if (rc < 0) {
         free(m);
         return rc;
     }
-    int n = m->backend->device_count(m->backend);
+    int n = vram__backend_device_count(m->backend);
     if (n <= 0) {
-        m->backend->destroy(m->backend);
+        vram__backend_destroy(m->backend);
         free(m);
         return vram__errorf(VRAM_ENODEV, "backend '%s' has no devices", m->backend ? "?" : "?");
     }
     m->devs = calloc((size_t)n, sizeof *m->devs);
     if (!m->devs) {
-        m->backend->destroy(m->backend);
+        vram__backend_destroy(m->backend);
         free(m);
         return vram__errorf(VRAM_EHOSTMEM, "out of host memory");
     }
     m->ndev = n;
     for (int i = 0; i < n; i++) {
-        rc = m->backend->device_info(m->backend, i, &m->devs[i].info);
+        rc = vram__backend_device_info(m->backend, i, &m->devs[i].info);
         if (rc < 0) {
-            m->backend->destroy(m->backend);
+            vram__backend_destroy(m->backend);
             free(m->devs);
             free(m);
             return rc;
@@ -267,7 +282,7 @@ void vram_manager_destroy(vram_manager *m)
     if (m->monitor_started) pthread_join(m->monitor, NULL);
     for (size_t i = 0; i < m->nmodels; i++) model_free(m->models[i]);
     free(m->models);
-    m->backend->destroy(m->backend);
+    vram__backend_destroy(m->backend);
     pthread_cond_destroy(&m->mem_cond);
     pthread_cond_destroy(&m->monitor_cond);
     pthread_mutex_destroy(&m->lock);

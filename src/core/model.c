@@ -172,7 +172,7 @@ static int map_with_evict(vram_model *model, vram_alloc *a)
     vram_manager *m = model->m;
     double deadline = -1;
     for (;;) {
-        int rc = m->backend->map(m->backend, &a->buf);
+        int rc = vram__backend_map(m->backend, &a->buf);
         if (rc != VRAM_ENOMEM) return rc;
         char msg[VRAM_ERRMSG_MAX];
         snprintf(msg, sizeof msg, "%s", vram__last_error());
@@ -201,7 +201,7 @@ static int alloc_range(vram_model *model, size_t bytes, vram_alloc **out)
     vram_backend *b = m->backend;
     vram_buf buf;
     memset(&buf, 0, sizeof buf);
-    int rc = b->reserve(b, model->device, bytes, &buf);
+    int rc = vram__backend_reserve(b, model->device, bytes, &buf);
     if (rc < 0) return rc;
 
     pthread_mutex_lock(&m->lock);
@@ -210,7 +210,7 @@ static int alloc_range(vram_model *model, size_t bytes, vram_alloc **out)
         vram_alloc *na = realloc(model->allocs, cap * sizeof *na);
         if (!na) {
             pthread_mutex_unlock(&m->lock);
-            b->unreserve(b, &buf);
+            vram__backend_unreserve(b, &buf);
             return vram__errorf(VRAM_EHOSTMEM, "out of host memory for the allocation table");
         }
         model->allocs = na;
@@ -219,7 +219,7 @@ static int alloc_range(vram_model *model, size_t bytes, vram_alloc **out)
     rc = charge(m, model->device, buf.reserved, model);
     if (rc < 0) {
         pthread_mutex_unlock(&m->lock);
-        b->unreserve(b, &buf);
+        vram__backend_unreserve(b, &buf);
         return rc;
     }
     size_t idx = model->nallocs++;
@@ -236,7 +236,7 @@ static int alloc_range(vram_model *model, size_t bytes, vram_alloc **out)
         uncharge(m, a);
         model->nallocs--;
         pthread_mutex_unlock(&m->lock);
-        b->unreserve(b, &cur);
+        vram__backend_unreserve(b, &cur);
         return rc;
     }
     /* the realloc above may move the table only under the owner, which we are */
@@ -257,8 +257,8 @@ static void free_all(vram_model *model)
         vram_alloc *a = &model->allocs[i];
         vram_buf buf = a->buf; /* unreserve may clear a->buf */
         void *backup = a->backup;
-        b->unreserve(b, &a->buf);
-        if (backup) b->host_free(b, backup, buf.size);
+        vram__backend_unreserve(b, &a->buf);
+        if (backup) vram__backend_host_free(b, backup, buf.size);
         pthread_mutex_lock(&m->lock);
         if (buf.mapped) m->devs[buf.device].mapped -= buf.size;
         if (a->charged) {
@@ -405,8 +405,8 @@ static int transfer(vram_model *model, void *dev_ptr, void *host, size_t bytes, 
         return vram__errorf(VRAM_EINVAL, "%zu bytes at %p are outside model '%s'", bytes, dev_ptr,
                             model->name);
     size_t off = (size_t)((uintptr_t)dev_ptr - buf.addr);
-    return up ? m->backend->to_device(m->backend, &buf, off, host, bytes)
-              : m->backend->to_host(m->backend, &buf, off, host, bytes);
+    return up ? vram__backend_to_device(m->backend, &buf, off, host, bytes)
+              : vram__backend_to_host(m->backend, &buf, off, host, bytes);
 }
 
 int vram_model_upload(vram_model *model, void *dev_ptr, const void *src, size_t bytes)
@@ -475,7 +475,7 @@ int vram__offload_locked(vram_model *model, int evicting)
     for (size_t i = 0; rc == 0 && i < model->nallocs; i++) {
         vram_alloc *a = &model->allocs[i];
         if (!a->backup) {
-            rc = b->host_alloc(b, a->buf.size, &a->backup);
+            rc = vram__backend_host_alloc(b, a->buf.size, &a->backup);
             if (rc < 0) {
                 a->backup = NULL;
                 break;
@@ -483,7 +483,7 @@ int vram__offload_locked(vram_model *model, int evicting)
             fresh_mark[i] = 1;
             fresh++;
         }
-        rc = b->to_host(b, &a->buf, 0, a->backup, a->buf.size);
+        rc = vram__backend_to_host(b, &a->buf, 0, a->backup, a->buf.size);
     }
     if (rc < 0) {
         /* nothing is lost: the device copy is untouched; drop new backups */
@@ -491,14 +491,14 @@ int vram__offload_locked(vram_model *model, int evicting)
         snprintf(msg, sizeof msg, "%s", vram__last_error());
         for (size_t i = 0; fresh_mark && i < model->nallocs; i++)
             if (fresh_mark[i]) {
-                b->host_free(b, model->allocs[i].backup, model->allocs[i].buf.size);
+                vram__backend_host_free(b, model->allocs[i].backup, model->allocs[i].buf.size);
                 model->allocs[i].backup = NULL;
             }
         vram__errorf(rc, "%s", msg);
     } else {
         for (size_t i = 0; i < model->nallocs; i++) {
             vram_alloc *a = &model->allocs[i];
-            int urc = b->unmap(b, &a->buf);
+            int urc = vram__backend_unmap(b, &a->buf);
             if (urc < 0)
                 vram__log(VRAM_LOG_WARN, "unmap model=%s failed: %s (memory stays mapped)",
                           model->name, vram__last_error());
@@ -576,13 +576,13 @@ static int restore_locked(vram_model *model)
             if (rc < 0) break;
             mapped_here[i] = 1;
         }
-        rc = b->to_device(b, &a->buf, 0, a->backup, a->buf.size);
+        rc = vram__backend_to_device(b, &a->buf, 0, a->backup, a->buf.size);
     }
     if (rc < 0) {
         char msg[VRAM_ERRMSG_MAX];
         snprintf(msg, sizeof msg, "%s", vram__last_error());
         for (size_t i = 0; mapped_here && i < model->nallocs; i++)
-            if (mapped_here[i]) b->unmap(b, &model->allocs[i].buf);
+            if (mapped_here[i]) vram__backend_unmap(b, &model->allocs[i].buf);
         vram__errorf(rc, "%s", msg);
     }
     double secs = vram__now() - t0;
@@ -812,19 +812,19 @@ int vram_model_release(vram_model *model, unsigned flags)
 static int checksum_device(vram_backend *b, const vram_buf *buf, uint64_t *out)
 {
     uint64_t sum = 0;
-    int rc = b->checksum ? b->checksum(b, buf, 0, buf->size, &sum) : VRAM_ENOTSUP;
+    int rc = vram__backend_checksum(b, buf, 0, buf->size, &sum);
     if (rc == VRAM_ENOTSUP) {
         size_t chunk = (size_t)16 << 20;
         void *stage = NULL;
-        rc = b->host_alloc(b, chunk, &stage);
+        rc = vram__backend_host_alloc(b, chunk, &stage);
         if (rc < 0) return rc;
         sum = 0;
         for (size_t off = 0; off < buf->size && rc == 0; off += chunk) {
             size_t n = buf->size - off < chunk ? buf->size - off : chunk;
-            rc = b->to_host(b, buf, off, stage, n);
+            rc = vram__backend_to_host(b, buf, off, stage, n);
             if (rc == 0) sum += vram__checksum_partial(stage, n, off / 8);
         }
-        b->host_free(b, stage, chunk);
+        vram__backend_host_free(b, stage, chunk);
     }
     if (rc < 0) return rc;
     *out = sum + vram__checksum_final(buf->size);

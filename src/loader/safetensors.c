@@ -761,7 +761,7 @@ static int load_staged(vram_source *s, const vram_sink *sink, const int *fds)
     for (size_t i = 0; i < ST_SLOTS; i++)
         p.held[i] = -1;
     for (size_t i = 0; i < p.nslots && rc == 0; i++)
-        rc = b->host_alloc(b, chunk, &p.slot[i]);
+        rc = vram__backend_host_alloc(b, chunk, &p.slot[i]);
     pthread_t th[ST_READERS];
     int nthreads = 0;
     if (rc == 0) {
@@ -802,7 +802,7 @@ static int load_staged(vram_source *s, const vram_sink *sink, const int *fds)
         pthread_mutex_destroy(&p.lock);
     }
     for (size_t i = 0; i < p.nslots; i++)
-        if (p.slot[i]) b->host_free(b, p.slot[i], chunk);
+        if (p.slot[i]) vram__backend_host_free(b, p.slot[i], chunk);
     return rc;
 }
 
@@ -954,7 +954,7 @@ static int st_load(vram_source *s, const vram_sink *sink)
         free(fds);
         return rc;
     }
-    void *dev = b->host_ptr ? b->host_ptr(b, sink->buf, 0, (size_t)s->bytes) : NULL;
+    void *dev = vram__backend_host_ptr(b, sink->buf, 0, (size_t)s->bytes);
     if (dev)
         rc = load_direct(s, sink, fds, dev);
     else
