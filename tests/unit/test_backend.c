@@ -826,6 +826,41 @@ static void test_scatter_random_models(void **state)
     vram__backend_destroy(b);
 }
 
+/* Host: memory a range gives back is pooled (kept mapped and populated)
+ * and reused by the next map, here or in another range; pooled memory
+ * counts as free, and an unmapped range still faults. */
+static void test_pooled_memory_is_free_and_reused(void **state)
+{
+    vram_backend *b = *state;
+    if (!g_host) skip();
+    const uint64_t total = info_of(b, 0).total;
+    vram_buf x, y;
+    new_mapped(b, 0, 8 * MiB, &x);
+    fill_device(b, &x, 31);
+    assert_int_equal(vram__backend_unmap(b, &x), 0);
+    assert_int_equal(info_of(b, 0).free, total);
+    assert_int_equal(read_faults(x.addr), 1);
+    assert_int_equal(vram__backend_map(b, &x), 0); /* back from the pool */
+    assert_int_equal(vma_count(x.addr, x.reserved), 1);
+    assert_int_equal(info_of(b, 0).free, total - 8 * MiB);
+    fill_device(b, &x, 32);
+    assert_true(device_sum(b, &x) == synthetic_sum(32, x.size));
+    assert_int_equal(vram__backend_unmap(b, &x), 0);
+    new_mapped(b, 0, 12 * MiB, &y); /* 8 MiB pooled and 4 MiB fresh */
+    assert_int_equal(vma_count(y.addr, y.reserved), 1);
+    assert_int_equal(info_of(b, 0).free, total - 12 * MiB);
+    fill_device(b, &y, 33);
+    assert_true(device_sum(b, &y) == synthetic_sum(33, y.size));
+    assert_int_equal(read_faults(x.addr), 1);
+    vram__backend_unreserve(b, &y); /* mapped: its memory is pooled, then the range goes */
+    assert_int_equal(info_of(b, 0).free, total);
+    assert_int_equal(vram__backend_map(b, &x), 0);
+    fill_device(b, &x, 34);
+    assert_true(device_sum(b, &x) == synthetic_sum(34, x.size));
+    vram__backend_unreserve(b, &x);
+    assert_int_equal(used_bytes(b, 0), 0);
+}
+
 static void test_unreserve_mapped_frees_memory(void **state)
 {
     vram_backend *b = *state;
@@ -1431,6 +1466,7 @@ int main(void)
         T(test_fragmentation_and_coalescing),
         T(test_scatter_map_round_trips),
         cmocka_unit_test(test_scatter_random_models),
+        T(test_pooled_memory_is_free_and_reused),
         T(test_unreserve_mapped_frees_memory),
         T(test_free_matches_mapped),
         T(test_host_alloc_free),
