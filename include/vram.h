@@ -124,11 +124,14 @@ typedef struct vram_config {
     char bind[VRAM_STR_MAX];     /* VRAM_BIND, default 127.0.0.1 */
     char token[VRAM_STR_MAX];    /* VRAM_TOKEN, default empty = no auth */
     char url[VRAM_STR_MAX];      /* VRAM_URL, default http://127.0.0.1:7861 */
-    /* Tests: a clock in seconds (monotonic) replacing the real one, and the
-     * monitor thread switched off (then vram_manager_tick drives it). */
+    /* Tests: a clock in seconds (monotonic) replacing the real one, the
+     * monitor thread switched off (then vram_manager_tick drives it), and
+     * the backend wrapped in the fault-injection decorator (internal
+     * vram__backend_inject arms failures; costs one atomic load per call). */
     double (*clock)(void *user);
     void *clock_user;
     int no_monitor_thread;
+    int fault_injection;
 } vram_config;
 
 /* Fills cfg with the built-in defaults. */

@@ -20,7 +20,7 @@ typedef struct vram_dev_info {
 /* A device range of one model allocation. The core owns the struct; the
  * backend fills it in reserve() and keeps its own state behind impl.
  * addr never changes between reserve() and unreserve(): map() after unmap()
- * puts fresh physical memory at the same addresses. */
+ * puts physical memory (not necessarily the same) at the same addresses. */
 typedef struct vram_buf {
     int device;
     uintptr_t addr;   /* start of the reserved range, the model's device pointer */
@@ -32,24 +32,37 @@ typedef struct vram_buf {
 
 typedef struct vram_backend vram_backend;
 
-/* Function table held by value beside its context (ggml's backend style).
+/* What a backend reads of the configuration, filled by the core from
+ * vram_config (see include/vram.h for each field's meaning). */
+typedef struct vram_backend_config {
+    vram_backend_kind kind;         /* auto, host or cuda */
+    uint64_t host_memory;           /* host: bytes of emulated memory per device */
+    int host_devices;               /* host: number of emulated devices */
+    uint64_t chunk_bytes;           /* cuda: pipelined copy chunk (0: default) */
+    char visible_devices[VRAM_STR_MAX]; /* cuda: "" (all), "none" or a list */
+    char cuda_library[VRAM_STR_MAX];    /* cuda: driver library ("": default) */
+    int fault_injection;            /* test-only: wrap in the fault decorator */
+} vram_backend_config;
+
+/* The interface of a backend: one static const table per implementation
+ * (ggml's backend style), held by pointer beside the backend's context.
+ * Callers never call an entry directly: they go through the
+ * vram__backend_* wrappers below, which supply the defaults of the
+ * optional entries.
+ *
  * Every entry is required unless marked optional; every int-returning entry
  * returns 0 or a negative VRAM_E* code after setting a detailed message with
  * vram__errorf() (the driver's own error name and string on CUDA). All
  * entries are thread-safe: the core calls them without its lock, from any
  * thread, on different buffers at the same time. */
-struct vram_backend {
-    int version;           /* VRAM_BACKEND_VERSION */
-    const char *name;      /* "host", "cuda" */
-    void *ctx;
-
+struct vram_backend_iface {
     int (*device_count)(vram_backend *b);
     int (*device_info)(vram_backend *b, int dev, vram_dev_info *out);
 
     /* Reserves an address range of at least bytes on dev, without memory
      * behind it (touching it faults). Fills buf (mapped = 0). */
     int (*reserve)(vram_backend *b, int dev, size_t bytes, vram_buf *buf);
-    /* Backs the whole range with fresh physical memory (contents undefined).
+    /* Backs the whole range with physical memory (contents undefined).
      * VRAM_ENOMEM when the device has none left; the range is then as before. */
     int (*map)(vram_backend *b, vram_buf *buf);
     /* Drops the physical memory, keeps the range. */
@@ -58,7 +71,8 @@ struct vram_backend {
     void (*unreserve)(vram_backend *b, vram_buf *buf);
 
     /* Page-locked host memory for backups and staging (pinned on CUDA).
-     * VRAM_EHOSTMEM when none is to be had. */
+     * VRAM_EHOSTMEM when none is to be had. The caller frees it with
+     * host_free and the same size. */
     int (*host_alloc)(vram_backend *b, size_t bytes, void **out);
     void (*host_free)(vram_backend *b, void *p, size_t bytes);
 
@@ -68,14 +82,15 @@ struct vram_backend {
     int (*to_device)(vram_backend *b, const vram_buf *buf, size_t off, const void *src,
                      size_t n);
 
-    /* Optional (NULL: the core downloads and hashes): the raw checksum sum
-     * of [off, off+n) of a mapped range, computed on the device. off is a
-     * multiple of 8; see vram__checksum_partial. */
+    /* Optional (NULL: the wrapper downloads and hashes): the raw checksum
+     * sum of [off, off+n) of a mapped range, computed on the device. off is
+     * a multiple of 8; see vram__checksum_partial. VRAM_ENOTSUP when the
+     * device cannot (the caller then hashes on the host). */
     int (*checksum)(vram_backend *b, const vram_buf *buf, size_t off, size_t n,
                     uint64_t *sum);
 
-    /* Frees the backend; every range has been unreserved and every host
-     * allocation freed before. */
+    /* Frees the backend and its context; every range has been unreserved
+     * and every host allocation freed before. */
     void (*destroy)(vram_backend *b);
 
     /* Optional (NULL: device memory is not host-visible): a CPU pointer to
@@ -85,17 +100,65 @@ struct vram_backend {
     void *(*host_ptr)(vram_backend *b, const vram_buf *buf, size_t off, size_t n);
 };
 
+struct vram_backend {
+    int version;                           /* VRAM_BACKEND_VERSION */
+    const char *name;                      /* "host", "cuda" (a decorator: its inner one's) */
+    const struct vram_backend_iface *iface; /* static, never NULL */
+    void *ctx;                             /* the implementation's state */
+};
+
+/* ---- calling a backend (backend.c): the only way callers reach iface ---- */
+
+int vram__backend_device_count(vram_backend *b);
+int vram__backend_device_info(vram_backend *b, int dev, vram_dev_info *out);
+int vram__backend_reserve(vram_backend *b, int dev, size_t bytes, vram_buf *buf);
+int vram__backend_map(vram_backend *b, vram_buf *buf);
+int vram__backend_unmap(vram_backend *b, vram_buf *buf);
+void vram__backend_unreserve(vram_backend *b, vram_buf *buf);
+int vram__backend_host_alloc(vram_backend *b, size_t bytes, void **out);
+void vram__backend_host_free(vram_backend *b, void *p, size_t bytes);
+int vram__backend_to_host(vram_backend *b, const vram_buf *buf, size_t off, void *dst, size_t n);
+int vram__backend_to_device(vram_backend *b, const vram_buf *buf, size_t off, const void *src,
+                            size_t n);
+/* The entry when there is one; without it, downloads [off, off+n) through
+ * to_host in 16 MiB chunks of host_alloc'd staging and hashes on the host
+ * (off must be a multiple of 8). */
+int vram__backend_checksum(vram_backend *b, const vram_buf *buf, size_t off, size_t n,
+                           uint64_t *sum);
+/* The entry when there is one, else NULL (not host-visible). */
+void *vram__backend_host_ptr(vram_backend *b, const vram_buf *buf, size_t off, size_t n);
+/* destroy(NULL) does nothing. */
+void vram__backend_destroy(vram_backend *b);
+
+/* ---- opening one ---- */
+
 /* Creates the backend cfg asks for (auto: cuda when a driver and a device
- * are found, else host) and logs which. On failure *out is NULL. */
-int vram__backend_open(const vram_config *cfg, vram_backend **out);
+ * are found, else host) and logs which; wrapped in the fault decorator when
+ * cfg->fault_injection is set. On failure *out is NULL. */
+int vram__backend_open(const vram_backend_config *cfg, vram_backend **out);
 
-int vram__backend_host_create(const vram_config *cfg, vram_backend **out);
-int vram__backend_cuda_create(const vram_config *cfg, vram_backend **out);
+int vram__backend_host_create(const vram_backend_config *cfg, vram_backend **out);
+int vram__backend_cuda_create(const vram_backend_config *cfg, vram_backend **out);
 
-/* Fault injection for tests (host backend; no-ops on other backends):
- * the nth call from now (1 = the next) of the named operation fails with
- * err. what: "map", "host_alloc", "to_host", "to_device", "reserve".
- * n = 0 clears it. */
-void vram__backend_host_inject(vram_backend *b, const char *what, int n, int err);
+/* ---- fault injection for tests (fault.c) ---- */
+
+/* Wraps inner in a decorator whose every entry forwards to inner, and which
+ * fails the calls that vram__backend_inject arms. The decorator owns inner
+ * from then on (destroying it destroys inner), also on failure: then inner
+ * is destroyed and *out is NULL. */
+int vram__backend_fault_wrap(vram_backend *inner, vram_backend **out);
+
+/* The nth call from now (1 = the next) of the operation what ("reserve",
+ * "map", "unmap", "host_alloc", "to_host", "to_device", "checksum") fails
+ * with err (err >= 0 becomes VRAM_EBACKEND) without reaching the inner
+ * backend; n = 0 clears it. Thread-safe. Returns 0, VRAM_ENOTSUP when b is
+ * not a fault decorator, or VRAM_EINVAL for an unknown operation. */
+int vram__backend_inject(vram_backend *b, const char *what, int n, int err);
+
+/* Host backend only (host.c): the nth piece mmap'd by maps from now fails
+ * with err, so that a map fails midway with memory taken (a fault inside
+ * map, which the decorator cannot reach); n = 0 clears. VRAM_ENOTSUP when
+ * b is not a host backend. */
+int vram__backend_host_fail_piece(vram_backend *b, int n, int err);
 
 #endif /* VRAM_BACKEND_H */

@@ -1,5 +1,4 @@
 /* cuda.c - the CUDA backend: libcuda via dlopen, VMM ranges, pinned memory, stream copies. */
-#include <dlfcn.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,6 +10,7 @@
 #include "backend/cuda_checksum_ptx.h"
 #include "backend/cuda_driver.h"
 #include "base/base.h"
+#include "base/dl.h"
 
 /*
  * Model
@@ -45,8 +45,7 @@
 /* ---- the driver's entry points ---- */
 
 typedef struct cuda_api {
-    void *lib;
-    char path[VRAM_STR_MAX];
+    vram_dl dl; /* the library handle and what its last open said */
     vram_cuInit_fn cuInit;
     vram_cuDriverGetVersion_fn cuDriverGetVersion;
     vram_cuGetErrorName_fn cuGetErrorName;
@@ -86,18 +85,13 @@ typedef struct cuda_api {
     vram_cuLaunchKernel_fn cuLaunchKernel;
 } cuda_api;
 
-typedef struct cuda_sym {
-    const char *name; /* exported name, versioned where the ABI changed */
-    const char *alt;  /* older name with the same signature, or NULL */
-    size_t off;       /* where the pointer goes in cuda_api */
-    int required;
-} cuda_sym;
-
 #define SYM(field, name, alt, req)                                                                 \
     {                                                                                              \
         name, alt, offsetof(cuda_api, field), req                                                  \
     }
-static const cuda_sym cuda_syms[] = {
+/* name, versioned where the ABI changed; older name with the same
+ * signature or NULL; where the pointer goes; required */
+static const vram_dl_sym cuda_syms[] = {
     SYM(cuInit, "cuInit", NULL, 1),
     SYM(cuDriverGetVersion, "cuDriverGetVersion", NULL, 1),
     SYM(cuGetErrorName, "cuGetErrorName", NULL, 0),
@@ -137,12 +131,13 @@ static const cuda_sym cuda_syms[] = {
 };
 #undef SYM
 
+#define CUDA_NSYMS (sizeof cuda_syms / sizeof cuda_syms[0])
+
 /* Drops the library reference and clears every pointer. Idempotent: an
  * api that was never loaded, or was freed already, is left as it is. */
 static void cuda_api_free(cuda_api *api)
 {
-    if (api->lib) dlclose(api->lib);
-    memset(api, 0, sizeof *api);
+    vram__dl_close(&api->dl, cuda_syms, CUDA_NSYMS, api);
 }
 
 /* Opens the driver library at path and binds its entry points into api.
@@ -151,34 +146,16 @@ static void cuda_api_free(cuda_api *api)
  * required entry point is missing (api is then left empty). */
 static int cuda_api_load(cuda_api *api, const char *path)
 {
-    if (api->lib) return 0;
-    memset(api, 0, sizeof *api);
-    dlerror();
-    void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
-    if (!lib) {
-        const char *e = dlerror();
+    int rc = vram__dl_open(&api->dl, path, cuda_syms, CUDA_NSYMS, api);
+    if (rc == VRAM_DL_ENOLIB)
         return vram__errorf(VRAM_ENODEV,
                             "cuda: cannot load the driver library '%s' (VRAM_CUDA_LIBRARY): %s",
-                            path, e ? e : "unknown dlopen error");
-    }
-    for (size_t i = 0; i < sizeof cuda_syms / sizeof cuda_syms[0]; i++) {
-        const cuda_sym *s = &cuda_syms[i];
-        void *p = dlsym(lib, s->name);
-        if (!p && s->alt) p = dlsym(lib, s->alt);
-        if (!p && s->required) {
-            dlclose(lib);
-            memset(api, 0, sizeof *api);
-            return vram__errorf(VRAM_ENODEV,
-                                "cuda: the driver library '%s' has no %s (a driver for CUDA 10.2 "
-                                "or newer is needed)",
-                                path, s->name);
-        }
-        /* POSIX guarantees that a data pointer from dlsym converts to a
-         * function pointer of the same size. */
-        memcpy((char *)api + s->off, &p, sizeof p);
-    }
-    api->lib = lib;
-    snprintf(api->path, sizeof api->path, "%s", path);
+                            path, api->dl.dlerr);
+    if (rc == VRAM_DL_ENOSYM)
+        return vram__errorf(VRAM_ENODEV,
+                            "cuda: the driver library %s (a driver for CUDA 10.2 or newer is "
+                            "needed)",
+                            api->dl.msg);
     return 0;
 }
 
@@ -712,7 +689,7 @@ static int ck_load(cuda_ctx *c, int d)
     if (!a->cuModuleLoadData || !a->cuModuleGetFunction || !a->cuModuleUnload ||
         !a->cuLaunchKernel || !a->cuMemAlloc || !a->cuMemFree) {
         snprintf(dv->ck_err, sizeof dv->ck_err,
-                 "cuda: checksum kernel unavailable: '%s' lacks the module or launch API", a->path);
+                 "cuda: checksum kernel unavailable: '%s' lacks the module or launch API", a->dl.path);
         dv->ck_state = -1;
         rc = vram__errorf(VRAM_ENOTSUP, "%s", dv->ck_err);
         goto out;
@@ -866,7 +843,7 @@ static int only_indices(const char *list)
     return 1;
 }
 
-static void apply_visible_devices(const vram_config *cfg)
+static void apply_visible_devices(const vram_backend_config *cfg)
 {
     if (!cfg || !cfg->visible_devices[0]) return;
     /* NVIDIA_VISIBLE_DEVICES in the environment is the NVIDIA container
@@ -956,7 +933,23 @@ static int dev_open(cuda_ctx *c, int i)
  * VRAM_ENODEV, with the reason (library name and dlerror, the failing
  * driver call with its error name, or "no CUDA device"), when there is no
  * usable driver or device; nothing is left allocated on failure. */
-int vram__backend_cuda_create(const vram_config *cfg, vram_backend **out)
+static const struct vram_backend_iface cuda_iface = {
+    .device_count = cuda_device_count,
+    .device_info = cuda_device_info,
+    .reserve = cuda_reserve,
+    .map = cuda_map,
+    .unmap = cuda_unmap,
+    .unreserve = cuda_unreserve,
+    .host_alloc = cuda_host_alloc,
+    .host_free = cuda_host_free,
+    .to_host = cuda_to_host,
+    .to_device = cuda_to_device,
+    .checksum = cuda_checksum,
+    .destroy = cuda_destroy,
+    .host_ptr = NULL, /* device memory is not host-visible */
+};
+
+int vram__backend_cuda_create(const vram_backend_config *cfg, vram_backend **out)
 {
     *out = NULL;
     const char *path = cfg && cfg->cuda_library[0] ? cfg->cuda_library : NULL;
@@ -1013,19 +1006,8 @@ int vram__backend_cuda_create(const vram_config *cfg, vram_backend **out)
 
     b->version = VRAM_BACKEND_VERSION;
     b->name = "cuda";
+    b->iface = &cuda_iface;
     b->ctx = c;
-    b->device_count = cuda_device_count;
-    b->device_info = cuda_device_info;
-    b->reserve = cuda_reserve;
-    b->map = cuda_map;
-    b->unmap = cuda_unmap;
-    b->unreserve = cuda_unreserve;
-    b->host_alloc = cuda_host_alloc;
-    b->host_free = cuda_host_free;
-    b->to_host = cuda_to_host;
-    b->to_device = cuda_to_device;
-    b->checksum = cuda_checksum;
-    b->destroy = cuda_destroy;
     for (int i = 0; i < c->ndev; i++)
         vram__log(VRAM_LOG_DEBUG, "cuda: device %d: %s %s, %.1f GiB, granularity %zu KiB", i,
                   c->devs[i].name, c->devs[i].uuid, (double)c->devs[i].total / (1 << 30),

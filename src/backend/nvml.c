@@ -1,5 +1,4 @@
 /* nvml.c - picks the GPU with the most free memory, then the least busy, through NVML. */
-#include <dlfcn.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -7,6 +6,7 @@
 #include <string.h>
 
 #include "backend/nvml.h"
+#include "base/dl.h"
 #include "vram.h"
 
 #define NVML_DEFAULT_LIBRARY "libnvidia-ml.so.1"
@@ -24,7 +24,7 @@ typedef struct {
 } nvml_utilization;
 
 typedef struct nvml_api {
-    void *lib;
+    vram_dl dl;
     nvmlReturn_t (*init)(void);
     nvmlReturn_t (*shutdown)(void);
     const char *(*error_string)(nvmlReturn_t r);
@@ -63,55 +63,40 @@ static const char *nv_err(const nvml_api *a, nvmlReturn_t r)
     return s ? s : "unknown NVML error";
 }
 
-/* Binds the exported name into *slot (a function pointer of size bytes);
- * -1 when the library lacks it. */
-static int nv_bind(void *lib, const char *name, void *slot, size_t size)
-{
-    void *p = dlsym(lib, name);
-    if (!p) return -1;
-    memcpy(slot, &p, size);
-    return 0;
-}
+#define SYM(field, name, req) {name, NULL, offsetof(nvml_api, field), req}
+static const vram_dl_sym nvml_syms[] = {
+    SYM(init, "nvmlInit_v2", 1),
+    SYM(shutdown, "nvmlShutdown", 1),
+    SYM(error_string, "nvmlErrorString", 1),
+    SYM(count, "nvmlDeviceGetCount_v2", 1),
+    SYM(handle, "nvmlDeviceGetHandleByIndex_v2", 1),
+    SYM(memory, "nvmlDeviceGetMemoryInfo", 1),
+    SYM(utilization, "nvmlDeviceGetUtilizationRates", 1),
+    SYM(uuid, "nvmlDeviceGetUUID", 1),
+    SYM(name, "nvmlDeviceGetName", 0),
+};
+#undef SYM
+#define NVML_NSYMS (sizeof nvml_syms / sizeof nvml_syms[0])
 
 /* Opens the library and binds the entry points; VRAM_ENODEV with the
  * reason in why when it cannot. */
 static int api_load(nvml_api *a, const char *path, char *why, size_t whylen)
 {
     memset(a, 0, sizeof *a);
-    dlerror();
-    a->lib = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
-    if (!a->lib) {
-        const char *e = dlerror();
+    int rc = vram__dl_open(&a->dl, path, nvml_syms, NVML_NSYMS, a);
+    if (rc == VRAM_DL_ENOLIB)
         say(why, whylen,
             "NVML is not available: cannot load '%s' (VRAM_NVML_LIBRARY; it comes with the NVIDIA "
             "driver): %s; no GPU picked",
-            path, e ? e : "unknown error");
-        return VRAM_ENODEV;
-    }
-    static const struct {
-        const char *name;
-        size_t off;
-        size_t size;
-    } syms[] = {
-        {"nvmlInit_v2", offsetof(nvml_api, init), sizeof(void *)},
-        {"nvmlShutdown", offsetof(nvml_api, shutdown), sizeof(void *)},
-        {"nvmlErrorString", offsetof(nvml_api, error_string), sizeof(void *)},
-        {"nvmlDeviceGetCount_v2", offsetof(nvml_api, count), sizeof(void *)},
-        {"nvmlDeviceGetHandleByIndex_v2", offsetof(nvml_api, handle), sizeof(void *)},
-        {"nvmlDeviceGetMemoryInfo", offsetof(nvml_api, memory), sizeof(void *)},
-        {"nvmlDeviceGetUtilizationRates", offsetof(nvml_api, utilization), sizeof(void *)},
-        {"nvmlDeviceGetUUID", offsetof(nvml_api, uuid), sizeof(void *)},
-    };
-    for (size_t i = 0; i < sizeof syms / sizeof syms[0]; i++) {
-        if (nv_bind(a->lib, syms[i].name, (char *)a + syms[i].off, syms[i].size)) {
-            say(why, whylen, "NVML library '%s' lacks %s; no GPU picked", path, syms[i].name);
-            dlclose(a->lib);
-            memset(a, 0, sizeof *a);
-            return VRAM_ENODEV;
-        }
-    }
-    nv_bind(a->lib, "nvmlDeviceGetName", &a->name, sizeof a->name);
-    return 0;
+            path, a->dl.dlerr);
+    else if (rc == VRAM_DL_ENOSYM)
+        say(why, whylen, "NVML library '%s' lacks %s; no GPU picked", path, a->dl.missing);
+    return rc ? VRAM_ENODEV : 0;
+}
+
+static void api_free(nvml_api *a)
+{
+    vram__dl_close(&a->dl, nvml_syms, NVML_NSYMS, a);
 }
 
 /* a ranks before b: most free memory (ties within VRAM_NVML_FREE_TIE), then
@@ -156,7 +141,7 @@ int vram__nvml_pick(char *uuid_out, size_t len, int *index_out, char *why, size_
     if (r != 0) {
         say(why, whylen, "NVML (%s) failed to start: nvmlInit_v2: %s (error %d); no GPU picked",
             path, nv_err(&a, r), r);
-        dlclose(a.lib);
+        api_free(&a);
         return VRAM_ENODEV;
     }
     nvml_dev *devs = NULL;
@@ -240,7 +225,7 @@ int vram__nvml_pick(char *uuid_out, size_t len, int *index_out, char *why, size_
 out:
     free(devs);
     a.shutdown();
-    dlclose(a.lib);
+    api_free(&a);
     return rc;
 }
 

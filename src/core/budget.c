@@ -115,7 +115,7 @@ int vram__map_with_evict(vram_model *model, vram_alloc *a)
     vram_manager *m = model->m;
     double deadline = -1;
     for (;;) {
-        int rc = m->backend->map(m->backend, &a->buf);
+        int rc = vram__backend_map(m->backend, &a->buf);
         if (rc != VRAM_ENOMEM) return rc;
         char msg[VRAM_ERRMSG_MAX];
         snprintf(msg, sizeof msg, "%s", vram__last_error());
@@ -144,7 +144,7 @@ int vram__alloc_range(vram_model *model, size_t bytes, vram_alloc **out)
     vram_backend *b = m->backend;
     vram_buf buf;
     memset(&buf, 0, sizeof buf);
-    int rc = b->reserve(b, model->device, bytes, &buf);
+    int rc = vram__backend_reserve(b, model->device, bytes, &buf);
     if (rc < 0) return rc;
 
     pthread_mutex_lock(&m->lock);
@@ -153,7 +153,7 @@ int vram__alloc_range(vram_model *model, size_t bytes, vram_alloc **out)
         vram_alloc *na = realloc(model->allocs, cap * sizeof *na);
         if (!na) {
             pthread_mutex_unlock(&m->lock);
-            b->unreserve(b, &buf);
+            vram__backend_unreserve(b, &buf);
             return vram__errorf(VRAM_EHOSTMEM, "out of host memory for the allocation table");
         }
         model->allocs = na;
@@ -162,7 +162,7 @@ int vram__alloc_range(vram_model *model, size_t bytes, vram_alloc **out)
     rc = vram__charge(m, model->device, buf.reserved, model);
     if (rc < 0) {
         pthread_mutex_unlock(&m->lock);
-        b->unreserve(b, &buf);
+        vram__backend_unreserve(b, &buf);
         return rc;
     }
     size_t idx = model->nallocs++;
@@ -179,7 +179,7 @@ int vram__alloc_range(vram_model *model, size_t bytes, vram_alloc **out)
         vram__uncharge(m, a);
         model->nallocs--;
         pthread_mutex_unlock(&m->lock);
-        b->unreserve(b, &cur);
+        vram__backend_unreserve(b, &cur);
         return rc;
     }
     /* the realloc above may move the table only under the owner, which we are */
@@ -200,8 +200,8 @@ void vram__free_all(vram_model *model)
         vram_alloc *a = &model->allocs[i];
         vram_buf buf = a->buf; /* unreserve may clear a->buf */
         void *backup = a->backup;
-        b->unreserve(b, &a->buf);
-        if (backup) b->host_free(b, backup, buf.size);
+        vram__backend_unreserve(b, &a->buf);
+        if (backup) vram__backend_host_free(b, backup, buf.size);
         pthread_mutex_lock(&m->lock);
         if (buf.mapped) m->devs[buf.device].mapped -= buf.size;
         if (a->charged) {

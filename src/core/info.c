@@ -108,7 +108,7 @@ int vram_manager_devices(vram_manager *m, vram_device_status *out, size_t cap, s
         memset(&d, 0, sizeof d);
         vram_dev_info info;
         /* the backend's live figures, asked without the manager lock */
-        if (m->backend->device_info(m->backend, (int)i, &info) < 0) info = m->devs[i].info;
+        if (vram__backend_device_info(m->backend, (int)i, &info) < 0) info = m->devs[i].info;
         d.index = (int)i;
         snprintf(d.name, sizeof d.name, "%s", info.name);
         snprintf(d.uuid, sizeof d.uuid, "%s", info.uuid);

@@ -27,10 +27,24 @@ static uint64_t resolve_budget(vram_size_spec s, uint64_t capacity)
     return s.bytes;
 }
 
+/* What the backend reads of cfg, copied into out; returns out. */
+static const vram_backend_config *backend_config(const vram_config *cfg, vram_backend_config *out)
+{
+    memset(out, 0, sizeof *out);
+    out->kind = cfg->backend;
+    out->host_memory = cfg->host_memory;
+    out->host_devices = cfg->host_devices;
+    out->chunk_bytes = cfg->chunk_bytes;
+    snprintf(out->visible_devices, sizeof out->visible_devices, "%s", cfg->visible_devices);
+    snprintf(out->cuda_library, sizeof out->cuda_library, "%s", cfg->cuda_library);
+    out->fault_injection = cfg->fault_injection;
+    return out;
+}
+
 /* Reads the devices' figures and sets their budgets. */
 static int init_devices(vram_manager *m)
 {
-    int n = m->backend->device_count(m->backend);
+    int n = vram__backend_device_count(m->backend);
     if (n <= 0)
         return vram__errorf(VRAM_ENODEV, "backend '%s' has no devices%s", m->backend->name,
                             m->cfg.visible_devices[0] ? " (check CUDA_VISIBLE_DEVICES)" : "");
@@ -38,7 +52,7 @@ static int init_devices(vram_manager *m)
     if (!m->devs) return vram__errorf(VRAM_EHOSTMEM, "out of host memory");
     m->ndev = n;
     for (int i = 0; i < n; i++) {
-        int rc = m->backend->device_info(m->backend, i, &m->devs[i].info);
+        int rc = vram__backend_device_info(m->backend, i, &m->devs[i].info);
         if (rc < 0) return rc;
         m->devs[i].budget = resolve_budget(m->cfg.gpu_budget, m->devs[i].info.total);
         if (m->devs[i].budget == 0 || m->devs[i].budget > m->devs[i].info.total)
@@ -90,7 +104,8 @@ int vram_manager_create(const vram_config *cfg, vram_manager **out)
     vram_set_log_level(m->cfg.log_level);
     if (m->cfg.evict_wait < 0) m->cfg.evict_wait = 0;
 
-    rc = vram__backend_open(&m->cfg, &m->backend);
+    vram_backend_config bcfg;
+    rc = vram__backend_open(backend_config(&m->cfg, &bcfg), &m->backend);
     if (rc < 0) goto fail;
     rc = init_devices(m);
     if (rc < 0) goto fail;
@@ -110,7 +125,7 @@ int vram_manager_create(const vram_config *cfg, vram_manager **out)
     *out = m;
     return 0;
 fail:
-    if (m->backend) m->backend->destroy(m->backend);
+    if (m->backend) vram__backend_destroy(m->backend);
     free(m->devs);
     free(m);
     return rc;
@@ -143,7 +158,7 @@ void vram_manager_destroy(vram_manager *m)
     if (m->monitor_started) pthread_join(m->monitor, NULL);
     for (size_t i = 0; i < m->nmodels; i++) vram__model_free(m->models[i]);
     free(m->models);
-    m->backend->destroy(m->backend);
+    vram__backend_destroy(m->backend);
     pthread_cond_destroy(&m->mem_cond);
     pthread_cond_destroy(&m->monitor_cond);
     pthread_mutex_destroy(&m->lock);

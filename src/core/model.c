@@ -184,8 +184,8 @@ static int transfer(vram_model *model, void *dev_ptr, void *host, size_t bytes, 
         return vram__errorf(VRAM_EINVAL, "%zu bytes at %p are outside model '%s'", bytes, dev_ptr,
                             model->name);
     size_t off = (size_t)((uintptr_t)dev_ptr - buf.addr);
-    return up ? m->backend->to_device(m->backend, &buf, off, host, bytes)
-              : m->backend->to_host(m->backend, &buf, off, host, bytes);
+    return up ? vram__backend_to_device(m->backend, &buf, off, host, bytes)
+              : vram__backend_to_host(m->backend, &buf, off, host, bytes);
 }
 
 int vram_model_upload(vram_model *model, void *dev_ptr, const void *src, size_t bytes)
@@ -218,14 +218,14 @@ static int copy_to_backups(vram_model *model)
     for (size_t i = 0; rc == 0 && i < model->nallocs; i++) {
         vram_alloc *a = &model->allocs[i];
         if (!a->backup) {
-            rc = b->host_alloc(b, a->buf.size, &a->backup);
+            rc = vram__backend_host_alloc(b, a->buf.size, &a->backup);
             if (rc < 0) {
                 a->backup = NULL;
                 break;
             }
             fresh_mark[i] = 1;
         }
-        rc = b->to_host(b, &a->buf, 0, a->backup, a->buf.size);
+        rc = vram__backend_to_host(b, &a->buf, 0, a->backup, a->buf.size);
     }
     if (rc < 0) {
         /* nothing is lost: the device copy is untouched; drop new backups */
@@ -233,14 +233,14 @@ static int copy_to_backups(vram_model *model)
         snprintf(msg, sizeof msg, "%s", vram__last_error());
         for (size_t i = 0; i < model->nallocs; i++)
             if (fresh_mark[i]) {
-                b->host_free(b, model->allocs[i].backup, model->allocs[i].buf.size);
+                vram__backend_host_free(b, model->allocs[i].backup, model->allocs[i].buf.size);
                 model->allocs[i].backup = NULL;
             }
         vram__errorf(rc, "%s", msg);
     } else {
         for (size_t i = 0; i < model->nallocs; i++) {
             vram_alloc *a = &model->allocs[i];
-            int urc = b->unmap(b, &a->buf);
+            int urc = vram__backend_unmap(b, &a->buf);
             if (urc < 0)
                 vram__log(VRAM_LOG_WARN, "unmap model=%s failed: %s (memory stays mapped)",
                           model->name, vram__last_error());
@@ -348,13 +348,13 @@ static int restore_locked(vram_model *model)
             if (rc < 0) break;
             mapped_here[i] = 1;
         }
-        rc = b->to_device(b, &a->buf, 0, a->backup, a->buf.size);
+        rc = vram__backend_to_device(b, &a->buf, 0, a->backup, a->buf.size);
     }
     if (rc < 0) {
         char msg[VRAM_ERRMSG_MAX];
         snprintf(msg, sizeof msg, "%s", vram__last_error());
         for (size_t i = 0; mapped_here && i < model->nallocs; i++)
-            if (mapped_here[i]) b->unmap(b, &model->allocs[i].buf);
+            if (mapped_here[i]) vram__backend_unmap(b, &model->allocs[i].buf);
         vram__errorf(rc, "%s", msg);
     }
     double secs = vram__now() - t0;
@@ -584,19 +584,19 @@ int vram_model_release(vram_model *model, unsigned flags)
 static int checksum_device(vram_backend *b, const vram_buf *buf, uint64_t *out)
 {
     uint64_t sum = 0;
-    int rc = b->checksum ? b->checksum(b, buf, 0, buf->size, &sum) : VRAM_ENOTSUP;
+    int rc = vram__backend_checksum(b, buf, 0, buf->size, &sum);
     if (rc == VRAM_ENOTSUP) {
         size_t chunk = (size_t)16 << 20;
         void *stage = NULL;
-        rc = b->host_alloc(b, chunk, &stage);
+        rc = vram__backend_host_alloc(b, chunk, &stage);
         if (rc < 0) return rc;
         sum = 0;
         for (size_t off = 0; off < buf->size && rc == 0; off += chunk) {
             size_t n = buf->size - off < chunk ? buf->size - off : chunk;
-            rc = b->to_host(b, buf, off, stage, n);
+            rc = vram__backend_to_host(b, buf, off, stage, n);
             if (rc == 0) sum += vram__checksum_partial(stage, n, off / 8);
         }
-        b->host_free(b, stage, chunk);
+        vram__backend_host_free(b, stage, chunk);
     }
     if (rc < 0) return rc;
     *out = sum + vram__checksum_final(buf->size);

@@ -104,7 +104,7 @@ static int st_load(vram_source *s, const vram_sink *sink)
         free(fds);
         return rc;
     }
-    void *dev = b->host_ptr ? b->host_ptr(b, sink->buf, 0, (size_t)s->bytes) : NULL;
+    void *dev = vram__backend_host_ptr(b, sink->buf, 0, (size_t)s->bytes);
     if (dev)
         rc = vram__st_load_direct(s, sink, fds, dev);
     else

@@ -26,7 +26,7 @@ int vram__sink_write(const vram_sink *sink, uint64_t off, const void *src, size_
     size_t chunk = sink->chunk_bytes ? (size_t)sink->chunk_bytes : (size_t)64 << 20;
     while (n > 0) {
         size_t take = n < chunk ? n : chunk;
-        int rc = sink->backend->to_device(sink->backend, sink->buf, (size_t)off, p, take);
+        int rc = vram__backend_to_device(sink->backend, sink->buf, (size_t)off, p, take);
         if (rc < 0) return rc;
         vram__sink_progress(sink, take);
         p += take;
@@ -49,14 +49,14 @@ static int synthetic_load(vram_source *s, const vram_sink *sink)
     if (chunk > s->bytes) chunk = (size_t)s->bytes;
     if (chunk == 0) return 0;
     void *stage = NULL;
-    int rc = sink->backend->host_alloc(sink->backend, chunk, &stage);
+    int rc = vram__backend_host_alloc(sink->backend, chunk, &stage);
     if (rc < 0) return rc;
     for (uint64_t off = 0; off < s->bytes && rc == 0; off += chunk) {
         size_t n = (size_t)(s->bytes - off < chunk ? s->bytes - off : chunk);
         vram_synthetic_fill(syn->seed, off, stage, n);
         rc = vram__sink_write(sink, off, stage, n);
     }
-    sink->backend->host_free(sink->backend, stage, chunk);
+    vram__backend_host_free(sink->backend, stage, chunk);
     return rc;
 }
 

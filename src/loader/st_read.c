@@ -194,7 +194,7 @@ static int ring_init(st_pipe *p, vram_source *s, const vram_sink *sink, const in
     for (size_t i = 0; i < ST_SLOTS; i++)
         p->held[i] = -1;
     for (size_t i = 0; i < p->nslots && rc == 0; i++)
-        rc = b->host_alloc(b, p->chunk, &p->slot[i]);
+        rc = vram__backend_host_alloc(b, p->chunk, &p->slot[i]);
     return rc;
 }
 
@@ -202,7 +202,7 @@ static int ring_init(st_pipe *p, vram_source *s, const vram_sink *sink, const in
 static void ring_free(st_pipe *p, vram_backend *b)
 {
     for (size_t i = 0; i < p->nslots; i++)
-        if (p->slot[i]) b->host_free(b, p->slot[i], p->chunk);
+        if (p->slot[i]) vram__backend_host_free(b, p->slot[i], p->chunk);
 }
 
 /* Starts up to ST_READERS reader threads (no more than there are chunks)

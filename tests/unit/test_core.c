@@ -37,6 +37,7 @@ static void test_config(vram_config *cfg, uint64_t host_memory)
     cfg->evict_wait = 0; /* fail at once; test_bounded_wait_for_memory waits */
     cfg->log_level = VRAM_LOG_ERROR;
     cfg->chunk_bytes = 4 * MiB;
+    cfg->fault_injection = 1; /* vram__backend_inject arms failures */
 }
 
 /* A manager with a fake clock and no monitor thread. */
@@ -348,7 +349,7 @@ static void test_failed_load_frees_everything(void **state)
     (void)state;
     vram_manager *m = fake_manager(64 * MiB);
     vram_model *model = add_synthetic(m, "m", "synthetic:8M:5");
-    vram__backend_host_inject(backend_of(m), "map", 1, VRAM_ENOMEM);
+    vram__backend_inject(backend_of(m), "map", 1, VRAM_ENOMEM);
     vram_lease *l = NULL;
     int rc = vram_model_acquire(model, &l);
     assert_int_equal(rc, VRAM_ENOMEM);
@@ -359,7 +360,7 @@ static void test_failed_load_frees_everything(void **state)
     assert_non_null(strstr(model->last_error, "injected"));
 
     /* a copy failure in the middle of the load, too */
-    vram__backend_host_inject(backend_of(m), "to_device", 1, VRAM_EBACKEND);
+    vram__backend_inject(backend_of(m), "to_device", 1, VRAM_EBACKEND);
     assert_int_equal(vram_model_acquire(model, &l), VRAM_EBACKEND);
     assert_int_equal(dev_used(m), 0);
 
@@ -384,7 +385,7 @@ static void test_failed_restore_keeps_backup(void **state)
     vram_lease_end(l);
     assert_int_equal(vram_model_offload(model, 0), 0);
 
-    vram__backend_host_inject(backend_of(m), "map", 1, VRAM_ENOMEM);
+    vram__backend_inject(backend_of(m), "map", 1, VRAM_ENOMEM);
     assert_int_equal(vram_model_acquire(model, &l), VRAM_ENOMEM);
     assert_int_equal(vram_model_state(model), VRAM_STATE_CPU);
     assert_int_equal(dev_used(m), 0);
@@ -392,7 +393,7 @@ static void test_failed_restore_keeps_backup(void **state)
     assert_true(got == want);
     assert_non_null(strstr(model->last_error, "restore failed"));
 
-    vram__backend_host_inject(backend_of(m), "to_device", 1, VRAM_EBACKEND);
+    vram__backend_inject(backend_of(m), "to_device", 1, VRAM_EBACKEND);
     assert_int_equal(vram_model_acquire(model, &l), VRAM_EBACKEND);
     assert_int_equal(vram_model_state(model), VRAM_STATE_CPU);
     assert_int_equal(dev_used(m), 0);
@@ -416,12 +417,12 @@ static void test_failed_offload_stays_on_gpu(void **state)
     void *addr = vram_lease_ptr(l);
     vram_lease_end(l);
 
-    vram__backend_host_inject(backend_of(m), "host_alloc", 1, VRAM_EHOSTMEM);
+    vram__backend_inject(backend_of(m), "host_alloc", 1, VRAM_EHOSTMEM);
     assert_int_equal(vram_model_offload(model, 0), VRAM_EHOSTMEM);
     assert_int_equal(vram_model_state(model), VRAM_STATE_GPU);
     assert_int_equal(m->host_used, 0);
 
-    vram__backend_host_inject(backend_of(m), "to_host", 1, VRAM_EBACKEND);
+    vram__backend_inject(backend_of(m), "to_host", 1, VRAM_EBACKEND);
     assert_int_equal(vram_model_offload(model, 0), VRAM_EBACKEND);
     assert_int_equal(vram_model_state(model), VRAM_STATE_GPU);
     assert_int_equal(vram_model_checksum(model, &got), 0);
@@ -585,7 +586,7 @@ static void test_backend_enomem_waits_and_retries(void **state)
     vram_manager *m = NULL;
     assert_int_equal(vram_manager_create(&cfg, &m), 0);
     vram_model *model = add_synthetic(m, "m", "synthetic:4M:1");
-    vram__backend_host_inject(backend_of(m), "map", 1, VRAM_ENOMEM);
+    vram__backend_inject(backend_of(m), "map", 1, VRAM_ENOMEM);
     vram_lease *l = NULL;
     double t0 = vram__now();
     assert_int_equal(vram_model_acquire(model, &l), 0);

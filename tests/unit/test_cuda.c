@@ -14,6 +14,7 @@
 #include "vram_server.h"
 #include "backend/backend.h"
 #include "backend/nvml.h"
+#include "core/core.h"
 #include "base/base.h"
 #include "cuda_double.h"
 
@@ -120,6 +121,22 @@ static int teardown(void **state)
     return 0;
 }
 
+/* The backend's part of cfg, as vram_manager_create passes it on (one
+ * static copy: backends are made on the main thread only). */
+static const vram_backend_config *bcfg(const vram_config *cfg)
+{
+    static vram_backend_config out;
+    memset(&out, 0, sizeof out);
+    out.kind = cfg->backend;
+    out.host_memory = cfg->host_memory;
+    out.host_devices = cfg->host_devices;
+    out.chunk_bytes = cfg->chunk_bytes;
+    snprintf(out.visible_devices, sizeof out.visible_devices, "%s", cfg->visible_devices);
+    snprintf(out.cuda_library, sizeof out.cuda_library, "%s", cfg->cuda_library);
+    out.fault_injection = cfg->fault_injection;
+    return &out;
+}
+
 static int make_backend_chunk(vram_backend **b, size_t chunk)
 {
     vram_config cfg;
@@ -127,7 +144,7 @@ static int make_backend_chunk(vram_backend **b, size_t chunk)
     snprintf(cfg.cuda_library, sizeof cfg.cuda_library, "%s", D.path);
     cfg.visible_devices[0] = '\0';
     cfg.chunk_bytes = chunk;
-    return vram__backend_cuda_create(&cfg, b);
+    return vram__backend_cuda_create(bcfg(&cfg), b);
 }
 
 static vram_backend *make_backend(size_t chunk)
@@ -154,18 +171,18 @@ static void test_create_reports_devices(void **state)
     vram_backend *b = make_backend(64 * MIB);
     assert_string_equal(b->name, "cuda");
     assert_int_equal(b->version, VRAM_BACKEND_VERSION);
-    assert_int_equal(b->device_count(b), 2);
+    assert_int_equal(vram__backend_device_count(b), 2);
     vram_dev_info info;
-    assert_int_equal(b->device_info(b, 1, &info), 0);
+    assert_int_equal(vram__backend_device_info(b, 1, &info), 0);
     assert_non_null(strstr(info.name, "test double"));
     assert_string_equal(info.uuid, "GPU-d0b1e000-0000-4000-8000-000000000001");
     assert_int_equal(info.total, 256 * MIB);
     assert_int_equal(info.free, 256 * MIB);
     assert_int_equal(info.granularity, GRAN);
-    assert_int_equal(b->device_info(b, 2, &info), VRAM_EINVAL);
+    assert_int_equal(vram__backend_device_info(b, 2, &info), VRAM_EINVAL);
     assert_int_equal(stats().ctx_retained, 2);
     assert_int_equal(D.depth(), 0);
-    b->destroy(b);
+    vram__backend_destroy(b);
 }
 
 static void test_library_missing_is_enodev(void **state)
@@ -175,14 +192,14 @@ static void test_library_missing_is_enodev(void **state)
     vram_config_init(&cfg);
     snprintf(cfg.cuda_library, sizeof cfg.cuda_library, "/nonexistent/libcuda-missing.so.1");
     vram_backend *b = (vram_backend *)&cfg; /* must be set to NULL */
-    assert_int_equal(vram__backend_cuda_create(&cfg, &b), VRAM_ENODEV);
+    assert_int_equal(vram__backend_cuda_create(bcfg(&cfg), &b), VRAM_ENODEV);
     assert_null(b);
     assert_msg_has("/nonexistent/libcuda-missing.so.1");
     assert_msg_has("VRAM_CUDA_LIBRARY");
 
     /* a library that is not a CUDA driver */
     snprintf(cfg.cuda_library, sizeof cfg.cuda_library, "libm.so.6");
-    assert_int_equal(vram__backend_cuda_create(&cfg, &b), VRAM_ENODEV);
+    assert_int_equal(vram__backend_cuda_create(bcfg(&cfg), &b), VRAM_ENODEV);
     assert_msg_has("libm.so.6");
     assert_msg_has("has no cuInit");
 }
@@ -200,7 +217,7 @@ static void test_stub_library_is_enodev(void **state)
     vram_config_init(&cfg);
     snprintf(cfg.cuda_library, sizeof cfg.cuda_library, "%s", stub);
     vram_backend *b = NULL;
-    assert_int_equal(vram__backend_cuda_create(&cfg, &b), VRAM_ENODEV);
+    assert_int_equal(vram__backend_cuda_create(bcfg(&cfg), &b), VRAM_ENODEV);
     assert_null(b);
     assert_msg_has("cuInit");
     assert_msg_has("CUDA_ERROR_STUB_LIBRARY");
@@ -250,7 +267,7 @@ static void test_visible_none_is_enodev(void **state)
     snprintf(cfg.cuda_library, sizeof cfg.cuda_library, "%s", D.path);
     snprintf(cfg.visible_devices, sizeof cfg.visible_devices, "none");
     vram_backend *b = NULL;
-    assert_int_equal(vram__backend_cuda_create(&cfg, &b), VRAM_ENODEV);
+    assert_int_equal(vram__backend_cuda_create(bcfg(&cfg), &b), VRAM_ENODEV);
     assert_msg_has("none");
 }
 
@@ -262,7 +279,7 @@ static void test_reserve_map_unmap_keeps_address(void **state)
     vram_backend *b = make_backend(64 * MIB);
     vram_buf buf;
     memset(&buf, 0, sizeof buf);
-    assert_int_equal(b->reserve(b, 0, 3 * MIB + 5, &buf), 0);
+    assert_int_equal(vram__backend_reserve(b, 0, 3 * MIB + 5, &buf), 0);
     assert_int_equal(buf.size, 3 * MIB + 5);
     assert_int_equal(buf.reserved, 4 * MIB);
     assert_int_equal(buf.addr % GRAN, 0);
@@ -272,27 +289,27 @@ static void test_reserve_map_unmap_keeps_address(void **state)
 
     vram_dev_info info;
     for (int cycle = 0; cycle < 3; cycle++) {
-        assert_int_equal(b->map(b, &buf), 0);
+        assert_int_equal(vram__backend_map(b, &buf), 0);
         assert_int_equal(buf.mapped, 1);
         assert_int_equal(buf.addr, addr);
         assert_int_equal(D.accessible(addr), 1);
         assert_int_equal(D.accessible(addr + buf.reserved - 1), 1);
-        assert_int_equal(b->device_info(b, 0, &info), 0);
+        assert_int_equal(vram__backend_device_info(b, 0, &info), 0);
         assert_int_equal(info.free, 252 * MIB);
-        assert_int_equal(b->unmap(b, &buf), 0);
+        assert_int_equal(vram__backend_unmap(b, &buf), 0);
         assert_int_equal(buf.mapped, 0);
         assert_int_equal(buf.addr, addr);
         assert_int_equal(D.accessible(addr), 0);
-        assert_int_equal(b->device_info(b, 0, &info), 0);
+        assert_int_equal(vram__backend_device_info(b, 0, &info), 0);
         assert_int_equal(info.free, 256 * MIB);
     }
-    assert_int_equal(b->unmap(b, &buf), 0); /* unmapping an unmapped range is nothing */
-    assert_int_equal(b->map(b, &buf), 0);
-    b->unreserve(b, &buf); /* unmaps first */
+    assert_int_equal(vram__backend_unmap(b, &buf), 0); /* unmapping an unmapped range is nothing */
+    assert_int_equal(vram__backend_map(b, &buf), 0);
+    vram__backend_unreserve(b, &buf); /* unmaps first */
     assert_int_equal(D.accessible(addr), -1);
-    assert_int_equal(b->reserve(b, 0, 0, &buf), VRAM_EINVAL);
-    assert_int_equal(b->reserve(b, 5, MIB, &buf), VRAM_EINVAL);
-    b->destroy(b);
+    assert_int_equal(vram__backend_reserve(b, 0, 0, &buf), VRAM_EINVAL);
+    assert_int_equal(vram__backend_reserve(b, 5, MIB, &buf), VRAM_EINVAL);
+    vram__backend_destroy(b);
 }
 
 static void test_map_oom_leaves_range_intact(void **state)
@@ -301,33 +318,33 @@ static void test_map_oom_leaves_range_intact(void **state)
     vram_backend *b = make_backend(64 * MIB);
     vram_buf buf;
     memset(&buf, 0, sizeof buf);
-    assert_int_equal(b->reserve(b, 1, 4 * MIB, &buf), 0);
+    assert_int_equal(vram__backend_reserve(b, 1, 4 * MIB, &buf), 0);
     uintptr_t addr = buf.addr;
 
     /* injected: the driver's own out-of-memory answer */
     assert_int_equal(D.set_fail("cuMemCreate:1:OOM"), 0);
-    assert_int_equal(b->map(b, &buf), VRAM_ENOMEM);
+    assert_int_equal(vram__backend_map(b, &buf), VRAM_ENOMEM);
     assert_msg_has("cuMemCreate(4194304 bytes, device 1): CUDA_ERROR_OUT_OF_MEMORY: out of memory");
     assert_int_equal(buf.mapped, 0);
     assert_int_equal(buf.addr, addr);
     assert_int_equal(D.accessible(addr), 0);
     assert_int_equal(stats().allocations, 0);
-    assert_int_equal(b->map(b, &buf), 0); /* and the range still works */
+    assert_int_equal(vram__backend_map(b, &buf), 0); /* and the range still works */
     assert_int_equal(buf.addr, addr);
 
     /* real: the device is full */
     vram_buf big;
     memset(&big, 0, sizeof big);
-    assert_int_equal(b->reserve(b, 1, 254 * MIB, &big), 0);
-    assert_int_equal(b->map(b, &big), VRAM_ENOMEM);
+    assert_int_equal(vram__backend_reserve(b, 1, 254 * MIB, &big), 0);
+    assert_int_equal(vram__backend_map(b, &big), VRAM_ENOMEM);
     assert_msg_has("CUDA_ERROR_OUT_OF_MEMORY");
     assert_int_equal(big.mapped, 0);
     assert_int_equal(D.accessible(big.addr), 0);
-    assert_int_equal(b->unmap(b, &buf), 0);
-    assert_int_equal(b->map(b, &big), 0); /* fits once the other is gone */
-    b->unreserve(b, &big);
-    b->unreserve(b, &buf);
-    b->destroy(b);
+    assert_int_equal(vram__backend_unmap(b, &buf), 0);
+    assert_int_equal(vram__backend_map(b, &big), 0); /* fits once the other is gone */
+    vram__backend_unreserve(b, &big);
+    vram__backend_unreserve(b, &buf);
+    vram__backend_destroy(b);
 }
 
 static void test_map_failures_release_what_was_created(void **state)
@@ -336,17 +353,17 @@ static void test_map_failures_release_what_was_created(void **state)
     vram_backend *b = make_backend(64 * MIB);
     vram_buf buf;
     memset(&buf, 0, sizeof buf);
-    assert_int_equal(b->reserve(b, 0, 2 * MIB, &buf), 0);
+    assert_int_equal(vram__backend_reserve(b, 0, 2 * MIB, &buf), 0);
 
     assert_int_equal(D.set_fail("cuMemMap:1:UNKNOWN"), 0);
-    assert_int_equal(b->map(b, &buf), VRAM_EBACKEND);
+    assert_int_equal(vram__backend_map(b, &buf), VRAM_EBACKEND);
     assert_msg_has("cuMemMap(");
     assert_msg_has("CUDA_ERROR_UNKNOWN: unknown error");
     assert_int_equal(buf.mapped, 0);
     assert_int_equal(stats().allocations, 0);
 
     assert_int_equal(D.set_fail("cuMemSetAccess:1:INVALID_VALUE"), 0);
-    assert_int_equal(b->map(b, &buf), VRAM_EBACKEND);
+    assert_int_equal(vram__backend_map(b, &buf), VRAM_EBACKEND);
     assert_msg_has("cuMemSetAccess(");
     assert_msg_has("CUDA_ERROR_INVALID_VALUE: invalid argument");
     assert_int_equal(buf.mapped, 0);
@@ -355,20 +372,20 @@ static void test_map_failures_release_what_was_created(void **state)
     assert_int_equal(D.accessible(buf.addr), 0);
 
     assert_int_equal(D.set_fail("cuMemUnmap:1:UNKNOWN"), 0);
-    assert_int_equal(b->map(b, &buf), 0);
-    assert_int_equal(b->unmap(b, &buf), VRAM_EBACKEND);
+    assert_int_equal(vram__backend_map(b, &buf), 0);
+    assert_int_equal(vram__backend_unmap(b, &buf), VRAM_EBACKEND);
     assert_int_equal(buf.mapped, 1); /* still mapped, still usable */
     assert_int_equal(D.accessible(buf.addr), 1);
-    assert_int_equal(b->unmap(b, &buf), 0);
+    assert_int_equal(vram__backend_unmap(b, &buf), 0);
 
     assert_int_equal(D.set_fail("cuMemAddressReserve:1:OOM"), 0);
     vram_buf other;
     memset(&other, 0, sizeof other);
-    assert_int_equal(b->reserve(b, 0, MIB, &other), VRAM_ENOMEM);
+    assert_int_equal(vram__backend_reserve(b, 0, MIB, &other), VRAM_ENOMEM);
     assert_msg_has("cuMemAddressReserve");
-    b->unreserve(b, &buf);
-    b->unreserve(b, &other); /* never reserved: nothing */
-    b->destroy(b);
+    vram__backend_unreserve(b, &buf);
+    vram__backend_unreserve(b, &other); /* never reserved: nothing */
+    vram__backend_destroy(b);
 }
 
 /* ---- host memory and copies ---- */
@@ -378,18 +395,18 @@ static void test_host_alloc_pinned_and_oom(void **state)
     (void)state;
     vram_backend *b = make_backend(64 * MIB);
     void *p = NULL;
-    assert_int_equal(b->host_alloc(b, 3 * MIB, &p), 0);
+    assert_int_equal(vram__backend_host_alloc(b, 3 * MIB, &p), 0);
     assert_non_null(p);
     memset(p, 0xab, 3 * MIB);
     assert_int_equal(stats().host_allocs, 1);
-    b->host_free(b, p, 3 * MIB);
-    b->host_free(b, NULL, 0);
+    vram__backend_host_free(b, p, 3 * MIB);
+    vram__backend_host_free(b, NULL, 0);
     assert_int_equal(D.set_fail("cuMemHostAlloc:1:OOM"), 0);
-    assert_int_equal(b->host_alloc(b, MIB, &p), VRAM_EHOSTMEM);
+    assert_int_equal(vram__backend_host_alloc(b, MIB, &p), VRAM_EHOSTMEM);
     assert_null(p);
     assert_msg_has("cuMemHostAlloc(1048576 bytes, portable): CUDA_ERROR_OUT_OF_MEMORY");
-    assert_int_equal(b->host_alloc(b, 0, &p), VRAM_EINVAL);
-    b->destroy(b);
+    assert_int_equal(vram__backend_host_alloc(b, 0, &p), VRAM_EINVAL);
+    vram__backend_destroy(b);
 }
 
 static void fill(unsigned char *p, size_t n, uint64_t seed)
@@ -406,11 +423,11 @@ static void test_chunked_copies_are_pipelined(void **state)
     vram_buf buf;
     memset(&buf, 0, sizeof buf);
     const size_t size = MIB + 13;
-    assert_int_equal(b->reserve(b, 1, size, &buf), 0);
-    assert_int_equal(b->map(b, &buf), 0);
+    assert_int_equal(vram__backend_reserve(b, 1, size, &buf), 0);
+    assert_int_equal(vram__backend_map(b, &buf), 0);
     unsigned char *src, *dst;
-    assert_int_equal(b->host_alloc(b, size, (void **)&src), 0);
-    assert_int_equal(b->host_alloc(b, size, (void **)&dst), 0);
+    assert_int_equal(vram__backend_host_alloc(b, size, (void **)&src), 0);
+    assert_int_equal(vram__backend_host_alloc(b, size, (void **)&dst), 0);
 
     const size_t sizes[] = {1, 7, chunk - 1, chunk, chunk + 1, 5 * chunk + 13, size};
     const size_t offs[] = {0, 3, chunk - 1};
@@ -423,12 +440,12 @@ static void test_chunked_copies_are_pipelined(void **state)
             memset(dst, 0, n);
             long h0 = D.calls("cuMemcpyHtoDAsync_v2"), d0 = D.calls("cuMemcpyDtoHAsync_v2");
             long s0 = D.calls("cuStreamSynchronize");
-            assert_int_equal(b->to_device(b, &buf, off, src, n), 0);
+            assert_int_equal(vram__backend_to_device(b, &buf, off, src, n), 0);
             assert_int_equal(D.calls("cuMemcpyHtoDAsync_v2") - h0, (long)chunks);
             assert_int_equal(D.calls("cuStreamSynchronize") - s0, 1);
             /* after to_device returned, the bytes are on the device */
             assert_memory_equal((unsigned char *)buf.addr + off, src, n);
-            assert_int_equal(b->to_host(b, &buf, off, dst, n), 0);
+            assert_int_equal(vram__backend_to_host(b, &buf, off, dst, n), 0);
             assert_int_equal(D.calls("cuMemcpyDtoHAsync_v2") - d0, (long)chunks);
             assert_int_equal(D.calls("cuStreamSynchronize") - s0, 2);
             assert_memory_equal(dst, src, n);
@@ -436,15 +453,15 @@ static void test_chunked_copies_are_pipelined(void **state)
     }
     /* every chunk of a copy was queued before the first one ran */
     assert_true(stats().max_pending >= (long)((size + chunk - 1) / chunk));
-    assert_int_equal(b->to_device(b, &buf, 0, src, 0), 0);
-    assert_int_equal(b->to_host(b, &buf, size, dst, 1), VRAM_EINVAL);
-    assert_int_equal(b->to_host(b, &buf, 0, NULL, 1), VRAM_EINVAL);
-    b->host_free(b, src, size);
-    b->host_free(b, dst, size);
-    assert_int_equal(b->unmap(b, &buf), 0);
-    assert_int_equal(b->to_host(b, &buf, 0, dst, 1), VRAM_EINVAL); /* not mapped */
-    b->unreserve(b, &buf);
-    b->destroy(b);
+    assert_int_equal(vram__backend_to_device(b, &buf, 0, src, 0), 0);
+    assert_int_equal(vram__backend_to_host(b, &buf, size, dst, 1), VRAM_EINVAL);
+    assert_int_equal(vram__backend_to_host(b, &buf, 0, NULL, 1), VRAM_EINVAL);
+    vram__backend_host_free(b, src, size);
+    vram__backend_host_free(b, dst, size);
+    assert_int_equal(vram__backend_unmap(b, &buf), 0);
+    assert_int_equal(vram__backend_to_host(b, &buf, 0, dst, 1), VRAM_EINVAL); /* not mapped */
+    vram__backend_unreserve(b, &buf);
+    vram__backend_destroy(b);
 }
 
 static void test_pageable_upload_and_download(void **state)
@@ -455,8 +472,8 @@ static void test_pageable_upload_and_download(void **state)
     vram_buf buf;
     memset(&buf, 0, sizeof buf);
     const size_t n = 300 * 1024 + 3;
-    assert_int_equal(b->reserve(b, 0, n, &buf), 0);
-    assert_int_equal(b->map(b, &buf), 0);
+    assert_int_equal(vram__backend_reserve(b, 0, n, &buf), 0);
+    assert_int_equal(vram__backend_map(b, &buf), 0);
     unsigned char *user = malloc(n), *want = malloc(n), *back = malloc(n);
     assert_non_null(user);
     assert_non_null(want);
@@ -464,16 +481,16 @@ static void test_pageable_upload_and_download(void **state)
     fill(want, n, 99);
     memcpy(user, want, n);
     long pg0 = stats().pageable_copies;
-    assert_int_equal(b->to_device(b, &buf, 0, user, n), 0);
+    assert_int_equal(vram__backend_to_device(b, &buf, 0, user, n), 0);
     memset(user, 0x5a, n); /* the caller reuses its buffer at once */
     assert_true(stats().pageable_copies - pg0 >= 5);
-    assert_int_equal(b->to_host(b, &buf, 0, back, n), 0); /* pageable destination too */
+    assert_int_equal(vram__backend_to_host(b, &buf, 0, back, n), 0); /* pageable destination too */
     assert_memory_equal(back, want, n);
     free(user);
     free(want);
     free(back);
-    b->unreserve(b, &buf);
-    b->destroy(b);
+    vram__backend_unreserve(b, &buf);
+    vram__backend_destroy(b);
 }
 
 static void test_copy_errors_carry_driver_names(void **state)
@@ -483,28 +500,28 @@ static void test_copy_errors_carry_driver_names(void **state)
     vram_backend *b = make_backend(chunk);
     vram_buf buf;
     memset(&buf, 0, sizeof buf);
-    assert_int_equal(b->reserve(b, 0, 4 * chunk, &buf), 0);
-    assert_int_equal(b->map(b, &buf), 0);
+    assert_int_equal(vram__backend_reserve(b, 0, 4 * chunk, &buf), 0);
+    assert_int_equal(vram__backend_map(b, &buf), 0);
     void *h;
-    assert_int_equal(b->host_alloc(b, 4 * chunk, &h), 0);
+    assert_int_equal(vram__backend_host_alloc(b, 4 * chunk, &h), 0);
     assert_int_equal(D.set_fail("cuMemcpyHtoDAsync_v2:2:ILLEGAL_ADDRESS"), 0);
     long s0 = D.calls("cuStreamSynchronize");
-    assert_int_equal(b->to_device(b, &buf, 0, h, 4 * chunk), VRAM_EBACKEND);
+    assert_int_equal(vram__backend_to_device(b, &buf, 0, h, 4 * chunk), VRAM_EBACKEND);
     assert_msg_has("cuMemcpyHtoDAsync_v2(65536 bytes at offset 65536");
     assert_msg_has("CUDA_ERROR_ILLEGAL_ADDRESS: an illegal memory access was encountered");
     assert_int_equal(D.calls("cuStreamSynchronize") - s0, 1); /* drained before returning */
 
     assert_int_equal(D.set_fail("cuStreamSynchronize:1:LAUNCH_FAILED"), 0);
-    assert_int_equal(b->to_host(b, &buf, 0, h, chunk), VRAM_EBACKEND);
+    assert_int_equal(vram__backend_to_host(b, &buf, 0, h, chunk), VRAM_EBACKEND);
     assert_msg_has("cuStreamSynchronize");
     assert_msg_has("CUDA_ERROR_LAUNCH_FAILED");
 
     assert_int_equal(D.set_fail("cuMemcpyDtoHAsync_v2:1:OOM"), 0);
-    assert_int_equal(b->to_host(b, &buf, 0, h, chunk), VRAM_ENOMEM);
-    assert_int_equal(b->to_host(b, &buf, 0, h, 4 * chunk), 0); /* and it works again */
-    b->host_free(b, h, 4 * chunk);
-    b->unreserve(b, &buf);
-    b->destroy(b);
+    assert_int_equal(vram__backend_to_host(b, &buf, 0, h, chunk), VRAM_ENOMEM);
+    assert_int_equal(vram__backend_to_host(b, &buf, 0, h, 4 * chunk), 0); /* and it works again */
+    vram__backend_host_free(b, h, 4 * chunk);
+    vram__backend_unreserve(b, &buf);
+    vram__backend_destroy(b);
 }
 
 /* ---- checksum kernel ---- */
@@ -517,12 +534,12 @@ static void test_checksum_kernel_matches_host(void **state)
     vram_buf buf;
     memset(&buf, 0, sizeof buf);
     const size_t size = 8 * MIB + 5; /* over a million words: the grid strides */
-    assert_int_equal(b->reserve(b, 0, size, &buf), 0);
-    assert_int_equal(b->map(b, &buf), 0);
+    assert_int_equal(vram__backend_reserve(b, 0, size, &buf), 0);
+    assert_int_equal(vram__backend_map(b, &buf), 0);
     unsigned char *h;
-    assert_int_equal(b->host_alloc(b, size, (void **)&h), 0);
+    assert_int_equal(vram__backend_host_alloc(b, size, (void **)&h), 0);
     fill(h, size, 7);
-    assert_int_equal(b->to_device(b, &buf, 0, h, size), 0);
+    assert_int_equal(vram__backend_to_device(b, &buf, 0, h, size), 0);
 
     static const struct {
         size_t off, n;
@@ -534,21 +551,21 @@ static void test_checksum_kernel_matches_host(void **state)
     long loads0 = D.calls("cuModuleLoadData");
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         uint64_t sum = 0;
-        assert_int_equal(b->checksum(b, &buf, cases[i].off, cases[i].n, &sum), 0);
+        assert_int_equal(vram__backend_checksum(b, &buf, cases[i].off, cases[i].n, &sum), 0);
         assert_int_equal(sum,
                          vram__checksum_partial(h + cases[i].off, cases[i].n, cases[i].off / 8));
     }
     assert_int_equal(stats().launches - l0, (long)(sizeof cases / sizeof cases[0]));
     uint64_t sum;
-    assert_int_equal(b->checksum(b, &buf, 0, size, &sum), 0);
+    assert_int_equal(vram__backend_checksum(b, &buf, 0, size, &sum), 0);
     assert_int_equal(sum + vram__checksum_final(size), vram_checksum(h, size));
-    assert_int_equal(b->checksum(b, &buf, 0, 0, &sum), 0);
+    assert_int_equal(vram__backend_checksum(b, &buf, 0, 0, &sum), 0);
     assert_int_equal(sum, 0);
-    assert_int_equal(b->checksum(b, &buf, 4, 8, &sum), VRAM_EINVAL);
+    assert_int_equal(vram__backend_checksum(b, &buf, 4, 8, &sum), VRAM_EINVAL);
     assert_int_equal(D.calls("cuModuleLoadData") - loads0, 1); /* loaded once, on first use */
-    b->host_free(b, h, size);
-    b->unreserve(b, &buf);
-    b->destroy(b);
+    vram__backend_host_free(b, h, size);
+    vram__backend_unreserve(b, &buf);
+    vram__backend_destroy(b);
 }
 
 static void test_checksum_module_failure_is_enotsup(void **state)
@@ -557,20 +574,20 @@ static void test_checksum_module_failure_is_enotsup(void **state)
     vram_backend *b = make_backend(64 * MIB);
     vram_buf buf;
     memset(&buf, 0, sizeof buf);
-    assert_int_equal(b->reserve(b, 0, MIB, &buf), 0);
-    assert_int_equal(b->map(b, &buf), 0);
+    assert_int_equal(vram__backend_reserve(b, 0, MIB, &buf), 0);
+    assert_int_equal(vram__backend_map(b, &buf), 0);
     long m0 = D.calls("cuModuleLoadData"), l0 = stats().launches;
     assert_int_equal(D.set_fail("cuModuleLoadData:*:UNSUPPORTED_PTX"), 0);
     uint64_t sum = 42;
-    assert_int_equal(b->checksum(b, &buf, 0, 64, &sum), VRAM_ENOTSUP);
+    assert_int_equal(vram__backend_checksum(b, &buf, 0, 64, &sum), VRAM_ENOTSUP);
     assert_msg_has("cuModuleLoadData");
     assert_msg_has("CUDA_ERROR_UNSUPPORTED_PTX_VERSION");
     assert_int_equal(sum, 42);
-    assert_int_equal(b->checksum(b, &buf, 0, 64, &sum), VRAM_ENOTSUP);
+    assert_int_equal(vram__backend_checksum(b, &buf, 0, 64, &sum), VRAM_ENOTSUP);
     assert_int_equal(D.calls("cuModuleLoadData") - m0, 1); /* the answer is kept */
     assert_int_equal(stats().launches, l0);                /* nothing was launched */
-    b->unreserve(b, &buf);
-    b->destroy(b);
+    vram__backend_unreserve(b, &buf);
+    vram__backend_destroy(b);
 }
 
 /* ---- contexts and threads ---- */
@@ -605,31 +622,31 @@ static void *worker_main(void *arg)
     unsigned char *want = malloc(n);
     WCHECK(want != NULL);
     fill(want, n, 1000 + (uint64_t)w->id);
-    WCHECK(b->reserve(b, w->dev, n, &buf) == 0);
+    WCHECK(vram__backend_reserve(b, w->dev, n, &buf) == 0);
     WCHECK(D.depth() == 0);
-    WCHECK(b->host_alloc(b, n, (void **)&pin) == 0);
+    WCHECK(vram__backend_host_alloc(b, n, (void **)&pin) == 0);
     memcpy(pin, want, n);
-    WCHECK(b->map(b, &buf) == 0);
-    WCHECK(b->to_device(b, &buf, 0, pin, n) == 0);
+    WCHECK(vram__backend_map(b, &buf) == 0);
+    WCHECK(vram__backend_to_device(b, &buf, 0, pin, n) == 0);
     uintptr_t addr = buf.addr;
     for (int c = 0; c < w->cycles; c++) {
         memset(pin, 0, n);
-        WCHECK(b->to_host(b, &buf, 0, pin, n) == 0); /* offload */
-        WCHECK(b->unmap(b, &buf) == 0);
-        WCHECK(b->map(b, &buf) == 0); /* restore at the same address */
+        WCHECK(vram__backend_to_host(b, &buf, 0, pin, n) == 0); /* offload */
+        WCHECK(vram__backend_unmap(b, &buf) == 0);
+        WCHECK(vram__backend_map(b, &buf) == 0); /* restore at the same address */
         WCHECK(buf.addr == addr);
-        WCHECK(b->to_device(b, &buf, 0, pin, n) == 0);
+        WCHECK(vram__backend_to_device(b, &buf, 0, pin, n) == 0);
         uint64_t sum = 0;
-        WCHECK(b->checksum(b, &buf, 0, n, &sum) == 0);
+        WCHECK(vram__backend_checksum(b, &buf, 0, n, &sum) == 0);
         WCHECK(sum == vram__checksum_partial(want, n, 0));
         vram_dev_info info;
-        WCHECK(b->device_info(b, w->dev, &info) == 0);
+        WCHECK(vram__backend_device_info(b, w->dev, &info) == 0);
         WCHECK(D.depth() == 0);
     }
     WCHECK(memcmp(pin, want, n) == 0);
 out:
-    if (buf.impl) b->unreserve(b, &buf);
-    if (pin) b->host_free(b, pin, n);
+    if (buf.impl) vram__backend_unreserve(b, &buf);
+    if (pin) vram__backend_host_free(b, pin, n);
     free(want);
     return NULL;
 }
@@ -655,7 +672,7 @@ static void test_threads_share_devices_and_streams(void **state)
     }
     assert_true(stats().streams <= 2 * 4); /* a small pool per device */
     assert_true(stats().streams >= 2);
-    b->destroy(b);
+    vram__backend_destroy(b);
 }
 
 /* ---- NVML ---- */
@@ -728,11 +745,11 @@ static void test_nvml_pin_selects_the_cuda_device(void **state)
     assert_string_equal(getenv("CUDA_VISIBLE_DEVICES"), "GPU-d0b1e000-0000-4000-8000-000000000001");
     assert_int_equal(D.configure(2, 256 * MIB), 0); /* the driver reads it at its next cuInit */
     vram_backend *b = make_backend(0);
-    assert_int_equal(b->device_count(b), 1);
+    assert_int_equal(vram__backend_device_count(b), 1);
     vram_dev_info info;
-    assert_int_equal(b->device_info(b, 0, &info), 0);
+    assert_int_equal(vram__backend_device_info(b, 0, &info), 0);
     assert_string_equal(info.uuid, uuid);
-    b->destroy(b);
+    vram__backend_destroy(b);
     unsetenv("CUDA_VISIBLE_DEVICES");
 }
 
@@ -859,6 +876,59 @@ static void test_driver_oom_evicts_then_fails_cleanly(void **state)
     vram_manager_destroy(m);
 }
 
+/* The fault decorator over the cuda backend: an injected map failure on a
+ * restore leaves the model on the CPU with its backup intact, nothing
+ * mapped in the driver, and the next restore puts it back at its address. */
+static void test_injected_map_failure_keeps_model_on_cpu(void **state)
+{
+    (void)state;
+    vram_config cfg;
+    vram_config_init(&cfg);
+    cfg.backend = VRAM_BACKEND_CUDA;
+    snprintf(cfg.cuda_library, sizeof cfg.cuda_library, "%s", D.path);
+    cfg.no_monitor_thread = 1;
+    cfg.idle_timeout = 0;
+    cfg.evict_wait = 0;
+    cfg.log_level = VRAM_LOG_ERROR;
+    cfg.fault_injection = 1;
+    vram_manager *m = NULL;
+    assert_int_equal(vram_manager_create(&cfg, &m), 0);
+    assert_string_equal(vram_manager_backend(m), "cuda");
+    vram_model_opts o;
+    vram_model_opts_init(&o);
+    o.source = "synthetic:3M:7";
+    vram_model *model = NULL;
+    assert_int_equal(vram_manager_register(m, "m", &o, &model), 0);
+    const uint64_t want = synthetic_checksum(7, 3 * MIB);
+    vram_lease *l = NULL;
+    assert_int_equal(vram_model_acquire(model, &l), 0);
+    void *ptr = vram_lease_ptr(l);
+    vram_lease_end(l);
+    assert_int_equal(vram_model_offload(model, VRAM_WAIT), 0);
+    long mappings = stats().mappings;
+
+    assert_int_equal(vram__backend_inject(m->backend, "map", 1, VRAM_EBACKEND), 0);
+    assert_int_equal(vram_model_acquire(model, &l), VRAM_EBACKEND);
+    assert_null(l);
+    assert_int_equal(vram_model_state(model), VRAM_STATE_CPU);
+    assert_int_equal(stats().mappings, mappings);
+    assert_int_equal(D.accessible((uintptr_t)ptr), 0);
+    char *st = vram_model_status_json(m, "m");
+    assert_non_null(strstr(st, "injected failure: map #1"));
+    free(st);
+    uint64_t c = 0;
+    assert_int_equal(vram_model_checksum(model, &c), 0); /* the backup */
+    assert_int_equal(c, want);
+
+    assert_int_equal(vram_model_acquire(model, &l), 0); /* one-shot: this one maps */
+    assert_ptr_equal(vram_lease_ptr(l), ptr);
+    assert_int_equal(vram_model_checksum(model, &c), 0);
+    assert_int_equal(c, want);
+    vram_lease_end(l);
+    assert_int_equal(vram_model_release(model, VRAM_WAIT), 0);
+    vram_manager_destroy(m);
+}
+
 /* NVIDIA_VISIBLE_DEVICES=1 in the environment is the container runtime's:
  * the index is not re-applied as CUDA_VISIBLE_DEVICES (it would hide the
  * only device inside a container); a UUID is. */
@@ -873,9 +943,9 @@ static void test_nvidia_visible_devices_index_left_to_runtime(void **state)
     setenv("NVIDIA_VISIBLE_DEVICES", "1", 1);
     snprintf(cfg.visible_devices, sizeof cfg.visible_devices, "1");
     vram_backend *b = NULL;
-    assert_int_equal(vram__backend_cuda_create(&cfg, &b), 0);
+    assert_int_equal(vram__backend_cuda_create(bcfg(&cfg), &b), 0);
     assert_null(getenv("CUDA_VISIBLE_DEVICES"));
-    b->destroy(b);
+    vram__backend_destroy(b);
     unsetenv("NVIDIA_VISIBLE_DEVICES");
 }
 
@@ -894,6 +964,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_nvidia_visible_devices_index_left_to_runtime, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_driver_oom_evicts_then_fails_cleanly, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_injected_map_failure_keeps_model_on_cpu, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_library_missing_is_enodev, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cuinit_failure_is_enodev, setup, teardown),
         cmocka_unit_test_setup_teardown(test_stub_library_is_enodev, setup, teardown),

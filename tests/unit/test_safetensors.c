@@ -123,21 +123,23 @@ static void *read_all(const char *path, size_t *len)
     return p;
 }
 
-/* A host backend with one 256 MiB device (caller destroys). */
+/* A host backend with one 256 MiB device, inside the fault decorator so
+ * that vram__backend_inject works on it (caller destroys). */
 static vram_backend *host_backend(void)
 {
-    vram_config cfg;
-    vram_config_init(&cfg);
-    cfg.backend = VRAM_BACKEND_HOST;
+    vram_backend_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.kind = VRAM_BACKEND_HOST;
     cfg.host_devices = 1;
     cfg.host_memory = 256 * MiB;
+    cfg.fault_injection = 1;
     vram_backend *b = NULL;
-    int rc = vram__backend_host_create(&cfg, &b);
+    int rc = vram__backend_open(&cfg, &b);
     if (rc) fail_msg("host backend: %s", vram__last_error());
     return b;
 }
 
-/* The staging view of a host backend: a copy of its function table (same
+/* The staging view of a host backend: a copy of its interface table (same
  * context) without host_ptr, so that loads take the staging path as on
  * CUDA. Optionally its host_alloc makes the nth staging buffer from now
  * read-only, so that a read into it fails midway (EFAULT). The caller
@@ -148,7 +150,8 @@ static int g_ro_alloc;            /* host_alloc calls until the read-only one; 0
 /* host_alloc of the staging view: the real one, then read-only when due. */
 static int staged_host_alloc(vram_backend *b, size_t bytes, void **out)
 {
-    int rc = g_real_host->host_alloc(b, bytes, out);
+    (void)b; /* the view: same context as the real one */
+    int rc = vram__backend_host_alloc(g_real_host, bytes, out);
     if (rc == 0 && g_ro_alloc > 0 && --g_ro_alloc == 0)
         assert_int_equal(mprotect(*out, (size_t)vram__round_up(bytes, 4096), PROT_READ), 0);
     return rc;
@@ -157,11 +160,14 @@ static int staged_host_alloc(vram_backend *b, size_t bytes, void **out)
 /* The staging view of host (see above); the caller frees it with free(). */
 static vram_backend *staging_view(vram_backend *host)
 {
+    static struct vram_backend_iface view_iface;
+    view_iface = *host->iface;
+    view_iface.host_ptr = NULL;
+    view_iface.host_alloc = staged_host_alloc;
     vram_backend *v = malloc(sizeof *v);
     assert_non_null(v);
     *v = *host;
-    v->host_ptr = NULL;
-    v->host_alloc = staged_host_alloc;
+    v->iface = &view_iface;
     g_real_host = host;
     return v;
 }
@@ -178,9 +184,9 @@ static unsigned char *load_range(vram_source *s, uint64_t chunk, int staged, uin
     vram_backend *b = staged ? staging_view(host) : host;
     vram_buf buf;
     memset(&buf, 0, sizeof buf);
-    assert_int_equal(b->reserve(b, 0, (size_t)s->bytes, &buf), 0);
-    assert_int_equal(b->map(b, &buf), 0);
-    void *dev = host->host_ptr(host, &buf, 0, (size_t)s->bytes);
+    assert_int_equal(vram__backend_reserve(b, 0, (size_t)s->bytes, &buf), 0);
+    assert_int_equal(vram__backend_map(b, &buf), 0);
+    void *dev = vram__backend_host_ptr(host, &buf, 0, (size_t)s->bytes);
     assert_non_null(dev);
     memset(dev, 0xa5, (size_t)s->bytes);
     uint64_t progress = 0;
@@ -192,11 +198,11 @@ static unsigned char *load_range(vram_source *s, uint64_t chunk, int staged, uin
     assert_int_equal(progress, s->bytes);
     unsigned char *out = malloc((size_t)s->bytes);
     assert_non_null(out);
-    assert_int_equal(b->to_host(b, &buf, 0, out, (size_t)s->bytes), 0);
-    if (sum) assert_int_equal(b->checksum(b, &buf, 0, (size_t)s->bytes, sum), 0);
-    b->unreserve(b, &buf);
+    assert_int_equal(vram__backend_to_host(b, &buf, 0, out, (size_t)s->bytes), 0);
+    if (sum) assert_int_equal(vram__backend_checksum(b, &buf, 0, (size_t)s->bytes, sum), 0);
+    vram__backend_unreserve(b, &buf);
     if (staged) free(b);
-    host->destroy(host);
+    vram__backend_destroy(host);
     return out;
 }
 
@@ -850,8 +856,8 @@ static void test_reload_and_changed_file(void **state)
     vram_backend *be = host_backend();
     vram_buf buf;
     memset(&buf, 0, sizeof buf);
-    assert_int_equal(be->reserve(be, 0, (size_t)s->bytes, &buf), 0);
-    assert_int_equal(be->map(be, &buf), 0);
+    assert_int_equal(vram__backend_reserve(be, 0, (size_t)s->bytes, &buf), 0);
+    assert_int_equal(vram__backend_map(be, &buf), 0);
     uint64_t progress = 0;
     vram_sink sink = {.backend = be, .buf = &buf, .progress = &progress};
     assert_int_equal(s->load(s, &sink), VRAM_EIO);
@@ -861,8 +867,8 @@ static void test_reload_and_changed_file(void **state)
     unlink(p);
     assert_int_equal(s->load(s, &sink), VRAM_EIO);
     assert_contains(vram__last_error(), "m.safetensors: No such file");
-    be->unreserve(be, &buf);
-    be->destroy(be);
+    vram__backend_unreserve(be, &buf);
+    vram__backend_destroy(be);
     vram__source_close(s);
 }
 
@@ -882,8 +888,8 @@ static void range_begin(test_range *r, const vram_source *s, int staged, uint64_
     memset(r, 0, sizeof *r);
     r->host = host_backend();
     r->b = staged ? staging_view(r->host) : r->host;
-    assert_int_equal(r->b->reserve(r->b, 0, (size_t)s->bytes, &r->buf), 0);
-    assert_int_equal(r->b->map(r->b, &r->buf), 0);
+    assert_int_equal(vram__backend_reserve(r->b, 0, (size_t)s->bytes, &r->buf), 0);
+    assert_int_equal(vram__backend_map(r->b, &r->buf), 0);
     r->sink.backend = r->b;
     r->sink.buf = &r->buf;
     r->sink.progress = &r->progress;
@@ -893,9 +899,9 @@ static void range_begin(test_range *r, const vram_source *s, int staged, uint64_
 /* Frees what range_begin set up. */
 static void range_end(test_range *r)
 {
-    r->b->unreserve(r->b, &r->buf);
+    vram__backend_unreserve(r->b, &r->buf);
     if (r->b != r->host) free(r->b);
-    r->host->destroy(r->host);
+    vram__backend_destroy(r->host);
 }
 
 /* Backend failures reach the staging path only: to_device and host_alloc
@@ -914,7 +920,7 @@ static void test_load_backend_failures(void **state)
         for (int staged = 0; staged < 2; staged++) {
             test_range r;
             range_begin(&r, s, staged, 64 << 10);
-            vram__backend_host_inject(r.host, ops[i], nth[i], VRAM_EBACKEND);
+            vram__backend_inject(r.host, ops[i], nth[i], VRAM_EBACKEND);
             int rc = s->load(s, &r.sink);
             if (staged) {
                 assert_int_equal(rc, VRAM_EBACKEND);
@@ -924,7 +930,7 @@ static void test_load_backend_failures(void **state)
                 assert_int_equal(rc, 0);
                 assert_int_equal(r.progress, s->bytes);
             }
-            vram__backend_host_inject(r.host, ops[i], 0, 0);
+            vram__backend_inject(r.host, ops[i], 0, 0);
             r.progress = 0;
             assert_int_equal(s->load(s, &r.sink), 0); /* and again, cleanly */
             assert_int_equal(r.progress, s->bytes);
@@ -995,7 +1001,7 @@ static void test_load_io_faults(void **state)
     for (int staged = 0; staged < 2; staged++) {
         test_range r;
         range_begin(&r, s, staged, 64 << 10);
-        void *dev = r.host->host_ptr(r.host, &r.buf, 0, (size_t)s->bytes);
+        void *dev = vram__backend_host_ptr(r.host, &r.buf, 0, (size_t)s->bytes);
         assert_non_null(dev);
         if (staged) {
             g_ro_alloc = 3; /* the third slot of the ring */
