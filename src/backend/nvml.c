@@ -126,6 +126,111 @@ static void describe(const nvml_dev *d, char *buf, size_t len)
 
 /* See nvml.h. Everything loaded or allocated here is released before
  * returning, on success and on failure alike. */
+/* Queries device i into d. Returns 0, or an NVML error with *step naming
+ * the call that failed. */
+static nvmlReturn_t query_device(const nvml_api *a, unsigned i, nvml_dev *d, const char **step)
+{
+    memset(d, 0, sizeof *d);
+    d->index = i;
+    nvmlDevice_t h;
+    nvml_memory mem;
+    nvml_utilization u;
+    *step = "nvmlDeviceGetHandleByIndex_v2";
+    nvmlReturn_t r = a->handle(i, &h);
+    if (r == 0) {
+        *step = "nvmlDeviceGetMemoryInfo";
+        r = a->memory(h, &mem);
+    }
+    if (r == 0) {
+        *step = "nvmlDeviceGetUUID";
+        r = a->uuid(h, d->uuid, sizeof d->uuid);
+    }
+    if (r != 0) return r;
+    d->free = mem.free;
+    d->total = mem.total;
+    d->util = a->utilization(h, &u) == 0 ? (int)u.gpu : -1;
+    if (!a->name || a->name(h, d->name, sizeof d->name) != 0) d->name[0] = '\0';
+    return 0;
+}
+
+/* Every device NVML can query into devs (n of them at most); the others are
+ * listed in skipped. Returns how many. */
+static unsigned query_all(const nvml_api *a, unsigned n, nvml_dev *devs, char *skipped,
+                          size_t skipped_len)
+{
+    unsigned usable = 0;
+    for (unsigned i = 0; i < n; i++) {
+        const char *step;
+        nvmlReturn_t r = query_device(a, i, &devs[usable], &step);
+        if (r != 0) {
+            size_t l = strlen(skipped);
+            snprintf(skipped + l, skipped_len - l, "; GPU %u skipped: %s: %s", i, step,
+                     nv_err(a, r));
+            continue;
+        }
+        usable++;
+    }
+    return usable;
+}
+
+/* "picked GPU ... (why); other GPU ...; GPU k skipped: ..." */
+static void explain(const nvml_dev *devs, unsigned usable, unsigned best, const char *skipped,
+                    char *why, size_t whylen)
+{
+    if (!why || !whylen) return;
+    char line[256];
+    describe(&devs[best], line, sizeof line);
+    say(why, whylen, "picked %s (most free memory, then least busy)", line);
+    for (unsigned i = 0; i < usable; i++) {
+        if (i == best) continue;
+        describe(&devs[i], line, sizeof line);
+        size_t l = strlen(why);
+        snprintf(why + l, whylen - l, "; %s", line);
+    }
+    size_t l = strlen(why);
+    snprintf(why + l, whylen - l, "%s", skipped);
+}
+
+/* Picks among the devices of a started NVML. */
+static int pick_started(const nvml_api *a, char *uuid_out, size_t len, int *index_out, char *why,
+                        size_t whylen)
+{
+    unsigned n = 0;
+    nvmlReturn_t r = a->count(&n);
+    if (r != 0 || n == 0) {
+        if (r != 0)
+            say(why, whylen, "NVML: nvmlDeviceGetCount_v2: %s; no GPU picked", nv_err(a, r));
+        else
+            say(why, whylen, "NVML sees no GPU; no GPU picked");
+        return VRAM_ENODEV;
+    }
+    if (n > NVML_MAX_DEVICES) n = NVML_MAX_DEVICES;
+    nvml_dev *devs = calloc(n, sizeof *devs);
+    if (!devs) {
+        say(why, whylen, "out of host memory");
+        return VRAM_EHOSTMEM;
+    }
+    char skipped[512] = "";
+    unsigned usable = query_all(a, n, devs, skipped, sizeof skipped);
+    int rc = 0;
+    unsigned best = 0;
+    for (unsigned i = 1; i < usable; i++)
+        if (better(&devs[i], &devs[best])) best = i;
+    if (usable == 0) {
+        say(why, whylen, "NVML could not query any GPU%s; no GPU picked", skipped);
+        rc = VRAM_ENODEV;
+    } else if (strlen(devs[best].uuid) + 1 > len) {
+        say(why, whylen, "UUID buffer too small");
+        rc = VRAM_EINVAL;
+    } else {
+        memcpy(uuid_out, devs[best].uuid, strlen(devs[best].uuid) + 1);
+        if (index_out) *index_out = (int)devs[best].index;
+        explain(devs, usable, best, skipped, why, whylen);
+    }
+    free(devs);
+    return rc;
+}
+
 int vram__nvml_pick(char *uuid_out, size_t len, int *index_out, char *why, size_t whylen)
 {
     if (why && whylen) why[0] = '\0';
@@ -136,7 +241,6 @@ int vram__nvml_pick(char *uuid_out, size_t len, int *index_out, char *why, size_
     nvml_api a;
     int rc = api_load(&a, path, why, whylen);
     if (rc) return rc;
-
     nvmlReturn_t r = a.init();
     if (r != 0) {
         say(why, whylen, "NVML (%s) failed to start: nvmlInit_v2: %s (error %d); no GPU picked",
@@ -144,86 +248,7 @@ int vram__nvml_pick(char *uuid_out, size_t len, int *index_out, char *why, size_
         api_free(&a);
         return VRAM_ENODEV;
     }
-    nvml_dev *devs = NULL;
-    unsigned n = 0;
-    r = a.count(&n);
-    if (r != 0 || n == 0) {
-        if (r != 0)
-            say(why, whylen, "NVML: nvmlDeviceGetCount_v2: %s; no GPU picked", nv_err(&a, r));
-        else
-            say(why, whylen, "NVML sees no GPU; no GPU picked");
-        rc = VRAM_ENODEV;
-        goto out;
-    }
-    if (n > NVML_MAX_DEVICES) n = NVML_MAX_DEVICES;
-    devs = calloc(n, sizeof *devs);
-    if (!devs) {
-        say(why, whylen, "out of host memory");
-        rc = VRAM_EHOSTMEM;
-        goto out;
-    }
-    unsigned usable = 0;
-    char skipped[512] = "";
-    for (unsigned i = 0; i < n; i++) {
-        nvml_dev *d = &devs[usable];
-        memset(d, 0, sizeof *d);
-        d->index = i;
-        nvmlDevice_t h;
-        nvml_memory mem;
-        nvml_utilization u;
-        const char *step = "nvmlDeviceGetHandleByIndex_v2";
-        r = a.handle(i, &h);
-        if (r == 0) {
-            step = "nvmlDeviceGetMemoryInfo";
-            r = a.memory(h, &mem);
-        }
-        if (r == 0) {
-            step = "nvmlDeviceGetUUID";
-            r = a.uuid(h, d->uuid, sizeof d->uuid);
-        }
-        if (r != 0) {
-            size_t l = strlen(skipped);
-            snprintf(skipped + l, sizeof skipped - l, "; GPU %u skipped: %s: %s", i, step,
-                     nv_err(&a, r));
-            continue;
-        }
-        d->free = mem.free;
-        d->total = mem.total;
-        d->util = a.utilization(h, &u) == 0 ? (int)u.gpu : -1;
-        if (!a.name || a.name(h, d->name, sizeof d->name) != 0) d->name[0] = '\0';
-        usable++;
-    }
-    if (usable == 0) {
-        say(why, whylen, "NVML could not query any GPU%s; no GPU picked", skipped);
-        rc = VRAM_ENODEV;
-        goto out;
-    }
-    unsigned best = 0;
-    for (unsigned i = 1; i < usable; i++)
-        if (better(&devs[i], &devs[best])) best = i;
-    if (strlen(devs[best].uuid) + 1 > len) {
-        say(why, whylen, "UUID buffer too small");
-        rc = VRAM_EINVAL;
-        goto out;
-    }
-    memcpy(uuid_out, devs[best].uuid, strlen(devs[best].uuid) + 1);
-    if (index_out) *index_out = (int)devs[best].index;
-    if (why && whylen) {
-        char line[256];
-        describe(&devs[best], line, sizeof line);
-        say(why, whylen, "picked %s (most free memory, then least busy)", line);
-        for (unsigned i = 0; i < usable; i++) {
-            if (i == best) continue;
-            describe(&devs[i], line, sizeof line);
-            size_t l = strlen(why);
-            snprintf(why + l, whylen - l, "; %s", line);
-        }
-        size_t l = strlen(why);
-        snprintf(why + l, whylen - l, "%s", skipped);
-    }
-    rc = 0;
-out:
-    free(devs);
+    rc = pick_started(&a, uuid_out, len, index_out, why, whylen);
     a.shutdown();
     api_free(&a);
     return rc;
