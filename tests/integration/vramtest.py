@@ -65,6 +65,8 @@ def clean_env(extra=None):
            if not (k.startswith("VRAM_") or k in ("GPU_IDLE_TIMEOUT", "CUDA_VISIBLE_DEVICES",
                                                   "NVIDIA_VISIBLE_DEVICES"))}
     env["VRAM_LOG_LEVEL"] = "info"
+    # fresh device memory holds poison, as real VRAM holds old bytes (host.c)
+    env["VRAM_HOST_POISON"] = os.environ.get("VRAM_HOST_POISON", "1")
     if extra:
         env.update(extra)
     return env
