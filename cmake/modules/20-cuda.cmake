@@ -66,5 +66,5 @@ if(VRAM_BUILD_TESTS AND TARGET test_backend AND TARGET test_cuda AND TARGET benc
             --out ${CMAKE_BINARY_DIR}/gpu-check-dry-run --sizes 32M,96M --raw 64M)
   set_tests_properties(integration/gpu_check_dry_run PROPERTIES
     LABELS integration TIMEOUT 300
-    ENVIRONMENT "VRAM_CUDA_LIBRARY=${VRAM_CUDA_DOUBLE_FILE};VRAM_DOUBLE_MEMORY=512M")
+    ENVIRONMENT "VRAM_CUDA_LIBRARY=${VRAM_CUDA_DOUBLE_FILE};VRAM_DOUBLE_MEMORY=256M;VRAM_DOUBLE_DEVICES=2")
 endif()
