@@ -22,11 +22,14 @@ run:
 
 # Everything: packages, build, all tests, a short fuzz run of the safetensors
 # parser, then the unit and integration tests (vramd, vramctl) under
-# ASan+UBSan and the unit tests under TSan.
+# ASan+UBSan and TSan.
+# A skipped test fails the run unless it is GPU-only and there is no GPU
+# (scripts/check-skips): a missing tool is an install failure, not a skip.
 test:
 	scripts/bootstrap test
 	$(MAKE) build
-	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS) --output-junit ctest-junit.xml
+	scripts/check-skips $(BUILD)/ctest-junit.xml
 	scripts/fuzz-smoke --seconds 20
 	$(MAKE) asan
 	$(MAKE) tsan
@@ -38,13 +41,16 @@ asan:
 	cmake -S . -B $(BUILD)-asan -DCMAKE_BUILD_TYPE=Debug -DVRAM_SANITIZE=address >/dev/null
 	cmake --build $(BUILD)-asan -j $(JOBS)
 	cd $(BUILD)-asan && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-	  ctest --output-on-failure -j $(JOBS) -L 'unit|integration'
+	  ctest --output-on-failure -j $(JOBS) -L 'unit|integration' --output-junit ctest-junit.xml
+	scripts/check-skips $(BUILD)-asan/ctest-junit.xml
 
 tsan:
 	cmake -S . -B $(BUILD)-tsan -DCMAKE_BUILD_TYPE=Debug -DVRAM_SANITIZE=thread >/dev/null
 	cmake --build $(BUILD)-tsan -j $(JOBS)
 	cd $(BUILD)-tsan && TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-	  setarch $$(uname -m) -R ctest --output-on-failure -j $(JOBS) -L unit
+	  setarch $$(uname -m) -R ctest --output-on-failure -j $(JOBS) -L 'unit|integration' \
+	  --output-junit ctest-junit.xml
+	scripts/check-skips $(BUILD)-tsan/ctest-junit.xml
 
 bench: build
 	scripts/run-bench

@@ -329,11 +329,23 @@ VRAM_API uint64_t vram_model_bytes(vram_model *model);
 VRAM_API int vram_model_checksum(vram_model *model, uint64_t *out);
 
 /* The checksum function itself, over a host buffer: the same value the
- * device computes. Words are 8-byte little-endian, the tail zero-padded. */
+ * device computes. The definition (all arithmetic modulo 2^64):
+ *
+ *   mix64(x):  x ^= x >> 30; x *= 0xbf58476d1ce4e5b9;
+ *              x ^= x >> 27; x *= 0x94d049bb133111eb; x ^= x >> 31
+ *   G = 0x9e3779b97f4a7c15
+ *   W_i = the i-th 8-byte little-endian word of the n bytes, i = 0 ..
+ *         ceil(n/8) - 1, the last one zero-padded
+ *   vram_checksum = sum_i mix64(W_i + i * G) + mix64(n ^ 0x5a5a5a5a5a5a5a5a)
+ *
+ * (so vram_checksum(NULL, 0) = mix64(0x5a5a5a5a5a5a5a5a)). Golden values,
+ * computed from this text alone: tests/golden/golden.json. */
 VRAM_API uint64_t vram_checksum(const void *data, size_t bytes);
 
 /* Bytes of the synthetic source "synthetic:SIZE[:SEED]" at [offset, offset+n):
- * deterministic, any range computable on its own. */
+ * deterministic, any range computable on its own. The byte at offset o is
+ * byte o % 8 (little-endian) of mix64(key ^ (o / 8) * G), with
+ * key = mix64(seed + 0x1234567) and mix64, G as for vram_checksum. */
 VRAM_API void vram_synthetic_fill(uint64_t seed, uint64_t offset, void *dst, size_t n);
 
 /* ------------------------------------------------------------------------ */

@@ -151,14 +151,25 @@ int vram__backend_fault_wrap(vram_backend *inner, vram_backend **out);
 /* The nth call from now (1 = the next) of the operation what ("reserve",
  * "map", "unmap", "host_alloc", "to_host", "to_device", "checksum") fails
  * with err (err >= 0 becomes VRAM_EBACKEND) without reaching the inner
- * backend; n = 0 clears it. Thread-safe. Returns 0, VRAM_ENOTSUP when b is
- * not a fault decorator, or VRAM_EINVAL for an unknown operation. */
+ * backend; n = 0 clears it. "map_piece" arms
+ * vram__backend_host_fail_piece on the inner backend (a host one).
+ * Thread-safe. Returns 0, VRAM_ENOTSUP when b is not a fault decorator, or
+ * VRAM_EINVAL for an unknown operation. */
 int vram__backend_inject(vram_backend *b, const char *what, int n, int err);
+
+/* How many armed failures of operation what (as above, "map_piece"
+ * included) have hit since the decorator was made: a fault loop arms call
+ * k and stops once a run ends without its fault firing. 0 when b is not a
+ * fault decorator or what is unknown. */
+int vram__backend_fault_fired(vram_backend *b, const char *what);
 
 /* Host backend only (host.c): the nth piece mmap'd by maps from now fails
  * with err, so that a map fails midway with memory taken (a fault inside
  * map, which the decorator cannot reach); n = 0 clears. VRAM_ENOTSUP when
  * b is not a host backend. */
 int vram__backend_host_fail_piece(vram_backend *b, int n, int err);
+/* How many of those armed piece failures have hit; 0 when b is not a host
+ * backend. */
+int vram__backend_host_piece_fired(vram_backend *b);
 
 #endif /* VRAM_BACKEND_H */

@@ -33,6 +33,7 @@ typedef struct fault_op {
     int countdown; /* atomic: calls left until the failing one; 0 = not armed */
     int n;         /* atomic: the n it was armed with, for the message */
     int err;       /* atomic: the error it fails with */
+    int fired;     /* atomic: injected failures that hit, since the decorator was made */
 } fault_op;
 
 typedef struct fault_ctx {
@@ -56,6 +57,7 @@ static int fault_check(vram_backend *b, int op)
                                         __ATOMIC_ACQUIRE)) {
             if (left != 1) return 0;
             __atomic_fetch_sub(&c->armed, 1, __ATOMIC_RELEASE);
+            __atomic_fetch_add(&o->fired, 1, __ATOMIC_RELEASE);
             return vram__errorf(__atomic_load_n(&o->err, __ATOMIC_ACQUIRE),
                                 "injected failure: %s #%d", op_names[op],
                                 __atomic_load_n(&o->n, __ATOMIC_ACQUIRE));
@@ -64,15 +66,23 @@ static int fault_check(vram_backend *b, int op)
     return 0;
 }
 
+static int op_index(const char *what)
+{
+    for (int i = 0; what && i < OP_COUNT; i++)
+        if (strcmp(what, op_names[i]) == 0) return i;
+    return -1;
+}
+
 int vram__backend_inject(vram_backend *b, const char *what, int n, int err)
 {
+    /* map_piece sits inside the host backend's map: hand it down */
+    if (b && b->iface == &fault_iface && what && strcmp(what, "map_piece") == 0)
+        return vram__backend_host_fail_piece(((fault_ctx *)b->ctx)->inner, n, err);
     if (!b || b->iface != &fault_iface)
         return vram__errorf(VRAM_ENOTSUP, "fault injection: backend %s is not a fault decorator "
                                           "(set vram_config.fault_injection)",
                             b && b->name ? b->name : "(null)");
-    int op = -1;
-    for (int i = 0; what && i < OP_COUNT; i++)
-        if (strcmp(what, op_names[i]) == 0) op = i;
+    int op = op_index(what);
     if (op < 0)
         return vram__errorf(VRAM_EINVAL, "fault injection: unknown operation '%s'",
                             what ? what : "(null)");
@@ -85,6 +95,16 @@ int vram__backend_inject(vram_backend *b, const char *what, int n, int err)
     int was = __atomic_exchange_n(&o->countdown, n, __ATOMIC_ACQ_REL);
     __atomic_fetch_add(&c->armed, (n > 0) - (was > 0), __ATOMIC_RELEASE);
     return 0;
+}
+
+int vram__backend_fault_fired(vram_backend *b, const char *what)
+{
+    if (!b || b->iface != &fault_iface) return 0;
+    if (what && strcmp(what, "map_piece") == 0)
+        return vram__backend_host_piece_fired(((fault_ctx *)b->ctx)->inner);
+    int op = op_index(what);
+    if (op < 0) return 0;
+    return __atomic_load_n(&((fault_ctx *)b->ctx)->ops[op].fired, __ATOMIC_ACQUIRE);
 }
 
 /* ---- forwarding entries ---- */

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -38,6 +39,13 @@
  *   (scatter) and maps each piece at its place in the range, so a map fails
  *   for lack of memory only when fewer free bytes than it needs are left.
  * - One mutex guards the allocators; copies run without it.
+ * - Poison (tests): with VRAM_HOST_POISON=1 in the environment when the
+ *   backend is created, every map fills the whole range with a poison
+ *   pattern and every host_alloc fills its memory, as real VRAM and pinned
+ *   memory hold whatever was there before. Without it a range is given
+ *   back the pages it had (the pool), still holding its old bytes, so a
+ *   restore or a load that skips bytes would go unnoticed. CTest sets it
+ *   for every test; production leaves it off (a map then costs no write).
  */
 
 #define HOST_GRANULARITY ((size_t)2 << 20) /* 2 MiB, CUDA's usual granularity */
@@ -67,9 +75,24 @@ typedef struct host_ctx {
     size_t page;
     int piece_countdown; /* atomic: vram__backend_host_fail_piece; 0 = not armed */
     int piece_n, piece_err;
+    int piece_fired; /* atomic: armed piece failures that hit */
     int populate_fallback; /* kernel without MADV_POPULATE_*: use MAP_POPULATE */
     int no_pool;           /* kernel without MREMAP_DONTUNMAP for shmem: unmap drops */
+    int poison;            /* VRAM_HOST_POISON: fill fresh memory with HOST_POISON */
 } host_ctx;
+
+/* The poison byte: not 0 (fresh pages) and not 0xff, so neither reads as
+ * "untouched" by accident. */
+#define HOST_POISON 0xa5
+
+/* Whether VRAM_HOST_POISON asks for poison ("1", "yes", "true", "on"). */
+static int poison_from_env(void)
+{
+    const char *v = getenv("VRAM_HOST_POISON");
+    if (!v || !*v) return 0;
+    return strcmp(v, "0") != 0 && strcasecmp(v, "no") != 0 && strcasecmp(v, "false") != 0 &&
+           strcasecmp(v, "off") != 0;
+}
 
 /* buf->impl of a reserved range. While buf->mapped, pieces holds the
  * physical extents behind it in address order (piece i starts where the
@@ -107,6 +130,7 @@ static int piece_check(host_ctx *c)
         if (__atomic_compare_exchange_n(&c->piece_countdown, &left, left - 1, 0,
                                         __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
             if (left != 1) return 0;
+            __atomic_fetch_add(&c->piece_fired, 1, __ATOMIC_RELEASE);
             return vram__errorf(__atomic_load_n(&c->piece_err, __ATOMIC_ACQUIRE),
                                 "injected failure: map_piece #%d",
                                 __atomic_load_n(&c->piece_n, __ATOMIC_ACQUIRE));
@@ -130,6 +154,12 @@ int vram__backend_host_fail_piece(vram_backend *b, int n, int err)
     __atomic_store_n(&c->piece_err, err, __ATOMIC_RELEASE);
     __atomic_store_n(&c->piece_countdown, n < 0 ? 0 : n, __ATOMIC_RELEASE);
     return 0;
+}
+
+int vram__backend_host_piece_fired(vram_backend *b)
+{
+    if (!b || b->iface != &host_iface) return 0;
+    return __atomic_load_n(&((host_ctx *)b->ctx)->piece_fired, __ATOMIC_ACQUIRE);
 }
 
 /* ---- extent allocator (caller holds c->lock) ---- */
@@ -552,6 +582,7 @@ static int host_map(vram_backend *b, vram_buf *buf)
                             buf->device, buf->reserved, mib(buf->reserved), npieces,
                             npieces == 1 ? "" : "s", (unsigned long)buf->addr, what, es);
     }
+    if (c->poison) memset((void *)buf->addr, HOST_POISON, buf->reserved);
     if (r->npieces > 1)
         vram__log(VRAM_LOG_DEBUG, "host device %d: %zu bytes at %#lx mapped in %zu pieces",
                   buf->device, buf->reserved, (unsigned long)buf->addr, r->npieces);
@@ -634,6 +665,7 @@ static int host_host_alloc(vram_backend *b, size_t bytes, void **out)
         return vram__errorf(VRAM_EHOSTMEM, "host backend: host_alloc of %zu bytes (%.1f MiB): %s",
                             bytes, mib(bytes), host_strerror(e, eb, sizeof eb));
     }
+    if (c->poison) memset(p, HOST_POISON, len);
     *out = p;
     return 0;
 }
@@ -849,6 +881,8 @@ int vram__backend_host_create(const vram_backend_config *cfg, vram_backend **out
     }
     long pg = sysconf(_SC_PAGESIZE);
     c->page = pg > 0 ? (size_t)pg : 4096;
+    c->poison = poison_from_env();
+    if (c->poison) vram__log(VRAM_LOG_DEBUG, "host backend: VRAM_HOST_POISON: fresh memory poisoned");
     for (int i = 0; i < HOST_MAX_DEVICES; i++)
         c->devs[i].fd = -1;
 

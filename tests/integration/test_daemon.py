@@ -74,8 +74,8 @@ for args, env, needle in (
         (["--config", "/nonexistent/vramd.conf"], None, "/nonexistent/vramd.conf")):
     r = run_vramd("--backend", "host", *args, env=env)
     eq(r.returncode, 2, f"vramd {' '.join(args)} {env or ''}: exit 2")
-    check(needle in r.stderr and r.stderr.startswith("vramd: ") or needle in r.stderr,
-          f"vramd {' '.join(args)}: message names {needle!r}", r.stderr)
+    check(needle in r.stderr and r.stderr.startswith("vramd: "),
+          f"vramd {' '.join(args)}: one 'vramd: ' message naming {needle!r}", r.stderr)
 r = run_vramd("--backend", "host", "--model", "x=/nonexistent/model.safetensors")
 eq(r.returncode, 1, "a model source that does not open: exit 1")
 check("/nonexistent/model.safetensors" in r.stderr, "names the source", r.stderr)

@@ -1,4 +1,6 @@
 # test_http_api.py - every HTTP endpoint of vramd answers with the documented shapes (host backend).
+import re
+
 from vramtest import Vramd, check, eq, expected_checksum, finish
 
 MODELS = ["Llasa-8B=synthetic:64M", "XCodec2=synthetic:16M:7,immediate_offload=1",
@@ -48,6 +50,9 @@ with Vramd(models=MODELS, host_memory="256M") as d:
     eq(r["checksum"], expected_checksum("16M", 7), "run checksum equals the synthetic bytes'")
     eq(r["steps"]["acquire"]["action"], "loaded", "run loads lazily")
     eq(r["steps"]["end_lease"]["offloaded"], True, "immediate offload at the end of run")
+    s, _, r = d.post("/api/v1/models/XCodec2/run")
+    eq((s, r["steps"]["acquire"]["action"]), (200, "restored"), "second run restores")
+    eq(r["checksum"], expected_checksum("16M", 7), "checksum after a restore: every byte came back")
     eq(r["location"], "CPU", "run of an immediate_offload model leaves it on the CPU")
     for k in ("seconds", "bytes", "gbps", "total_seconds"):
         check(k in r, f"run answer has {k}", r)
@@ -131,18 +136,26 @@ with Vramd(models=MODELS, host_memory="256M") as d:
     for needle in ('vram_model_state{model="Llasa-8B",state="unloaded"} 1',
                    'vram_model_loads_total{model="Llasa-8B"} 2',
                    'vram_model_offloads_total{model="XCodec2"}',
-                   'vram_model_restores_total{model="XCodec2"} 1',
+                   'vram_model_restores_total{model="XCodec2"} 2\n',
                    'vram_model_evictions_total{model="idle"} 0',
                    'vram_model_device_bytes{model="Llasa-8B"} 0',
                    'vram_model_last_load_seconds{model="Llasa-8B"}',
                    'vram_device_total_bytes{device="0"',
                    'vram_http_requests_total{endpoint="/api/gpu/status",code="200"}',
-                   'vram_http_requests_total{endpoint="/api/v1/models/{name}/run",code="200"} 3',
+                   'vram_http_requests_total{endpoint="/api/v1/models/{name}/run",code="200"} 4\n',
                    "vram_mcp_sessions 0"):
         check(needle in text, f"metrics has {needle}", "")
+    # Prometheus text format: name, optional {label="value",...}, one space, a number
+    metric_line = re.compile(r'[a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-zA-Z_][a-zA-Z0-9_]*="[^"\\]*"'
+                             r'(,[a-zA-Z_][a-zA-Z0-9_]*="[^"\\]*")*\})? '
+                             r'(-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?|NaN|[-+]Inf)')
+    samples = 0
     for line in text.splitlines():
         if line and not line.startswith("#"):
-            check(len(line.rsplit(" ", 1)) == 2, "metric line is 'name{labels} value'", line)
+            samples += 1
+            check(metric_line.fullmatch(line) is not None, "metric line is 'name{labels} value'",
+                  line)
+    check(samples > 20, "metrics has samples", samples)
     s, _, b = d.get("/")
     eq(s, 200, "index")
     check(any(e["path"] == "/api/gpu/status" for e in b["endpoints"]), "index lists endpoints", b)

@@ -65,6 +65,8 @@ def clean_env(extra=None):
            if not (k.startswith("VRAM_") or k in ("GPU_IDLE_TIMEOUT", "CUDA_VISIBLE_DEVICES",
                                                   "NVIDIA_VISIBLE_DEVICES"))}
     env["VRAM_LOG_LEVEL"] = "info"
+    # fresh device memory holds poison, as real VRAM holds old bytes (host.c)
+    env["VRAM_HOST_POISON"] = os.environ.get("VRAM_HOST_POISON", "1")
     if extra:
         env.update(extra)
     return env
@@ -190,11 +192,18 @@ class Vramd:
               "\n".join(self.log[-15:]))
 
 
+GOLDEN = os.path.join(SOURCE_DIR, "tests", "golden", "golden.json")
+
+
 def expected_checksum(size, seed=0):
-    """The checksum of synthetic:SIZE:SEED as computed on the host (vramctl's hidden helper)."""
-    r = subprocess.run([VRAMCTL, "checksum-synthetic", str(size), str(seed)], capture_output=True,
-                       text=True, check=True)
-    return r.stdout.strip()
+    """The checksum of synthetic:SIZE:SEED from the golden vectors, computed from vram.h's
+    definitions by tests/golden/make_golden.py (not by the code under test)."""
+    with open(GOLDEN) as f:
+        sources = json.load(f)["sources"]
+    key = f"{size}:{seed}"
+    if key not in sources:
+        raise KeyError(f"{key} is not in {GOLDEN}: add it to SOURCES in make_golden.py and rerun it")
+    return sources[key]
 
 
 def free_port():
