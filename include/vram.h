@@ -161,6 +161,16 @@ VRAM_API int vram_parse_size(const char *text, uint64_t *out);
 typedef void (*vram_log_fn)(vram_log_level level, const char *line, void *user);
 VRAM_API void vram_set_log_level(vram_log_level level);
 VRAM_API void vram_set_log_callback(vram_log_fn fn, void *user); /* NULL: stderr */
+/* Adds a listener that sees every line of level <= max_level besides (not
+ * instead of) stderr or the callback, whatever vram_set_log_level says: for
+ * an event log such as the dashboard's (libvram-server uses one). fn runs
+ * with the log's lock held: it must be quick and must not log. Returns an
+ * id > 0 for vram_log_unlisten, VRAM_EINVAL for a NULL fn, or VRAM_EHOSTMEM
+ * when 8 listeners are there already. */
+VRAM_API int vram_log_listen(vram_log_fn fn, void *user, vram_log_level max_level);
+/* Removes a listener; once this returns, fn is not running and not called
+ * again. An unknown id does nothing. */
+VRAM_API void vram_log_unlisten(int id);
 /* True when lines of this level are written (skip costly formatting). */
 VRAM_API int vram_log_enabled(vram_log_level level);
 /* Writes one event line through vram's log (timestamp and level added,
