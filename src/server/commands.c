@@ -181,7 +181,9 @@ static int get_seconds(json_t *v, const char *field, double *out, vram__cmd_resu
                                                    : "an object or array");
     double s = json_number_value(v);
     const char *why = vram__seconds_problem(s);
-    if (why) return vram__cmd_fail(res, VRAM_EINVAL, "'%s' of %g seconds %s", field, s, why);
+    if (why)
+        return vram__cmd_fail(res, VRAM_EINVAL, "'%s' of %s %s", field, vram__seconds_text(s).s,
+                              why);
     *out = s;
     return 0;
 }
@@ -651,7 +653,7 @@ static int cmd_timeout(vram_manager *m, json_t *args, vram__cmd_result *res)
                          model ? vram_model_name(model) : "all models");
     json_t *names = model ? json_pack("[s]", vram_model_name(model)) : model_names(m);
     char msg[256];
-    snprintf(msg, sizeof msg, "idle timeout set to %g s for %s%s", s,
+    snprintf(msg, sizeof msg, "idle timeout set to %s for %s%s", vram__seconds_text(s).s,
              model ? vram_model_name(model) : "all models",
              s == 0 ? " (0 = never offload on idle)" : "");
     return set_json(res, json_pack("{s:b, s:s, s:f, s:o}", "success", 1, "message", msg, "timeout",
@@ -741,6 +743,8 @@ int vram__command_run(vram_manager *m, const vram__command *cmd, json_t *args,
 {
     vram__cmd_result_clear(res);
     if (!cmd) return vram__cmd_fail(res, VRAM_EINVAL, "unknown command");
+    if (cmd->run == cmd_load || cmd->run == cmd_run)
+        vram__reopen_if_changed(m, args); /* a file changed on disk since it was opened */
     if (cmd->registry) {
         cmd->run(m, args, res);
     } else {

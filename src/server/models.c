@@ -2,8 +2,10 @@
 #define _GNU_SOURCE
 #include "server/models.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +45,98 @@ static void write_unlock(void)
     pthread_rwlock_unlock(&g_registry);
 }
 
+/* ---- what a file source looked like when it was opened ---- */
+
+/* A source's files as a fingerprint: size and newest mtime of the file, or
+ * of the *.safetensors and *.json files of a directory (a checkpoint
+ * directory, or the one an index file lives in). 0 when there is no file. */
+static int fingerprint(const char *source, unsigned long long out[2])
+{
+    struct stat st;
+    out[0] = out[1] = 0;
+    if (!strncmp(source, "synthetic:", 10) || stat(source, &st) < 0) return 0;
+    char dir[VRAM_SOURCE_MAX];
+    size_t n = strlen(source);
+    if (S_ISDIR(st.st_mode)) {
+        snprintf(dir, sizeof dir, "%s", source);
+    } else if (n > 5 && !strcmp(source + n - 5, ".json")) {
+        snprintf(dir, sizeof dir, "%s", source);
+        char *slash = strrchr(dir, '/');
+        if (slash)
+            *slash = '\0';
+        else
+            snprintf(dir, sizeof dir, ".");
+        if (!dir[0]) snprintf(dir, sizeof dir, "/");
+    } else {
+        out[0] = (unsigned long long)st.st_size;
+        out[1] = (unsigned long long)st.st_mtim.tv_sec * 1000000000ull + (unsigned long long)st.st_mtim.tv_nsec;
+        return 1;
+    }
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        size_t l = strlen(e->d_name);
+        if (!(l > 12 && !strcmp(e->d_name + l - 12, ".safetensors")) &&
+            !(l > 5 && !strcmp(e->d_name + l - 5, ".json")))
+            continue;
+        char p[VRAM_SOURCE_MAX + 256];
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        if (stat(p, &st) < 0) continue;
+        unsigned long long t = (unsigned long long)st.st_mtim.tv_sec * 1000000000ull + (unsigned long long)st.st_mtim.tv_nsec;
+        out[0] += (unsigned long long)st.st_size;
+        if (t > out[1]) out[1] = t;
+    }
+    closedir(d);
+    return 1;
+}
+
+typedef struct opened {
+    char name[VRAM_NAME_MAX + 1];
+    unsigned long long print[2];
+} opened;
+
+static struct {
+    pthread_mutex_t lock; /* guards the table; held for no other call */
+    opened *v;
+    size_t n;
+} g_opened = {PTHREAD_MUTEX_INITIALIZER, NULL, 0};
+
+/* Remembers (print non-NULL) or forgets the fingerprint of name. */
+static void opened_set(const char *name, const unsigned long long *print)
+{
+    pthread_mutex_lock(&g_opened.lock);
+    size_t i = 0;
+    while (i < g_opened.n && strcmp(g_opened.v[i].name, name) != 0)
+        i++;
+    if (!print) {
+        if (i < g_opened.n) g_opened.v[i] = g_opened.v[--g_opened.n];
+    } else {
+        if (i == g_opened.n) {
+            opened *g = realloc(g_opened.v, (g_opened.n + 1) * sizeof *g);
+            if (g) {
+                g_opened.v = g;
+                snprintf(g[g_opened.n++].name, sizeof g->name, "%s", name);
+            }
+        }
+        if (i < g_opened.n) memcpy(g_opened.v[i].print, print, sizeof g_opened.v[i].print);
+    }
+    pthread_mutex_unlock(&g_opened.lock);
+}
+
+/* 1 when name's source has changed since it was opened. */
+static int opened_changed(const char *name, const char *source)
+{
+    unsigned long long now[2];
+    if (!fingerprint(source, now)) return 0;
+    int changed = 0;
+    pthread_mutex_lock(&g_opened.lock);
+    for (size_t i = 0; i < g_opened.n; i++)
+        if (!strcmp(g_opened.v[i].name, name))
+            changed = memcmp(g_opened.v[i].print, now, sizeof now) != 0;
+    pthread_mutex_unlock(&g_opened.lock);
+    return changed;
+}
+
 /* ---- under the write lock ---- */
 
 static int do_register(vram_manager *m, const vram_model_spec *s)
@@ -50,7 +144,11 @@ static int do_register(vram_manager *m, const vram_model_spec *s)
     if (!s->source[0]) return vram_set_error(VRAM_EINVAL, "model '%s' needs a source", s->name);
     vram_model_opts o;
     vram__spec_opts(s, &o);
-    return vram_manager_register(m, s->name, &o, NULL);
+    unsigned long long print[2];
+    int has_file = fingerprint(s->source, print); /* before opening: a change after shows */
+    int rc = vram_manager_register(m, s->name, &o, NULL);
+    if (rc == 0 && has_file) opened_set(s->name, print);
+    return rc;
 }
 
 static int do_unregister(vram_manager *m, const char *name)
@@ -63,7 +161,12 @@ static int do_unregister(vram_manager *m, const char *name)
                               "model '%s' is in use (%d lease%s): it can be removed once %s", name,
                               mi.leases, mi.leases == 1 ? "" : "s",
                               mi.leases == 1 ? "it ends" : "they end");
-    return vram_manager_unregister(m, name);
+    int rc = vram_manager_unregister(m, name);
+    if (rc == 0) {
+        opened_set(name, NULL);
+        vram_log(VRAM_LOG_INFO, "unregister model=%s", name);
+    }
+    return rc;
 }
 
 /* Replaces a model by s: the new source is opened under a scratch name
@@ -77,6 +180,7 @@ static int do_replace(vram_manager *m, const vram_model_spec *s)
     int rc = do_register(m, &probe);
     if (rc < 0) return rc;
     vram_manager_unregister(m, probe.name);
+    opened_set(probe.name, NULL);
     rc = do_unregister(m, s->name);
     if (rc < 0) return rc;
     return do_register(m, s);
@@ -181,5 +285,26 @@ int vram_server_reopen(vram_manager *m, const char *name)
     else if (rc == 0)
         rc = do_replace(m, &s);
     write_unlock();
+    return rc;
+}
+
+int vram__reopen_if_changed(vram_manager *m, json_t *args)
+{
+    json_t *v = args ? json_object_get(args, "model") : NULL;
+    if (!json_is_string(v)) return 0;
+    vram_model_info mi;
+    /* the handle is only read under the registry lock */
+    vram__registry_read_lock();
+    vram_model *model = vram_manager_find(m, json_string_value(v));
+    int stale = model && vram_model_get_info(model, &mi, sizeof mi) == 0 &&
+                mi.state == VRAM_STATE_UNLOADED && mi.leases == 0 &&
+                opened_changed(mi.name, mi.source);
+    vram__registry_read_unlock();
+    if (!stale) return 0;
+    vram_log(VRAM_LOG_INFO, "reopen model=%s: its source changed on disk since it was opened",
+             mi.name);
+    int rc = vram_server_reopen(m, mi.name);
+    if (rc < 0)
+        vram_log(VRAM_LOG_WARN, "reopen model=%s failed: %s", mi.name, vram_last_error());
     return rc;
 }

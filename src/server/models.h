@@ -28,6 +28,13 @@ const char *const *vram__model_option_keys(void);
 void vram__registry_read_lock(void);
 void vram__registry_read_unlock(void);
 
+/* Before a load or run of args.model: when the model is unloaded (never
+ * loaded, or released) and the file of its source changed on disk since it
+ * was opened, opens it again (vram_server_reopen) so that the load reads
+ * the new file. Takes the registry lock itself: call it holding none.
+ * Returns 0 when nothing was to do or the reopen worked. */
+int vram__reopen_if_changed(vram_manager *m, json_t *args);
+
 /* The commands of the table (commands.c lists them). */
 int vram__cmd_register(vram_manager *m, json_t *args, vram__cmd_result *res);
 int vram__cmd_unregister(vram_manager *m, json_t *args, vram__cmd_result *res);

@@ -98,12 +98,24 @@ with Vramd(host_memory="128M") as d:
           "reopen: the new file's size, the same options", (before, after["bytes"]))
     r = d.ctl("run", "m")
     eq(r.returncode, 0, "the reopened model loads from the new file")
+    # released, then the file changes again: the next load reopens it by itself
+    d.ctl("release", "m")
+    subprocess.run([VRAMCTL, "make-model", path, "--size", "6M", "--seed", "3"], check=True,
+                   capture_output=True)
+    r = d.ctl("load", "m")
+    check(r.returncode == 0 and d.model("m")["bytes"] > after["bytes"],
+          "the next load after a release reads the changed file", r.stderr)
+    check(any("changed on disk" in line for line in d.log), "and says so in the log")
+    after = d.model("m")
+    d.ctl("release", "m")
     os.unlink(path)
     r = d.ctl("reopen", "m")
     check(r.returncode == 1 and d.model("m")["bytes"] == after["bytes"],
           "reopen of a missing file fails and keeps the model", r.stderr)
-    r = d.ctl("unload", "m")
-    eq((r.returncode, d.model("m")["location"]), (0, "CPU"), "vramctl unload = offload")
+    d.ctl("register", "u=synthetic:1M")
+    d.ctl("load", "u")
+    r = d.ctl("unload", "u")
+    eq((r.returncode, d.model("u")["location"]), (0, "CPU"), "vramctl unload = offload")
     r = d.ctl("ps")
     check(r.returncode == 0 and "m" in r.stdout, "vramctl ps = status")
     r = d.ctl("unregister", "m")

@@ -22,7 +22,7 @@ with Vramd(models=["Llasa-8B=synthetic:48M", "XCodec2=synthetic:8M:3,immediate_o
     eq(len(lines), 3, "status: header and one row per model")
     eq(lines[0].split(), ["NAME", "LOCATION", "STATE", "SIZE", "IDLE", "TIMEOUT", "LEASES"],
        "status header")
-    check(lines[1].startswith("Llasa-8B ") and "未加载" in lines[1] and "48 MB" in lines[1] and
+    check(lines[1].startswith("Llasa-8B ") and "未加载" in lines[1] and "48 MiB" in lines[1] and
           "10 minutes" in lines[1], "unloaded row", lines[1])
     # columns line up in display width even with the CJK location
     starts = [width(l[:l.index("10 minutes")]) for l in lines[1:]]
@@ -31,7 +31,7 @@ with Vramd(models=["Llasa-8B=synthetic:48M", "XCodec2=synthetic:8M:3,immediate_o
     d.post("/api/v1/models/Llasa-8B/load")
     r = d.ctl("status")
     row = [l for l in r.stdout.splitlines() if l.startswith("Llasa-8B")][0]
-    check(re.search(r"\bGPU\s+gpu\s+48 MB\s+\d+s\s+10 minutes\s+0$", row), "loaded row", row)
+    check(re.search(r"\bGPU\s+gpu\s+48 MiB\s+[\d.]+s\s+10 minutes\s+0$", row), "loaded row", row)
 
     r = d.ctl("status", "--json")
     eq(r.returncode, 0, "status --json")
@@ -87,7 +87,7 @@ with Vramd(models=["Llasa-8B=synthetic:48M", "XCodec2=synthetic:8M:3,immediate_o
 
     r = d.ctl("devices")
     eq(r.returncode, 0, "devices")
-    check("host-emulated" in r.stdout and "128 MB" in r.stdout, "devices table", r.stdout)
+    check("host-emulated" in r.stdout and "128 MiB" in r.stdout, "devices table", r.stdout)
 
     # URL from --url beats VRAM_URL
     r = d.ctl("--url", d.url, "status", env={"VRAM_URL": "http://127.0.0.1:1"})
