@@ -39,14 +39,17 @@ static void usage(FILE *f)
             "The vram daemon: keeps models on the GPU only while they are used and serves\n"
             "the seed's HTTP API (GET /api/gpu/status, POST /api/gpu/offload|release|timeout),\n"
             "/api/v1, /metrics, /healthz and MCP (Streamable HTTP at /mcp; stdio through\n"
-            "`vramctl mcp`).\n"
+            "`vramctl mcp`), and a live dashboard at / for browsers.\n"
             "\n"
             "Daemon options:\n"
             "  --model "
             "NAME=SOURCE[,idle_timeout=S][,release_timeout=S][,immediate_offload=1][,device=N]\n"
             "                        serve a model (repeatable); SOURCE is synthetic:SIZE[:SEED],\n"
             "                        a .safetensors file, a model.safetensors.index.json or a\n"
-            "                        directory; nothing is loaded before its first use\n"
+            "                        directory; nothing is loaded before its first use.\n"
+            "                        Seconds read as 600, 90s, 10m or 1h; immediate_offload\n"
+            "                        as 1/0, true/false, yes/no. More models at run time:\n"
+            "                        POST /api/v1/models, `vramctl register` (the same parser)\n"
             "  --config FILE         read options from FILE, one per line, written as flags\n"
             "                        without the dashes (`model Llasa-8B=synthetic:1G`,\n"
             "                        `port 7861`) or as variables (`GPU_IDLE_TIMEOUT=300`);\n"
@@ -61,9 +64,15 @@ static void usage(FILE *f)
     vram_config_print_help(f);
     fprintf(f,
             "\n"
+            "SIGHUP rereads the environment, ./.env and the config file (the command line\n"
+            "still wins): new models are registered, removed ones released and dropped,\n"
+            "changed timeouts applied; a bad file changes nothing and the log says why.\n"
+            "Port, bind, token, backend, devices and budgets change only with a restart.\n"
+            "\n"
             "Stop with SIGINT or SIGTERM: requests in flight finish (up to %.0f s), models are\n"
             "released and vramd exits 0. Exit codes: 0 stopped cleanly, 1 could not start\n"
-            "(port taken, backend or model failure), 2 bad option or config file.\n",
+            "(port taken, backend failure, a source that does not open), 2 bad option, model\n"
+            "name or config file.\n",
             GRACE_SECONDS);
 }
 
