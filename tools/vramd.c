@@ -102,7 +102,7 @@ static void die(int code, const char *fmt, ...)
 
 /* --model NAME=SOURCE[,key=value...], through libvram-server's parser (the
  * one POST /api/v1/models uses). */
-static void add_model(settings *s, const char *text)
+static void add_model(settings *s, const char *text, const char *where)
 {
     model_entry *grown = realloc(s->models, (s->nmodels + 1) * sizeof *grown);
     if (!grown) die(EXIT_RUNTIME, "out of memory");
@@ -110,10 +110,10 @@ static void add_model(settings *s, const char *text)
     model_entry *e = &s->models[s->nmodels];
     char err[600];
     if (vram_model_spec_parse(&e->spec, text, err, sizeof err) < 0)
-        die(EXIT_USAGE, "--model '%s': %s", text, err);
+        die(EXIT_USAGE, "%s--model '%s': %s", where, text, err);
     for (size_t i = 0; i < s->nmodels; i++)
         if (strcmp(s->models[i].spec.name, e->spec.name) == 0)
-            die(EXIT_USAGE, "--model: the name '%s' is given twice", e->spec.name);
+            die(EXIT_USAGE, "%s--model: the name '%s' is given twice", where, e->spec.name);
     e->text = strdup(text);
     if (!e->text) die(EXIT_RUNTIME, "out of memory");
     s->nmodels++;
@@ -125,7 +125,7 @@ static void apply(settings *s, const char *flag, const char *value, const char *
     char err[512];
     if (!strcmp(flag, "--model")) {
         if (!value) die(EXIT_USAGE, "%s--model needs NAME=SOURCE", where);
-        add_model(s, value);
+        add_model(s, value, where);
     } else if (!strcmp(flag, "--gpu")) {
         if (!value || !*value) die(EXIT_USAGE, "%s--gpu needs auto, an index or a GPU UUID", where);
         free(s->gpu);
@@ -161,14 +161,29 @@ static char *trim(char *s)
     return s;
 }
 
+/* The config file being read and its line buffer, for a reload that a bad
+ * line ends with a longjmp (see die) to close and free. */
+static struct {
+    FILE *f;
+    char *line;
+} g_reading;
+
+static void reading_done(void)
+{
+    if (g_reading.f) fclose(g_reading.f);
+    free(g_reading.line);
+    memset(&g_reading, 0, sizeof g_reading);
+}
+
 static void read_config_file(settings *s, const char *path)
 {
     FILE *f = fopen(path, "r");
     if (!f) die(EXIT_USAGE, "--config %s: %s", path, strerror(errno));
-    char *line = NULL;
+    g_reading.f = f;
     size_t cap = 0;
     int lineno = 0;
-    while (getline(&line, &cap, f) >= 0) {
+    while (getline(&g_reading.line, &cap, f) >= 0) {
+        char *line = g_reading.line;
         lineno++;
         char *l = trim(line);
         if (!*l || *l == '#') continue;
@@ -203,8 +218,7 @@ static void read_config_file(settings *s, const char *path)
         snprintf(flag, sizeof flag, "--%s", name);
         apply(s, flag, *v ? v : NULL, where);
     }
-    free(line);
-    fclose(f);
+    reading_done();
 }
 
 /* A variable of ./.env that looks like ours but is none (a typo) is
@@ -462,6 +476,7 @@ static void reload(settings *cur, int argc, char **argv, vram_manager *m)
     g_reload = &jb;
     if (setjmp(jb)) {
         g_reload = NULL;
+        reading_done();
         vram_log(VRAM_LOG_WARN, "reload: %s; nothing changed", g_reload_error);
         settings_free(next);
         free(next);
