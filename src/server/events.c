@@ -44,12 +44,10 @@ vram__events *vram__events_create(void)
     pthread_mutex_init(&ev->lock, NULL);
     ev->next = 1;
     int id = vram_log_listen(on_line, ev, VRAM_LOG_INFO);
-    if (id <= 0) {
-        pthread_mutex_destroy(&ev->lock);
-        free(ev);
-        return NULL;
-    }
-    ev->listener = id;
+    if (id <= 0) /* every listener slot taken (many servers in one process): no events */
+        vram_log(VRAM_LOG_WARN, "http: no log listener free: GET /api/v1/events and the "
+                                "dashboard's event log stay empty for this server");
+    ev->listener = id > 0 ? id : 0;
     return ev;
 }
 

@@ -11,8 +11,8 @@
 typedef struct vram__events vram__events;
 
 /* Starts listening to libvram's log (vram_log_listen, level info and
- * above, whatever the log level of stderr). NULL when out of host memory or
- * when no listener slot is free. */
+ * above, whatever the log level of stderr). NULL when out of host memory;
+ * when no listener slot is free the ring stays empty (a warning says so). */
 vram__events *vram__events_create(void);
 /* Stops listening and frees. NULL does nothing. */
 void vram__events_destroy(vram__events *ev);
