@@ -3,6 +3,7 @@ import os
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 
 from vramtest import VRAMCTL, VRAMD, Vramd, check, clean_env, eq, finish, free_port
@@ -53,6 +54,19 @@ with Vramd("--token", TOKEN, models=["a=synthetic:8M"], host_memory="128M") as d
     s, _, _ = d.post("/api/v1/models/a/load", headers=AUTH)
     s, _, b = d.request("DELETE", "/api/v1/models/a", headers=AUTH)
     check(s == 200 and "a" not in d.status(), "a loaded model is released and dropped", b)
+
+    # removing a model while a request loads it: it waits for the request or is refused, never
+    # pulls the model out from under it
+    d.post("/api/v1/models", {"name": "slow", "source": "synthetic:64M"}, headers=AUTH)
+    got = {}
+    t = threading.Thread(target=lambda: got.update(load=d.post("/api/v1/models/slow/load", headers=AUTH)[0]))
+    t.start()
+    time.sleep(0.05)
+    s, _, b = d.request("DELETE", "/api/v1/models/slow", headers=AUTH)
+    t.join(60)
+    check(s in (200, 409) and got.get("load") in (200, 404), "DELETE during a load: done after it, or 409",
+          (s, b, got))
+    check(d.get("/healthz")[0] == 200, "vramd is well after it")
 
     # the event log, with a cursor
     s, _, ev = d.get("/api/v1/events")
