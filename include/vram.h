@@ -158,12 +158,29 @@ VRAM_API void vram_options_print(const vram_config *cfg, void *file /* FILE* */)
 /* Parses "64M", "1.5G", "4096" (bytes, K/M/G/T powers of 1024). */
 VRAM_API int vram_parse_size(const char *text, uint64_t *out);
 
+/* Parses a duration as every timeout option reads it: "600", "90s", "10m",
+ * "1.5h" (seconds >= 0, at most VRAM_SECONDS_MAX). Returns 0, or
+ * VRAM_EINVAL with why in err ("'-5' is negative (use seconds >= 0, e.g.
+ * 600, 90s, 10m or 1h)"); *out is unchanged on failure. The CLI, vramd's
+ * --model options and the HTTP API all use it. */
+VRAM_API int vram_parse_seconds(const char *text, double *out, char *err, size_t errlen);
+
 /* ------------------------------------------------------------------------ */
 /* Logging: one line per event to stderr, or to a callback.                 */
 /* ------------------------------------------------------------------------ */
 typedef void (*vram_log_fn)(vram_log_level level, const char *line, void *user);
 VRAM_API void vram_set_log_level(vram_log_level level);
 VRAM_API void vram_set_log_callback(vram_log_fn fn, void *user); /* NULL: stderr */
+/* Adds a listener that sees every line of level <= max_level besides (not
+ * instead of) stderr or the callback, whatever vram_set_log_level says: for
+ * an event log such as the dashboard's (libvram-server uses one). fn runs
+ * with the log's lock held: it must be quick and must not log. Returns an
+ * id > 0 for vram_log_unlisten, VRAM_EINVAL for a NULL fn, or VRAM_EHOSTMEM
+ * when 8 listeners are there already. */
+VRAM_API int vram_log_listen(vram_log_fn fn, void *user, vram_log_level max_level);
+/* Removes a listener; once this returns, fn is not running and not called
+ * again. An unknown id does nothing. */
+VRAM_API void vram_log_unlisten(int id);
 /* True when lines of this level are written (skip costly formatting). */
 VRAM_API int vram_log_enabled(vram_log_level level);
 /* Writes one event line through vram's log (timestamp and level added,
@@ -459,6 +476,24 @@ VRAM_API void vram_model_load_progress(vram_model *model, uint64_t *done,
  * unknown flag or a bad value; cfg is unchanged on failure. */
 VRAM_API int vram_config_set_flag(vram_config *cfg, const char *flag, const char *value,
                                   char *err, size_t errlen);
+
+/* Where the value of option name (a variable, "VRAM_PORT") in cfg came
+ * from: "default", "set", "flag", "env" or ".env"; NULL for an unknown
+ * name. vramctl finds vramd's port this way, as vramd found it. */
+VRAM_API const char *vram_config_source(const vram_config *cfg, const char *name);
+
+/* 1 when flag ("--port", or "--port=7000") is an option of the table. */
+VRAM_API int vram_config_has_flag(const char *flag);
+
+/* Looks for variables in the .env file at path (NULL: "./.env") that the
+ * table does not know although they look like its own (VRAM_* and GPU_*
+ * names, or any name within two edits of a known one): such a line is
+ * ignored by vram_config_load, as the seed's other keys are. Writes one
+ * warning line per such variable into out (len bytes), naming the nearest
+ * known variable (".env:3: VRAM_GPU_BUGDET is not a vram variable and is
+ * ignored (did you mean VRAM_GPU_BUDGET?)"), and returns how many. A
+ * missing file gives 0. */
+VRAM_API int vram_config_env_warnings(const char *path, char *out, size_t len);
 
 /* Writes one --help line per option of the table to file (a FILE*; NULL:
  * stdout): "  --gpu-budget SIZE|PCT   VRAM_GPU_BUDGET, default 100%: help". */

@@ -71,6 +71,61 @@ VRAM_API char *vram_model_status_json(vram_manager *m, const char *name);
 /* The devices as a JSON array (GET /api/v1/devices). Caller frees. */
 VRAM_API char *vram_manager_devices_json(vram_manager *m);
 
+/* ------------------------------------------------------------------------ */
+/* Models at run time: one parser of "NAME=SOURCE[,key=value...]" (vramd's  */
+/* --model and its config file, POST /api/v1/models, vramctl register) and  */
+/* registration that is safe against requests in flight.                   */
+/* ------------------------------------------------------------------------ */
+#define VRAM_SOURCE_MAX 1024
+
+typedef struct vram_model_spec {
+    char name[VRAM_NAME_MAX + 1];
+    char source[VRAM_SOURCE_MAX]; /* "synthetic:SIZE[:SEED]", a .safetensors file, index or directory */
+    double idle_timeout;          /* seconds; < 0: the manager's */
+    double release_timeout;       /* seconds; < 0: the manager's; 0 = never */
+    int immediate_offload;        /* 0 or 1 */
+    int device;                   /* < 0: device 0 */
+} vram_model_spec;
+
+/* Fills s with no name, no source and the manager's defaults. */
+VRAM_API void vram_model_spec_init(vram_model_spec *s);
+
+/* Parses "NAME=SOURCE[,idle_timeout=S][,release_timeout=S]
+ * [,immediate_offload=1][,device=N]" into s (initialized first). The source
+ * runs up to the first ",key="; seconds are read as vram_parse_seconds
+ * reads them. Returns 0, or VRAM_EINVAL with why in err (errlen bytes). */
+VRAM_API int vram_model_spec_parse(vram_model_spec *s, const char *text, char *err,
+                                   size_t errlen);
+
+/* Sets one option of s from text: idle_timeout and release_timeout
+ * (seconds: 600, 90s, 10m), immediate_offload (1, 0, true, false, yes, no,
+ * on, off), device (an index). VRAM_EINVAL for an unknown key or a bad
+ * value (err says which); s is unchanged on failure. */
+VRAM_API int vram_model_spec_option(vram_model_spec *s, const char *key, const char *value,
+                                    char *err, size_t errlen);
+
+/* Registers the model s describes (VRAM_EEXIST for a taken name), or
+ * unregisters one (VRAM_EBUSY under a lease or while a request uses it,
+ * VRAM_ENOENT when unknown), in step with the HTTP and MCP commands that
+ * use models: never while one of them holds a model. Details in
+ * vram_last_error(). */
+VRAM_API int vram_server_register(vram_manager *m, const vram_model_spec *s);
+VRAM_API int vram_server_unregister(vram_manager *m, const char *name);
+
+/* Makes the registry agree with s: registers a new model; for an existing
+ * one applies changed timeouts and immediate_offload in place, and a
+ * changed source or device by opening the new source, then replacing the
+ * model (VRAM_EBUSY under a lease; the old one stays). *what (when not
+ * NULL) gets "registered", "updated", "replaced" or "unchanged". For a
+ * configuration reload (vramd's SIGHUP). */
+VRAM_API int vram_server_apply(vram_manager *m, const vram_model_spec *s, const char **what);
+
+/* Opens a model's source again (its file changed on disk): the new source
+ * is opened first (a failure leaves the model as it was), then the model
+ * is replaced with the same options, counters starting over. VRAM_EBUSY
+ * under a lease; VRAM_EINVAL for a model with a load function. */
+VRAM_API int vram_server_reopen(vram_manager *m, const char *name);
+
 #ifdef __cplusplus
 }
 #endif

@@ -3,6 +3,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <pthread.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -18,17 +19,14 @@
 #define EXIT_RUNTIME 1 /* could not start (port taken, no backend, a model that does not open) */
 #define GRACE_SECONDS 5.0
 
-typedef struct model_spec {
+typedef struct model_entry {
     char *text; /* as given, for messages */
-    char *name;
-    char *source;
-    double idle_timeout, release_timeout;
-    int immediate_offload, device;
-} model_spec;
+    vram_model_spec spec;
+} model_entry;
 
 typedef struct settings {
     vram_config cfg;
-    model_spec *models;
+    model_entry *models;
     size_t nmodels;
     char *gpu;
 } settings;
@@ -41,14 +39,17 @@ static void usage(FILE *f)
             "The vram daemon: keeps models on the GPU only while they are used and serves\n"
             "the seed's HTTP API (GET /api/gpu/status, POST /api/gpu/offload|release|timeout),\n"
             "/api/v1, /metrics, /healthz and MCP (Streamable HTTP at /mcp; stdio through\n"
-            "`vramctl mcp`).\n"
+            "`vramctl mcp`), and a live dashboard at / for browsers.\n"
             "\n"
             "Daemon options:\n"
             "  --model "
             "NAME=SOURCE[,idle_timeout=S][,release_timeout=S][,immediate_offload=1][,device=N]\n"
             "                        serve a model (repeatable); SOURCE is synthetic:SIZE[:SEED],\n"
             "                        a .safetensors file, a model.safetensors.index.json or a\n"
-            "                        directory; nothing is loaded before its first use\n"
+            "                        directory; nothing is loaded before its first use.\n"
+            "                        Seconds read as 600, 90s, 10m or 1h; immediate_offload\n"
+            "                        as 1/0, true/false, yes/no. More models at run time:\n"
+            "                        POST /api/v1/models, `vramctl register` (the same parser)\n"
             "  --config FILE         read options from FILE, one per line, written as flags\n"
             "                        without the dashes (`model Llasa-8B=synthetic:1G`,\n"
             "                        `port 7861`) or as variables (`GPU_IDLE_TIMEOUT=300`);\n"
@@ -63,17 +64,33 @@ static void usage(FILE *f)
     vram_config_print_help(f);
     fprintf(f,
             "\n"
+            "SIGHUP rereads the environment, ./.env and the config file (the command line\n"
+            "still wins): new models are registered, removed ones released and dropped,\n"
+            "changed timeouts applied; a bad file changes nothing and the log says why.\n"
+            "Port, bind, token, backend, devices and budgets change only with a restart.\n"
+            "\n"
             "Stop with SIGINT or SIGTERM: requests in flight finish (up to %.0f s), models are\n"
             "released and vramd exits 0. Exit codes: 0 stopped cleanly, 1 could not start\n"
-            "(port taken, backend or model failure), 2 bad option or config file.\n",
+            "(port taken, backend failure, a source that does not open), 2 bad option, model\n"
+            "name or config file.\n",
             GRACE_SECONDS);
 }
+
+/* While a SIGHUP reload parses, a usage error returns to it (nothing is
+ * changed) instead of exiting. */
+static jmp_buf *g_reload;
+static char g_reload_error[1024];
 
 static void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
 static void die(int code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
+    if (g_reload && code == EXIT_USAGE) {
+        vsnprintf(g_reload_error, sizeof g_reload_error, fmt, ap);
+        va_end(ap);
+        longjmp(*g_reload, 1);
+    }
     fputs("vramd: ", stderr);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
@@ -81,116 +98,24 @@ static void die(int code, const char *fmt, ...)
     exit(code);
 }
 
-/* ---- --model NAME=SOURCE[,key=value...] ---- */
-
-static const char *const model_keys[] = {"idle_timeout", "release_timeout", "immediate_offload",
-                                         "device", NULL};
-
-/* When s (just after a comma) starts "key=", the key's length, else 0. */
-static size_t option_key(const char *s)
-{
-    size_t n = 0;
-    while (s[n] && (islower((unsigned char)s[n]) || s[n] == '_'))
-        n++;
-    return n && s[n] == '=' ? n : 0;
-}
-
-/* Seconds as the option table reads them (600, 90s, 10m, 1h), through a
- * scratch config: one parser and one limit for every surface. */
-static int parse_seconds_text(const char *v, double *out, char *err, size_t errlen)
-{
-    vram_config tmp;
-    vram_config_init(&tmp);
-    if (vram_config_set(&tmp, "VRAM_RELEASE_TIMEOUT", v, err, errlen) < 0) return -1;
-    *out = tmp.release_timeout;
-    return 0;
-}
-
-/* The value of one NAME=SOURCE,key=value option into ms. */
-static void model_option(model_spec *ms, const char *text, const char *k, size_t kl, const char *val)
-{
-    char err[512];
-    if (strncmp(k, "idle_timeout", kl) == 0) {
-        if (parse_seconds_text(val, &ms->idle_timeout, err, sizeof err) < 0)
-            die(EXIT_USAGE, "--model '%s': idle_timeout: %s", text, err);
-    } else if (strncmp(k, "release_timeout", kl) == 0) {
-        if (parse_seconds_text(val, &ms->release_timeout, err, sizeof err) < 0)
-            die(EXIT_USAGE, "--model '%s': release_timeout: %s", text, err);
-    } else if (strncmp(k, "immediate_offload", kl) == 0) {
-        if (!strcmp(val, "1") || !strcasecmp(val, "true") || !strcasecmp(val, "yes"))
-            ms->immediate_offload = 1;
-        else if (!strcmp(val, "0") || !strcasecmp(val, "false") || !strcasecmp(val, "no"))
-            ms->immediate_offload = 0;
-        else
-            die(EXIT_USAGE, "--model '%s': immediate_offload '%s' is not 1 or 0", text, val);
-    } else {
-        char *end = NULL;
-        long d = strtol(val, &end, 10);
-        if (end == val || *end || d < 0 || d > 1023)
-            die(EXIT_USAGE, "--model '%s': device '%s' is not a device index", text, val);
-        ms->device = (int)d;
-    }
-}
-
-static void parse_model(const char *text, model_spec *ms)
-{
-    memset(ms, 0, sizeof *ms);
-    ms->idle_timeout = -1;
-    ms->release_timeout = -1;
-    ms->device = -1;
-    ms->text = strdup(text);
-    const char *eq = strchr(text, '=');
-    if (!eq || eq == text || !eq[1])
-        die(EXIT_USAGE, "--model '%s': expected NAME=SOURCE, e.g. --model Llasa-8B=synthetic:1G",
-            text);
-    ms->name = strndup(text, (size_t)(eq - text));
-    const char *src = eq + 1;
-    /* the source runs up to the first ",key=" */
-    const char *p = src, *opts = NULL;
-    for (; (p = strchr(p, ',')) != NULL; p++) {
-        if (option_key(p + 1)) {
-            opts = p;
-            break;
-        }
-    }
-    ms->source = opts ? strndup(src, (size_t)(opts - src)) : strdup(src);
-    if (!ms->name || !ms->source || !ms->text) die(EXIT_RUNTIME, "out of memory");
-    if (!ms->source[0]) die(EXIT_USAGE, "--model '%s': the source is empty", text);
-    while (opts) {
-        const char *k = opts + 1;
-        size_t kl = option_key(k);
-        if (!kl) die(EXIT_USAGE, "--model '%s': expected key=value after ','", text);
-        const char *v = k + kl + 1;
-        const char *next = strchr(v, ',');
-        char val[128];
-        size_t vl = next ? (size_t)(next - v) : strlen(v);
-        if (vl >= sizeof val) die(EXIT_USAGE, "--model '%s': value too long", text);
-        memcpy(val, v, vl);
-        val[vl] = '\0';
-        int known = 0;
-        for (size_t i = 0; model_keys[i]; i++)
-            if (strlen(model_keys[i]) == kl && strncmp(k, model_keys[i], kl) == 0) known = 1;
-        if (!known)
-            die(EXIT_USAGE,
-                "--model '%s': unknown option '%.*s' (known: idle_timeout, release_timeout, "
-                "immediate_offload, device)",
-                text, (int)kl, k);
-        model_option(ms, text, k, kl, val);
-        opts = next;
-    }
-}
-
 /* ---- flags and config file ---- */
 
-static void add_model(settings *s, const char *text)
+/* --model NAME=SOURCE[,key=value...], through libvram-server's parser (the
+ * one POST /api/v1/models uses). */
+static void add_model(settings *s, const char *text, const char *where)
 {
-    model_spec *grown = realloc(s->models, (s->nmodels + 1) * sizeof *grown);
+    model_entry *grown = realloc(s->models, (s->nmodels + 1) * sizeof *grown);
     if (!grown) die(EXIT_RUNTIME, "out of memory");
     s->models = grown;
-    parse_model(text, &s->models[s->nmodels]);
+    model_entry *e = &s->models[s->nmodels];
+    char err[600];
+    if (vram_model_spec_parse(&e->spec, text, err, sizeof err) < 0)
+        die(EXIT_USAGE, "%s--model '%s': %s", where, text, err);
     for (size_t i = 0; i < s->nmodels; i++)
-        if (strcmp(s->models[i].name, s->models[s->nmodels].name) == 0)
-            die(EXIT_USAGE, "--model: the name '%s' is given twice", s->models[i].name);
+        if (strcmp(s->models[i].spec.name, e->spec.name) == 0)
+            die(EXIT_USAGE, "%s--model: the name '%s' is given twice", where, e->spec.name);
+    e->text = strdup(text);
+    if (!e->text) die(EXIT_RUNTIME, "out of memory");
     s->nmodels++;
 }
 
@@ -200,7 +125,7 @@ static void apply(settings *s, const char *flag, const char *value, const char *
     char err[512];
     if (!strcmp(flag, "--model")) {
         if (!value) die(EXIT_USAGE, "%s--model needs NAME=SOURCE", where);
-        add_model(s, value);
+        add_model(s, value, where);
     } else if (!strcmp(flag, "--gpu")) {
         if (!value || !*value) die(EXIT_USAGE, "%s--gpu needs auto, an index or a GPU UUID", where);
         free(s->gpu);
@@ -211,6 +136,13 @@ static void apply(settings *s, const char *flag, const char *value, const char *
         if (vram_config_set_flag(&s->cfg, flag, value, err, sizeof err) < 0)
             die(EXIT_USAGE, "%s%s", where, err);
     }
+}
+
+/* A flag of vramd's own or of the option table. */
+static int known_flag(const char *flag)
+{
+    return !strcmp(flag, "--model") || !strcmp(flag, "--gpu") || !strcmp(flag, "--config") ||
+           vram_config_has_flag(flag);
 }
 
 static int takes_no_value(const char *flag)
@@ -229,14 +161,29 @@ static char *trim(char *s)
     return s;
 }
 
+/* The config file being read and its line buffer, for a reload that a bad
+ * line ends with a longjmp (see die) to close and free. */
+static struct {
+    FILE *f;
+    char *line;
+} g_reading;
+
+static void reading_done(void)
+{
+    if (g_reading.f) fclose(g_reading.f);
+    free(g_reading.line);
+    memset(&g_reading, 0, sizeof g_reading);
+}
+
 static void read_config_file(settings *s, const char *path)
 {
     FILE *f = fopen(path, "r");
     if (!f) die(EXIT_USAGE, "--config %s: %s", path, strerror(errno));
-    char *line = NULL;
+    g_reading.f = f;
     size_t cap = 0;
     int lineno = 0;
-    while (getline(&line, &cap, f) >= 0) {
+    while (getline(&g_reading.line, &cap, f) >= 0) {
+        char *line = g_reading.line;
         lineno++;
         char *l = trim(line);
         if (!*l || *l == '#') continue;
@@ -271,8 +218,17 @@ static void read_config_file(settings *s, const char *path)
         snprintf(flag, sizeof flag, "--%s", name);
         apply(s, flag, *v ? v : NULL, where);
     }
-    free(line);
-    fclose(f);
+    reading_done();
+}
+
+/* A variable of ./.env that looks like ours but is none (a typo) is
+ * ignored by the configuration, as the seed's other keys are: say so. */
+static void warn_env_file(void)
+{
+    char text[2048];
+    if (vram_config_env_warnings(NULL, text, sizeof text) <= 0) return;
+    for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"))
+        vram_log(VRAM_LOG_WARN, "%s", line);
 }
 
 static void parse_args(settings *s, int argc, char **argv)
@@ -300,6 +256,7 @@ static void parse_args(settings *s, int argc, char **argv)
     char err[512];
     /* environment and ./.env, then the config file, then the command line */
     if (vram_config_load(&s->cfg, NULL, err, sizeof err) < 0) die(EXIT_USAGE, "%s", err);
+    warn_env_file();
     if (config) read_config_file(s, config);
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -319,6 +276,8 @@ static void parse_args(settings *s, int argc, char **argv)
             value = eq + 1;
         } else {
             snprintf(flag, sizeof flag, "%s", a);
+            if (!known_flag(flag))
+                die(EXIT_USAGE, "unknown option '%s' (see vramd --help)", a);
             if (i + 1 >= argc) die(EXIT_USAGE, "%s needs a value (see vramd --help)", a);
             value = argv[++i];
         }
@@ -369,9 +328,11 @@ static void block_stop_signals(sigset_t *stop)
 {
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
     sigemptyset(stop);
     sigaddset(stop, SIGINT);
     sigaddset(stop, SIGTERM);
+    sigaddset(stop, SIGHUP); /* reload */
     pthread_sigmask(SIG_BLOCK, stop, NULL);
     signal(SIGPIPE, SIG_IGN);
 }
@@ -413,20 +374,15 @@ static vram_manager *start_manager(settings *s)
             *d ? ": " : "", d);
     }
     for (size_t i = 0; i < s->nmodels; i++) {
-        model_spec *ms = &s->models[i];
-        vram_model_opts o;
-        vram_model_opts_init(&o);
-        o.source = ms->source;
-        o.idle_timeout = ms->idle_timeout;
-        o.release_timeout = ms->release_timeout;
-        o.immediate_offload = ms->immediate_offload;
-        o.device = ms->device;
+        model_entry *e = &s->models[i];
         vram_set_error(VRAM_OK, "%s", "");
-        rc = vram_manager_register(m, ms->name, &o, NULL);
+        rc = vram_server_register(m, &e->spec);
         if (rc < 0) {
             const char *d = vram_last_error();
             vram_manager_destroy(m);
-            die(EXIT_RUNTIME, "--model %s: %s%s%s", ms->text, vram_strerror(rc), *d ? ": " : "", d);
+            /* a bad name or value is an option error; a source that does not open is not */
+            die(rc == VRAM_EINVAL ? EXIT_USAGE : EXIT_RUNTIME, "--model %s: %s%s%s", e->text,
+                vram_strerror(rc), *d ? ": " : "", d);
         }
     }
     return m;
@@ -438,7 +394,7 @@ static void log_started(const settings *s, vram_manager *m, vram_server *srv)
     size_t n = 0;
     for (size_t i = 0; i < s->nmodels && n < sizeof names; i++)
         n += (size_t)snprintf(names + n, sizeof names - n, "%s%s", i ? ", " : "",
-                              s->models[i].name);
+                              s->models[i].spec.name);
     char hostbuf[VRAM_STR_MAX + 4];
     vram_log(VRAM_LOG_INFO,
              "vramd %s listening on http://%s:%d (backend %s; %zu model%s%s%s; MCP at /mcp%s)",
@@ -457,15 +413,95 @@ static void log_started(const settings *s, vram_manager *m, vram_server *srv)
                  "no models: give --model NAME=SOURCE, e.g. --model demo=synthetic:256M");
 }
 
+/* ---- SIGHUP: the config file and .env again ---- */
+
+static const model_entry *find_entry(const settings *s, const char *name)
+{
+    for (size_t i = 0; i < s->nmodels; i++)
+        if (!strcmp(s->models[i].spec.name, name)) return &s->models[i];
+    return NULL;
+}
+
+/* Options that only a restart applies, when they changed. */
+static void warn_restart_only(const vram_config *a, const vram_config *b)
+{
+    if (a->port != b->port || strcmp(a->bind, b->bind) || strcmp(a->token, b->token) ||
+        a->backend != b->backend || strcmp(a->visible_devices, b->visible_devices) ||
+        memcmp(&a->gpu_budget, &b->gpu_budget, sizeof a->gpu_budget) ||
+        memcmp(&a->host_budget, &b->host_budget, sizeof a->host_budget) ||
+        a->host_memory != b->host_memory || a->host_devices != b->host_devices)
+        vram_log(VRAM_LOG_WARN, "reload: port, bind, token, backend, devices and budgets change "
+                                "only with a restart; they keep their values");
+}
+
+/* Makes the manager agree with next; cur (what was applied) becomes next. */
+static void apply_settings(settings *cur, settings *next, vram_manager *m)
+{
+    warn_restart_only(&cur->cfg, &next->cfg);
+    if (next->cfg.idle_timeout != cur->cfg.idle_timeout)
+        vram_manager_set_idle_timeout(m, next->cfg.idle_timeout);
+    if (next->cfg.release_timeout != cur->cfg.release_timeout)
+        vram_manager_set_release_timeout(m, next->cfg.release_timeout);
+    vram_set_log_level(next->cfg.log_level);
+    for (size_t i = 0; i < next->nmodels; i++) {
+        const char *what = NULL;
+        vram_set_error(VRAM_OK, "%s", "");
+        if (vram_server_apply(m, &next->models[i].spec, &what) < 0)
+            vram_log(VRAM_LOG_WARN, "reload: model %s: %s", next->models[i].spec.name,
+                     vram_last_error());
+        else if (strcmp(what, "unchanged") != 0)
+            vram_log(VRAM_LOG_INFO, "reload: model %s %s", next->models[i].spec.name, what);
+    }
+    for (size_t i = 0; i < cur->nmodels; i++) {
+        const char *name = cur->models[i].spec.name;
+        if (find_entry(next, name)) continue;
+        vram_set_error(VRAM_OK, "%s", "");
+        if (vram_server_unregister(m, name) < 0)
+            vram_log(VRAM_LOG_WARN, "reload: model %s is no longer configured but stays: %s", name,
+                     vram_last_error());
+        else
+            vram_log(VRAM_LOG_INFO, "reload: model %s released and removed", name);
+    }
+}
+
+static void settings_free(settings *s);
+
+/* Rereads everything as at start; a bad file or value changes nothing. */
+static void reload(settings *cur, int argc, char **argv, vram_manager *m)
+{
+    settings *next = calloc(1, sizeof *next);
+    if (!next) return;
+    vram_config_init(&next->cfg);
+    jmp_buf jb;
+    g_reload = &jb;
+    if (setjmp(jb)) {
+        g_reload = NULL;
+        reading_done();
+        vram_log(VRAM_LOG_WARN, "reload: %s; nothing changed", g_reload_error);
+        settings_free(next);
+        free(next);
+        return;
+    }
+    parse_args(next, argc, argv);
+    g_reload = NULL;
+    if (next->gpu) /* --gpu chose the devices at start; it is not chosen again */
+        memcpy(next->cfg.visible_devices, cur->cfg.visible_devices, sizeof next->cfg.visible_devices);
+    vram_log(VRAM_LOG_INFO, "reload: configuration read (%zu model%s)", next->nmodels,
+             next->nmodels == 1 ? "" : "s");
+    apply_settings(cur, next, m);
+    settings_free(cur);
+    *cur = *next;
+    free(next);
+}
+
 static void settings_free(settings *s)
 {
     for (size_t i = 0; i < s->nmodels; i++) {
         free(s->models[i].text);
-        free(s->models[i].name);
-        free(s->models[i].source);
     }
     free(s->models);
     free(s->gpu);
+    memset(s, 0, sizeof *s);
 }
 
 int main(int argc, char **argv)
@@ -498,7 +534,11 @@ int main(int argc, char **argv)
     log_started(&s, m, srv);
 
     int sig = 0;
-    while (sigwait(&stop, &sig) != 0) {
+    for (;;) {
+        if (sigwait(&stop, &sig) != 0) continue;
+        if (sig != SIGHUP) break;
+        vram_log(VRAM_LOG_INFO, "vramd: SIGHUP received, reloading the configuration");
+        reload(&s, argc, argv, m);
     }
     vram_log(VRAM_LOG_INFO, "vramd: %s received, stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
     int left = vram_server_stop(srv, GRACE_SECONDS);

@@ -5,6 +5,16 @@ pkg_check_modules(CURL REQUIRED IMPORTED_TARGET libcurl)
 # libvram-server: the embeddable HTTP/MCP/metrics server (include/vram_server.h),
 # built on libvram's public API and the stateless part of the base layer.
 file(GLOB VRAM_SERVER_SOURCES CONFIGURE_DEPENDS src/server/*.c)
+# the dashboard (src/server/dashboard.html) built into the library as a C array
+set(VRAM_DASHBOARD_C ${CMAKE_BINARY_DIR}/generated/dashboard_html.c)
+add_custom_command(OUTPUT ${VRAM_DASHBOARD_C}
+  COMMAND ${CMAKE_COMMAND} -E make_directory ${CMAKE_BINARY_DIR}/generated
+  COMMAND ${CMAKE_COMMAND} -DIN=${CMAKE_SOURCE_DIR}/src/server/dashboard.html
+          -DOUT=${VRAM_DASHBOARD_C} -DNAME=vram__dashboard_html
+          -P ${CMAKE_SOURCE_DIR}/cmake/scripts/embed.cmake
+  DEPENDS ${CMAKE_SOURCE_DIR}/src/server/dashboard.html ${CMAKE_SOURCE_DIR}/cmake/scripts/embed.cmake
+  COMMENT "Embedding the dashboard")
+list(APPEND VRAM_SERVER_SOURCES ${VRAM_DASHBOARD_C})
 set(VRAM_BASE_PURE ${CMAKE_SOURCE_DIR}/src/base/text.c ${CMAKE_SOURCE_DIR}/src/base/clock.c)
 add_library(vram_server STATIC ${VRAM_SERVER_SOURCES})
 set_target_properties(vram_server PROPERTIES OUTPUT_NAME vram-server)

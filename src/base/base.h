@@ -69,6 +69,13 @@ const char *vram__quote(const char *s, char *buf, size_t cap);
  * a finite number", "is more than 10 years (315360000 seconds)". */
 const char *vram__seconds_problem(double s);
 
+/* Seconds for people, never in exponent form: "600 s", "0.5 s",
+ * "315360000 s", "0.001 s" (to the millisecond). */
+typedef struct vram__stext {
+    char s[48];
+} vram__stext;
+vram__stext vram__seconds_text(double s);
+
 /* Bytes for people: "512 B", "24.0 MiB", "1.50 GiB" (powers of 1024). */
 typedef struct vram__hsize {
     char s[32];

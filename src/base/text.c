@@ -87,6 +87,23 @@ const char *vram__quote(const char *s, char *buf, size_t cap)
     return buf;
 }
 
+vram__stext vram__seconds_text(double s)
+{
+    vram__stext t;
+    if (s != s || s == 1.0 / 0.0 || s == -1.0 / 0.0 || s > 1e15 || s < -1e15) {
+        snprintf(t.s, sizeof t.s, "%g s", s);
+        return t;
+    }
+    snprintf(t.s, sizeof t.s, "%.3f", s);
+    size_t n = strlen(t.s);
+    while (n && t.s[n - 1] == '0')
+        t.s[--n] = '\0';
+    if (n && t.s[n - 1] == '.') t.s[--n] = '\0';
+    if (!strcmp(t.s, "-0") || !n) snprintf(t.s, sizeof t.s, "0");
+    snprintf(t.s + strlen(t.s), sizeof t.s - strlen(t.s), " s");
+    return t;
+}
+
 const char *vram__seconds_problem(double s)
 {
     if (s != s || s == 1.0 / 0.0 || s == -1.0 / 0.0) return "is not a finite number";

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "base/base.h"
+#include "server/models.h"
 #include "server/status_json.h"
 #include "vram_server.h"
 
@@ -180,7 +181,9 @@ static int get_seconds(json_t *v, const char *field, double *out, vram__cmd_resu
                                                    : "an object or array");
     double s = json_number_value(v);
     const char *why = vram__seconds_problem(s);
-    if (why) return vram__cmd_fail(res, VRAM_EINVAL, "'%s' of %g seconds %s", field, s, why);
+    if (why)
+        return vram__cmd_fail(res, VRAM_EINVAL, "'%s' of %s %s", field, vram__seconds_text(s).s,
+                              why);
     *out = s;
     return 0;
 }
@@ -650,7 +653,7 @@ static int cmd_timeout(vram_manager *m, json_t *args, vram__cmd_result *res)
                          model ? vram_model_name(model) : "all models");
     json_t *names = model ? json_pack("[s]", vram_model_name(model)) : model_names(m);
     char msg[256];
-    snprintf(msg, sizeof msg, "idle timeout set to %g s for %s%s", s,
+    snprintf(msg, sizeof msg, "idle timeout set to %s for %s%s", vram__seconds_text(s).s,
              model ? vram_model_name(model) : "all models",
              s == 0 ? " (0 = never offload on idle)" : "");
     return set_json(res, json_pack("{s:b, s:s, s:f, s:o}", "success", 1, "message", msg, "timeout",
@@ -682,8 +685,10 @@ static int cmd_configure(vram_manager *m, json_t *args, vram__cmd_result *res)
         else if (json_is_integer(vo) &&
                  (json_integer_value(vo) == 0 || json_integer_value(vo) == 1))
             imm = (int)json_integer_value(vo);
-        else
-            return vram__cmd_fail(res, VRAM_EINVAL, "'immediate_offload' must be true or false");
+        else if (!json_is_string(vo) || vram__parse_bool(json_string_value(vo), &imm) < 0)
+            return vram__cmd_fail(res, VRAM_EINVAL,
+                                  "'immediate_offload' must be true or false (or 1/0, \"yes\"/\"no\", "
+                                  "\"on\"/\"off\")");
     }
     const char *name = vram_model_name(model);
     vram_set_error(VRAM_OK, "%s", "");
@@ -703,17 +708,22 @@ static int cmd_configure(vram_manager *m, json_t *args, vram__cmd_result *res)
 /* ---- the table ---- */
 
 static const vram__command commands[] = {
-    {"status", "status of every model (or of one)", 0, 0, cmd_status},
-    {"models", "list models with their status", 0, 0, cmd_models},
-    {"show", "one model's status (with load_progress while loading)", 0, 0, cmd_show},
-    {"devices", "devices with their memory", 0, 0, cmd_devices},
-    {"health", "liveness and a summary", 0, 0, cmd_health},
-    {"load", "load or restore a model onto the GPU and wait", 1, 1, cmd_load},
-    {"run", "acquire, checksum on the device, end the lease", 1, 1, cmd_run},
-    {"offload", "offload every model (or one) to the CPU", 1, 1, cmd_offload},
-    {"release", "release every model (or one) completely", 1, 1, cmd_release},
-    {"timeout", "set the idle timeout of every model (or one)", 0, 1, cmd_timeout},
-    {"configure", "set one model's timeouts and immediate offload", 0, 1, cmd_configure},
+    {"status", "status of every model (or of one)", 0, 0, cmd_status, 0},
+    {"models", "list models with their status", 0, 0, cmd_models, 0},
+    {"show", "one model's status (with load_progress while loading)", 0, 0, cmd_show, 0},
+    {"devices", "devices with their memory", 0, 0, cmd_devices, 0},
+    {"health", "liveness and a summary", 0, 0, cmd_health, 0},
+    {"load", "load or restore a model onto the GPU and wait", 1, 1, cmd_load, 0},
+    {"run", "acquire, checksum on the device, end the lease", 1, 1, cmd_run, 0},
+    {"offload", "offload every model (or one) to the CPU", 1, 1, cmd_offload, 0},
+    {"release", "release every model (or one) completely", 1, 1, cmd_release, 0},
+    {"timeout", "set the idle timeout of every model (or one)", 0, 1, cmd_timeout, 0},
+    {"configure", "set one model's timeouts and immediate offload", 0, 1, cmd_configure, 0},
+    {"register", "register a model from a source (NAME=SOURCE,key=value... or name/source/options)",
+     1, 1, vram__cmd_register, 1},
+    {"unregister", "release and forget a model (refused under a lease)", 1, 1, vram__cmd_unregister,
+     1},
+    {"reopen", "open a model's source again (its file changed on disk)", 1, 1, vram__cmd_reopen, 1},
 };
 
 const vram__command *vram__command_find(const char *name)
@@ -733,7 +743,15 @@ int vram__command_run(vram_manager *m, const vram__command *cmd, json_t *args,
 {
     vram__cmd_result_clear(res);
     if (!cmd) return vram__cmd_fail(res, VRAM_EINVAL, "unknown command");
-    cmd->run(m, args, res);
+    if (cmd->run == cmd_load || cmd->run == cmd_run)
+        vram__reopen_if_changed(m, args); /* a file changed on disk since it was opened */
+    if (cmd->registry) {
+        cmd->run(m, args, res);
+    } else {
+        vram__registry_read_lock(); /* the model handles it finds stay valid */
+        cmd->run(m, args, res);
+        vram__registry_read_unlock();
+    }
     if (cmd->mutates) __atomic_add_fetch(&g_gen, 1, __ATOMIC_RELEASE);
     if (res->code >= 0 && !res->json && !res->raw) out_of_memory(res);
     return res->code;

@@ -30,6 +30,8 @@ typedef struct vram__command {
     int slow;    /* may block (loads, transfers, waits): never run it on an event thread */
     int mutates; /* changes state: needs the token when one is set */
     vram__cmd_fn run;
+    int registry; /* adds or removes models: takes the registry lock's write side itself
+                     (server/models.h); every other command runs under its read side */
 } vram__command;
 
 /* The command called name ("status", "load", ...), or NULL. */

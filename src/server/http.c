@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "base/base.h"
+#include "server/dashboard.h"
 #include "server/http_internal.h"
 
 /* Threads and locks: see http_internal.h. */
@@ -27,8 +28,36 @@ static const char *header(struct MHD_Connection *c, const char *name)
 
 /* ---- handlers ---- */
 
+/* The dashboard page (a browser asks for text/html): built in, no CDN. */
+static enum MHD_Result send_dashboard(struct MHD_Connection *c, request *r)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(
+        vram__dashboard_html_len, (void *)vram__dashboard_html, MHD_RESPMEM_PERSISTENT);
+    if (!resp) return MHD_NO;
+    static const char *const hdrs[][2] = {
+        {MHD_HTTP_HEADER_CONTENT_TYPE, "text/html; charset=utf-8"},
+        {MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache"},
+        {"Content-Security-Policy",
+         "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+         "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+         "frame-ancestors 'none'"},
+        {"X-Content-Type-Options", "nosniff"},
+        {"X-Frame-Options", "DENY"},
+        {"Referrer-Policy", "no-referrer"},
+        {MHD_HTTP_HEADER_VARY, "Accept"},
+    };
+    for (size_t i = 0; i < sizeof hdrs / sizeof hdrs[0]; i++)
+        MHD_add_response_header(resp, hdrs[i][0], hdrs[i][1]);
+    r->status = 200;
+    enum MHD_Result ret = MHD_queue_response(c, 200, resp);
+    MHD_destroy_response(resp);
+    return ret;
+}
+
 static enum MHD_Result handle_root(vram__http *h, struct MHD_Connection *c, request *r)
 {
+    const char *accept = header(c, MHD_HTTP_HEADER_ACCEPT);
+    if (accept && strstr(accept, "text/html")) return send_dashboard(c, r);
     json_t *eps = json_array();
     for (int i = R_ROOT; i < NROUTES; i++) {
         const char *allow = vram__http_routes[i].allow;
@@ -40,6 +69,31 @@ static enum MHD_Result handle_root(vram__http *h, struct MHD_Connection *c, requ
                                VRAM_VERSION, "backend", vram_manager_backend(h->m), "endpoints",
                                eps, "docs", "see README.md (HTTP API)"),
                      NULL, NULL);
+}
+
+/* GET /api/v1/events?since=N&limit=L: the event log from cursor N. */
+static enum MHD_Result handle_events(vram__http *h, struct MHD_Connection *c, request *r)
+{
+    const char *names[2] = {"since", "limit"};
+    unsigned long long v[2] = {0, 100};
+    for (int i = 0; i < 2; i++) {
+        const char *t = MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, names[i]);
+        if (!t) continue;
+        char *end = NULL;
+        errno = 0;
+        unsigned long long n = strtoull(t, &end, 10);
+        if (errno || end == t || *end || t[0] == '-' || (i == 1 && (n == 0 || n > 1000))) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "'%s' must be %s, not '%.40s'", names[i],
+                     i ? "a count from 1 to 1000" : "an event number (the 'next' of the last answer)",
+                     t);
+            return vram__http_send_error(c, r, 400, "EINVAL", msg, NULL, NULL);
+        }
+        v[i] = n;
+    }
+    json_t *o = vram__events_json(h->events, (uint64_t)v[0], (unsigned)v[1]);
+    if (!o) return vram__http_send_error(c, r, 503, "EHOSTMEM", "out of host memory", NULL, NULL);
+    return vram__http_send_json(c, r, 200, o, NULL, NULL);
 }
 
 static enum MHD_Result handle_metrics(vram__http *h, struct MHD_Connection *c, request *r)
@@ -237,6 +291,7 @@ static enum MHD_Result dispatch(vram__http *h, struct MHD_Connection *c, request
     const char *cmd = vram__http_route_command(r->route, r->method);
     if (r->route == R_ROOT) return handle_root(h, c, r);
     if (r->route == R_METRICS) return handle_metrics(h, c, r);
+    if (r->route == R_EVENTS) return handle_events(h, c, r);
     return handle_command(h, c, r, cmd);
 }
 
@@ -441,7 +496,8 @@ int vram__http_start(vram__http *h, vram_manager *m, char *err, size_t errlen)
     for (int i = 0; i < NROUTES; i++)
         h->route_names[i] = vram__http_routes[i].name;
     h->mx = vram__metrics_create(h->route_names, NROUTES);
-    if (!h->mcp || !h->mx) {
+    h->events = vram__events_create();
+    if (!h->mcp || !h->mx || !h->events) {
         snprintf(err, errlen, "out of host memory");
         return VRAM_EHOSTMEM;
     }
@@ -489,6 +545,7 @@ int vram__http_stop(vram__http *h, double grace)
     if (h->listen_fd >= 0) close(h->listen_fd);
     vram__mcp_destroy(h->mcp);
     vram__metrics_destroy(h->mx);
+    vram__events_destroy(h->events);
     pthread_mutex_destroy(&h->lock);
     pthread_cond_destroy(&h->cond);
     free(h);

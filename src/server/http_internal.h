@@ -8,6 +8,7 @@
 #include <stddef.h>
 
 #include "server/commands.h"
+#include "server/events.h"
 #include "server/http.h"
 #include "server/http_checks.h"
 #include "server/mcp.h"
@@ -48,7 +49,9 @@ enum {
     R_MODEL_RUN,
     R_MODEL_OFFLOAD,
     R_MODEL_RELEASE,
+    R_MODEL_REOPEN,
     R_DEVICES,
+    R_EVENTS,
     R_MCP,
     NROUTES
 };
@@ -58,6 +61,7 @@ typedef struct route {
     const char *get;   /* command for GET/HEAD, or NULL */
     const char *post;  /* command for POST, or NULL */
     const char *patch; /* command for PATCH, or NULL */
+    const char *del;   /* command for DELETE, or NULL */
     const char *allow; /* the Allow header of a 405 */
 } route;
 
@@ -87,6 +91,7 @@ struct vram__http {
     vram_manager *m;
     vram__mcp *mcp;
     vram__metrics *mx;
+    vram__events *events; /* the event log of GET /api/v1/events and the dashboard */
     const char *route_names[NROUTES]; /* metrics labels: routes[i].name */
     pthread_mutex_t lock;
     pthread_cond_t cond;

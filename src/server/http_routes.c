@@ -4,22 +4,25 @@
 #include "server/http_internal.h"
 
 const route vram__http_routes[NROUTES] = {
-    [R_OTHER] = {"other", NULL, NULL, NULL, ""},
-    [R_ROOT] = {"/", "", NULL, NULL, "GET, HEAD"},
-    [R_HEALTH] = {"/healthz", "health", NULL, NULL, "GET, HEAD"},
-    [R_METRICS] = {"/metrics", "", NULL, NULL, "GET, HEAD"},
-    [R_GPU_STATUS] = {"/api/gpu/status", "status", NULL, NULL, "GET, HEAD"},
-    [R_GPU_OFFLOAD] = {"/api/gpu/offload", NULL, "offload", NULL, "POST"},
-    [R_GPU_RELEASE] = {"/api/gpu/release", NULL, "release", NULL, "POST"},
-    [R_GPU_TIMEOUT] = {"/api/gpu/timeout", NULL, "timeout", NULL, "POST"},
-    [R_MODELS] = {"/api/v1/models", "models", NULL, NULL, "GET, HEAD"},
-    [R_MODEL] = {"/api/v1/models/{name}", "show", NULL, "configure", "GET, HEAD, PATCH"},
-    [R_MODEL_LOAD] = {"/api/v1/models/{name}/load", NULL, "load", NULL, "POST"},
-    [R_MODEL_RUN] = {"/api/v1/models/{name}/run", NULL, "run", NULL, "POST"},
-    [R_MODEL_OFFLOAD] = {"/api/v1/models/{name}/offload", NULL, "offload", NULL, "POST"},
-    [R_MODEL_RELEASE] = {"/api/v1/models/{name}/release", NULL, "release", NULL, "POST"},
-    [R_DEVICES] = {"/api/v1/devices", "devices", NULL, NULL, "GET, HEAD"},
-    [R_MCP] = {"/mcp", NULL, NULL, NULL, "POST, DELETE"},
+    [R_OTHER] = {"other", NULL, NULL, NULL, NULL, ""},
+    [R_ROOT] = {"/", "", NULL, NULL, NULL, "GET, HEAD"},
+    [R_HEALTH] = {"/healthz", "health", NULL, NULL, NULL, "GET, HEAD"},
+    [R_METRICS] = {"/metrics", "", NULL, NULL, NULL, "GET, HEAD"},
+    [R_GPU_STATUS] = {"/api/gpu/status", "status", NULL, NULL, NULL, "GET, HEAD"},
+    [R_GPU_OFFLOAD] = {"/api/gpu/offload", NULL, "offload", NULL, NULL, "POST"},
+    [R_GPU_RELEASE] = {"/api/gpu/release", NULL, "release", NULL, NULL, "POST"},
+    [R_GPU_TIMEOUT] = {"/api/gpu/timeout", NULL, "timeout", NULL, NULL, "POST"},
+    [R_MODELS] = {"/api/v1/models", "models", "register", NULL, NULL, "GET, HEAD, POST"},
+    [R_MODEL] = {"/api/v1/models/{name}", "show", NULL, "configure", "unregister",
+                 "GET, HEAD, PATCH, DELETE"},
+    [R_MODEL_LOAD] = {"/api/v1/models/{name}/load", NULL, "load", NULL, NULL, "POST"},
+    [R_MODEL_RUN] = {"/api/v1/models/{name}/run", NULL, "run", NULL, NULL, "POST"},
+    [R_MODEL_OFFLOAD] = {"/api/v1/models/{name}/offload", NULL, "offload", NULL, NULL, "POST"},
+    [R_MODEL_RELEASE] = {"/api/v1/models/{name}/release", NULL, "release", NULL, NULL, "POST"},
+    [R_MODEL_REOPEN] = {"/api/v1/models/{name}/reopen", NULL, "reopen", NULL, NULL, "POST"},
+    [R_DEVICES] = {"/api/v1/devices", "devices", NULL, NULL, NULL, "GET, HEAD"},
+    [R_EVENTS] = {"/api/v1/events", "", NULL, NULL, NULL, "GET, HEAD"},
+    [R_MCP] = {"/mcp", NULL, NULL, NULL, NULL, "POST, DELETE"},
 };
 
 int vram__http_match_route(const char *url, const char **name, size_t *name_len)
@@ -38,6 +41,7 @@ int vram__http_match_route(const char *url, const char **name, size_t *name_len)
         {"/api/v1/models", R_MODELS},
         {"/api/v1/models/", R_MODELS},
         {"/api/v1/devices", R_DEVICES},
+        {"/api/v1/events", R_EVENTS},
         {"/mcp", R_MCP},
     };
     for (size_t i = 0; i < sizeof exact / sizeof exact[0]; i++)
@@ -51,7 +55,8 @@ int vram__http_match_route(const char *url, const char **name, size_t *name_len)
     } actions[] = {{"/load", R_MODEL_LOAD},
                    {"/run", R_MODEL_RUN},
                    {"/offload", R_MODEL_OFFLOAD},
-                   {"/release", R_MODEL_RELEASE}};
+                   {"/release", R_MODEL_RELEASE},
+                   {"/reopen", R_MODEL_REOPEN}};
     for (size_t i = 0; i < sizeof actions / sizeof actions[0]; i++) {
         size_t sl = strlen(actions[i].suffix);
         if (len > sl && strcmp(rest + len - sl, actions[i].suffix) == 0) {
@@ -83,6 +88,7 @@ const char *vram__http_route_command(int r, int method)
     case M_HEAD: return rt->get;
     case M_POST: return rt->post;
     case M_PATCH: return rt->patch;
+    case M_DELETE: return rt->del;
     default: return NULL;
     }
 }

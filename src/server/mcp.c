@@ -96,6 +96,35 @@ static const tool tools[] = {
      "{\"type\":\"object\",\"properties\":{\"model\":{\"type\":\"string\",\"description\":"
      "\"Name of the model.\"}},\"required\":[\"model\"],\"additionalProperties\":false}",
      NULL, NULL, 0, 0, 0},
+    {"register_model", "Register a model",
+     "Add a model at run time, as vramd's --model NAME=SOURCE,key=value does: 'source' is "
+     "synthetic:SIZE[:SEED], a .safetensors file, a model.safetensors.index.json or a directory. "
+     "Nothing is loaded before its first use. Options: idle_timeout and release_timeout (seconds, "
+     "or text such as \"10m\"), immediate_offload (true/false), device (index).",
+     "register",
+     "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"description\":"
+     "\"Name of the new model.\"},\"source\":{\"type\":\"string\",\"description\":\"Where its "
+     "bytes come from.\"},\"options\":{\"type\":\"object\",\"properties\":{\"idle_timeout\":"
+     "{\"type\":[\"number\",\"string\"]},\"release_timeout\":{\"type\":[\"number\",\"string\"]},"
+     "\"immediate_offload\":{\"type\":\"boolean\"},\"device\":{\"type\":\"integer\",\"minimum\":0}},"
+     "\"additionalProperties\":false}},\"required\":[\"name\",\"source\"],"
+     "\"additionalProperties\":false}",
+     NULL, NULL, 0, 0, 0},
+    {"unregister_model", "Unregister a model",
+     "Release a model completely and remove it from vramd. Refused while the model is in use "
+     "(a lease is held).",
+     "unregister",
+     "{\"type\":\"object\",\"properties\":{\"model\":{\"type\":\"string\",\"description\":"
+     "\"Name of the model.\"}},\"required\":[\"model\"],\"additionalProperties\":false}",
+     NULL, NULL, 0, 1, 0},
+    {"reopen_model", "Reopen a model's source",
+     "Open a model's source again after its file changed on disk: the new file is checked "
+     "first (a failure leaves the model as it was), then the model starts over unloaded with "
+     "the same options. Refused while the model is in use.",
+     "reopen",
+     "{\"type\":\"object\",\"properties\":{\"model\":{\"type\":\"string\",\"description\":"
+     "\"Name of the model.\"}},\"required\":[\"model\"],\"additionalProperties\":false}",
+     NULL, NULL, 0, 1, 1},
 };
 #define NTOOLS (sizeof tools / sizeof tools[0])
 

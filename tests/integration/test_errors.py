@@ -46,7 +46,7 @@ with Vramd(models=MODELS, host_memory="256M") as d:
             err(d, "POST", path, 400, "EINVAL", f"{path} {body}", body=body)
     P = "/api/v1/models/XCodec2"
     for body in ({}, {"idle_timeout": -5}, {"idle_timeout": "5"}, {"release_timeout": -1},
-                 {"immediate_offload": "yes"},
+                 {"immediate_offload": "maybe"},
                  {"immediate_offload": 2}, {"idle_timeout": 5, "release_timeout": -1},
                  {"idle_timeout": 5, "bogus": 1}, {"model": "Llasa-8B", "idle_timeout": 5}):
         err(d, "PATCH", P, 400, "EINVAL", f"PATCH {body}", body=body)
@@ -71,7 +71,7 @@ with Vramd(models=MODELS, host_memory="256M") as d:
                                 ("GET", "/api/gpu/timeout", "POST"),
                                 ("PUT", "/api/gpu/timeout", "POST"),
                                 ("POST", "/api/gpu/status", "GET, HEAD"),
-                                ("DELETE", "/api/v1/models/XCodec2", "GET, HEAD, PATCH"),
+                                ("PUT", "/api/v1/models/XCodec2", "GET, HEAD, PATCH, DELETE"),
                                 ("GET", "/api/v1/models/XCodec2/load", "POST"),
                                 ("POST", "/metrics", "GET, HEAD"),
                                 ("POST", "/healthz", "GET, HEAD")):

@@ -48,7 +48,8 @@ with Vramd(models=["Llasa-8B=synthetic:8M", "XCodec2=synthetic:4M:1,immediate_of
     s, _, b = rpc(d, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, sid)
     tools = {t["name"]: t for t in b["result"]["tools"]}
     eq(sorted(tools), sorted(["get_gpu_status", "offload_gpu", "release_gpu", "update_gpu_timeout",
-                              "load_model", "run_model"]), "the six tools")
+                              "load_model", "run_model", "register_model", "unregister_model",
+                              "reopen_model"]), "the nine tools")
     for t in tools.values():
         check(t["description"] and t["inputSchema"]["type"] == "object" and "annotations" in t,
               f"{t['name']}: description, object schema, annotations", t)
@@ -204,7 +205,7 @@ with Vramd(models=["Llasa-8B=synthetic:8M", "XCodec2=synthetic:4M:1,immediate_of
     eq(len(out), 8, "one line per request (none for the notification), plus the parse error")
     by_id = {m.get("id"): m for m in out}
     eq(by_id[0]["result"]["protocolVersion"], "2025-06-18", "stdio initialize")
-    eq(len(by_id[1]["result"]["tools"]), 6, "stdio tools/list")
+    eq(len(by_id[1]["result"]["tools"]), 9, "stdio tools/list")
     eq(by_id[2]["result"]["isError"], False, "stdio update_gpu_timeout")
     check("checksum" in by_id[3]["result"]["structuredContent"], "stdio run_model", by_id[3])
     eq(by_id[4]["result"]["isError"], True, "stdio bad argument: isError")

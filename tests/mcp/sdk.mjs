@@ -31,7 +31,8 @@ try {
 
   const { tools } = await client.listTools();
   eq(tools.map((t) => t.name).sort(),
-    ['get_gpu_status', 'load_model', 'offload_gpu', 'release_gpu', 'run_model', 'update_gpu_timeout'], 'tools/list');
+    ['get_gpu_status', 'load_model', 'offload_gpu', 'register_model', 'release_gpu', 'reopen_model', 'run_model',
+      'unregister_model', 'update_gpu_timeout'], 'tools/list');
   for (const t of tools) {
     check(t.description && t.description.length > 20, `${t.name}: description`);
     eq(t.inputSchema.type, 'object', `${t.name}: inputSchema type`);
@@ -77,6 +78,16 @@ try {
       `${name} ${JSON.stringify(args)}: isError with a message`, r);
   }
   eq((await status())['Llasa-8B'].idle_timeout_seconds, 300, 'bad calls changed nothing');
+
+  // models at run time
+  r = await client.callTool({ name: 'register_model', arguments: { name: 'extra', source: 'synthetic:4M', options: { idle_timeout: '10m' } } });
+  check(!r.isError && r.structuredContent.status.idle_timeout_seconds === 600, 'register_model', r);
+  r = await client.callTool({ name: 'register_model', arguments: { name: 'extra', source: 'synthetic:4M' } });
+  check(r.isError && /EEXIST/.test(r.content[0].text), 'register_model of a taken name is a tool error', r);
+  r = await client.callTool({ name: 'reopen_model', arguments: { model: 'extra' } });
+  check(!r.isError, 'reopen_model', r);
+  r = await client.callTool({ name: 'unregister_model', arguments: { model: 'extra' } });
+  check(!r.isError && !('extra' in (await status())), 'unregister_model', r);
 
   // an unknown tool is a protocol error
   try {

@@ -63,11 +63,11 @@ int cmd_release(int argc, char **argv)
 int cmd_timeout(int argc, char **argv)
 {
     if (argc < 1 || argc > 2) die(EXIT_USAGE, "usage: vramctl timeout SECONDS [MODEL]");
-    char *end = NULL;
-    errno = 0;
-    double s = strtod(argv[0], &end);
-    if (errno || end == argv[0] || *end || !isfinite(s))
-        die(EXIT_USAGE, "timeout: '%s' is not a number of seconds", argv[0]);
+    /* the parser of --idle-timeout and GPU_IDLE_TIMEOUT: 600, 90s, 10m, 1h */
+    double s = 0;
+    char err[400];
+    if (vram_parse_seconds(argv[0], &s, err, sizeof err) < 0)
+        die(EXIT_USAGE, "timeout: %s", err);
     json_t *v = (floor(s) == s && fabs(s) < 9e15) ? json_integer((json_int_t)s) : json_real(s);
     json_t *body = json_pack("{s:o}", "timeout", v);
     if (argc == 2) json_object_set_new(body, "model", json_string(argv[1]));
@@ -230,4 +230,41 @@ int cmd_devices(int argc, char **argv)
     table_devices(o);
     json_decref(o);
     return 0;
+}
+
+/* ---- models at run time ---- */
+
+int cmd_register(int argc, char **argv)
+{
+    if (argc != 1)
+        die(EXIT_USAGE, "usage: vramctl register NAME=SOURCE[,idle_timeout=S][,release_timeout=S]"
+                        "[,immediate_offload=1][,device=N]");
+    /* vramd parses the spec with the parser of its own --model */
+    json_t *o = client_call("POST", "/api/v1/models", json_pack("{s:s}", "spec", argv[0]));
+    printf("%s\n", json_string_value(json_object_get(o, "message")));
+    json_decref(o);
+    return 0;
+}
+
+/* DELETE /api/v1/models/NAME or POST .../reopen */
+static int model_call(const char *method, const char *suffix, int argc, char **argv,
+                      const char *usage)
+{
+    if (argc != 1) die(EXIT_USAGE, "usage: vramctl %s", usage);
+    char path[1024];
+    client_model_path(path, sizeof path, argv[0], suffix);
+    json_t *o = client_call(method, path, NULL);
+    printf("%s\n", json_string_value(json_object_get(o, "message")));
+    json_decref(o);
+    return 0;
+}
+
+int cmd_unregister(int argc, char **argv)
+{
+    return model_call("DELETE", "", argc, argv, "unregister MODEL");
+}
+
+int cmd_reopen(int argc, char **argv)
+{
+    return model_call("POST", "/reopen", argc, argv, "reopen MODEL");
 }

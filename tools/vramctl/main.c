@@ -23,19 +23,29 @@ typedef struct command {
 static const command commands[] = {
     {"status", cmd_status, 0, "status [MODEL]",
      {"models: location, state, size, idle time, timeout, leases"}},
-    {"ps", cmd_status, 0, NULL, {NULL}}, /* `ollama ps` habit */
+    {"ps", cmd_status, 0, "ps [MODEL]",
+     {"the same as status (for `ollama ps` habits)"}},
     {"offload", cmd_offload, 0, "offload [MODEL]",
      {"move every model (or one) from the GPU to CPU memory"}},
+    {"unload", cmd_offload, 0, "unload [MODEL]",
+     {"the same as offload (for `ollama stop` habits): frees the GPU, keeps a fast restore"}},
     {"release", cmd_release, 0, "release [MODEL]",
      {"free every model (or one) completely"}},
-    {"timeout", cmd_timeout, 0, "timeout SECONDS [MODEL]",
-     {"set the idle timeout (0 = never) of every model (or one)"}},
+    {"timeout", cmd_timeout, 0, "timeout DURATION [MODEL]",
+     {"set the idle timeout of every model (or one): 600, 90s, 10m, 1h; 0 = never"}},
     {"load", cmd_load, 0, "load MODEL",
      {"load or restore MODEL onto the GPU, showing progress"}},
     {"run", cmd_run, 0, "run MODEL",
      {"acquire, checksum on the device, end the lease; timings"}},
     {"devices", cmd_devices, 0, "devices",
      {"devices and their memory"}},
+    {"register", cmd_register, 0, "register NAME=SOURCE[,key=value...]",
+     {"add a model at run time, as vramd --model does (keys: idle_timeout,",
+      "release_timeout, immediate_offload, device)"}},
+    {"unregister", cmd_unregister, 0, "unregister MODEL",
+     {"release and remove a model (refused while it is in use)"}},
+    {"reopen", cmd_reopen, 0, "reopen MODEL",
+     {"open MODEL's source again after its file changed on disk"}},
     {"mcp", cmd_mcp, 0, "mcp",
      {"speak MCP on stdin/stdout, forwarding to vramd's /mcp",
       "(for desktop MCP clients; logs go to stderr)"}},
@@ -74,7 +84,8 @@ static void usage(FILE *f)
     fputs(
         "\n"
         "Options:\n"
-        "  --url URL      vramd's address (VRAM_URL, else ./.env, default http://127.0.0.1:7861)\n"
+        "  --url URL      vramd's address (VRAM_URL, else ./.env; else VRAM_PORT and VRAM_BIND\n"
+        "                 as vramd reads them; default http://127.0.0.1:7861)\n"
         "  --token TOKEN  bearer token when vramd runs with one (VRAM_TOKEN)\n"
         "  --json         print vramd's JSON answer as it is\n"
         "\n"
@@ -161,6 +172,17 @@ static void configure_client(const cli *c)
     if (c->token && vram_config_set_flag(&cfg, "--token", c->token, err, sizeof err) < 0)
         die(EXIT_USAGE, "%s", err);
     snprintf(client_opt.url, sizeof client_opt.url, "%s", cfg.url);
+    /* no URL given but a port (VRAM_PORT in the environment or ./.env, as
+     * vramd reads it): vramd is on that port */
+    const char *usrc = vram_config_source(&cfg, "VRAM_URL");
+    const char *psrc = vram_config_source(&cfg, "VRAM_PORT");
+    if (!c->url && usrc && !strcmp(usrc, "default") && psrc && strcmp(psrc, "default") != 0) {
+        const char *b = cfg.bind;
+        int any = !b[0] || !strcmp(b, "0.0.0.0") || !strcmp(b, "::") || !strcmp(b, "localhost");
+        int v6 = !any && strchr(b, ':') != NULL;
+        snprintf(client_opt.url, sizeof client_opt.url, "http://%s%.200s%s:%d", v6 ? "[" : "",
+                 any ? "127.0.0.1" : b, v6 ? "]" : "", cfg.port);
+    }
     snprintf(client_opt.token, sizeof client_opt.token, "%s", cfg.token);
 }
 

@@ -11,7 +11,8 @@
 
 void human_size(double bytes, char *out, size_t len)
 {
-    static const char *const units[] = {"B", "KB", "MB", "GB", "TB"};
+    /* binary units, labelled as such (README: "Units") */
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
     int u = 0;
     while (bytes >= 1024 && u < 4) {
         bytes /= 1024;
@@ -28,7 +29,8 @@ void human_size(double bytes, char *out, size_t len)
 void human_duration(double s, char *out, size_t len)
 {
     if (s < 60) {
-        snprintf(out, len, "%.0fs", floor(s));
+        /* a fraction shows (0.5 s is not "0s") */
+        snprintf(out, len, s == floor(s) || s >= 10 ? "%.0fs" : "%.2gs", s >= 10 ? floor(s) : s);
         return;
     }
     static const struct {

@@ -21,6 +21,9 @@ int cmd_timeout(int argc, char **argv);
 int cmd_load(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_devices(int argc, char **argv);
+int cmd_register(int argc, char **argv);
+int cmd_unregister(int argc, char **argv);
+int cmd_reopen(int argc, char **argv);
 
 /* mcp_bridge.c: MCP on stdin/stdout, forwarded to vramd's /mcp */
 int cmd_mcp(int argc, char **argv);
