@@ -68,7 +68,7 @@ if(VRAM_BUILD_TESTS)
     else()
       add_test(NAME integration/${name} COMMAND sh -c "echo 'python3 not found: skipped'; exit 77")
     endif()
-    set_tests_properties(integration/${name} PROPERTIES LABELS integration TIMEOUT 300
+    set_tests_properties(integration/${name} PROPERTIES LABELS integration TIMEOUT ${VRAM_TEST_TIMEOUT}
                          SKIP_RETURN_CODE 77 ENVIRONMENT "${VRAM_TOOL_ENV}")
   endforeach()
   if(TEST integration/test_seed)

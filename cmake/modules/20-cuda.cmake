@@ -45,7 +45,7 @@ if(VRAM_BUILD_TESTS)
     add_dependencies(test_backend vram_cuda_double)
     add_test(NAME unit/test_backend_cuda_double COMMAND test_backend)
     set_tests_properties(unit/test_backend_cuda_double PROPERTIES
-      LABELS unit TIMEOUT 300
+      LABELS unit TIMEOUT ${VRAM_TEST_TIMEOUT}
       ENVIRONMENT "VRAM_TEST_BACKEND=cuda;VRAM_CUDA_LIBRARY=${VRAM_CUDA_DOUBLE_FILE};VRAM_DOUBLE_DEVICES=2;VRAM_DOUBLE_MEMORY=256M")
 
     # The same suite on the real driver (scripts/gpu-check); skipped (77)
@@ -65,6 +65,6 @@ if(VRAM_BUILD_TESTS AND TARGET test_backend AND TARGET test_cuda AND TARGET benc
     COMMAND ${CMAKE_SOURCE_DIR}/scripts/gpu-check run --bin ${CMAKE_BINARY_DIR}
             --out ${CMAKE_BINARY_DIR}/gpu-check-dry-run --sizes 32M,96M --raw 64M)
   set_tests_properties(integration/gpu_check_dry_run PROPERTIES
-    LABELS integration TIMEOUT 300
+    LABELS integration TIMEOUT ${VRAM_TEST_TIMEOUT}
     ENVIRONMENT "VRAM_CUDA_LIBRARY=${VRAM_CUDA_DOUBLE_FILE};VRAM_DOUBLE_MEMORY=256M;VRAM_DOUBLE_DEVICES=2")
 endif()
