@@ -119,9 +119,9 @@ int vram_manager_create(const vram_config *cfg, vram_manager **out)
     start_monitor(m);
     for (int i = 0; i < m->ndev; i++)
         vram__log(VRAM_LOG_INFO,
-                  "device=%d name=\"%s\" total_gb=%.2f budget_gb=%.2f backend=%s idle_timeout=%g",
-                  i, m->devs[i].info.name, (double)m->devs[i].info.total / 1e9,
-                  (double)m->devs[i].budget / 1e9, m->backend->name, m->idle_timeout);
+                  "device=%d name=\"%s\" total=%s budget=%s backend=%s idle_timeout=%g", i,
+                  m->devs[i].info.name, vram__human(m->devs[i].info.total).s,
+                  vram__human(m->devs[i].budget).s, m->backend->name, m->idle_timeout);
     *out = m;
     return 0;
 fail:
