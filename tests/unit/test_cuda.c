@@ -13,6 +13,8 @@
 
 #include "vram_server.h"
 #include "backend/backend.h"
+#include "backend/cuda_driver.h"
+#include "backend/cuda_pinned.h"
 #include "backend/nvml.h"
 #include "core/core.h"
 #include "base/base.h"
@@ -40,6 +42,11 @@ static struct {
     vram_double_get_stats_fn stats;
     vram_double_ctx_depth_fn depth;
     vram_double_accessible_fn accessible;
+    vram_double_user_work_fn user_work;
+    vram_double_user_finish_fn user_finish;
+    vram_double_set_sticky_fn set_sticky;
+    vram_double_set_unusable_fn set_unusable;
+    CUresult (*cu_init)(unsigned int);
     vram_nvml_double_set_fn nvml_set;
     vram_nvml_double_inits_fn nvml_inits;
     long violations_at_start;
@@ -72,6 +79,11 @@ static int open_doubles(void)
     BIND(D.h, stats, "vram_double_get_stats");
     BIND(D.h, depth, "vram_double_ctx_depth");
     BIND(D.h, accessible, "vram_double_accessible");
+    BIND(D.h, user_work, "vram_double_user_work");
+    BIND(D.h, user_finish, "vram_double_user_finish");
+    BIND(D.h, set_sticky, "vram_double_set_sticky");
+    BIND(D.h, set_unusable, "vram_double_set_unusable");
+    BIND(D.h, cu_init, "cuInit");
     BIND(D.nh, nvml_set, "vram_nvml_double_set");
     BIND(D.nh, nvml_inits, "vram_nvml_double_inits");
     return 0;
@@ -96,6 +108,11 @@ static int setup(void **state)
     D.set_fail(NULL);
     D.set_flag("lazy", 0);
     D.set_flag("vmm", 1);
+    D.set_flag("poison", 1);
+    for (int i = 0; i < 4; i++) {
+        D.set_sticky(i, 0);
+        D.set_unusable(i, 0);
+    }
     D.nvml_set("8G:0", 0);
     D.violations_at_start = stats().violations;
     return 0;
@@ -110,6 +127,8 @@ static int teardown(void **state)
     assert_int_equal(s.allocations, 0);
     assert_int_equal(s.mappings, 0);
     assert_int_equal(s.host_allocs, 0);
+    assert_int_equal(s.host_registered, 0);
+    assert_int_equal(s.user_pending, 0);
     assert_int_equal(s.dev_allocs, 0);
     assert_int_equal(s.streams, 0);
     assert_int_equal(s.modules, 0);
@@ -180,7 +199,12 @@ static void test_create_reports_devices(void **state)
     assert_int_equal(info.free, 256 * MIB);
     assert_int_equal(info.granularity, GRAN);
     assert_int_equal(vram__backend_device_info(b, 2, &info), VRAM_EINVAL);
-    assert_int_equal(stats().ctx_retained, 2);
+    /* no device pays a context before its first use */
+    assert_int_equal(stats().ctx_retained, 0);
+    vram_buf buf;
+    assert_int_equal(vram__backend_reserve(b, 1, GRAN, &buf), 0);
+    assert_int_equal(stats().ctx_retained, 1);
+    vram__backend_unreserve(b, &buf);
     assert_int_equal(D.depth(), 0);
     vram__backend_destroy(b);
 }
@@ -355,10 +379,10 @@ static void test_map_failures_release_what_was_created(void **state)
     memset(&buf, 0, sizeof buf);
     assert_int_equal(vram__backend_reserve(b, 0, 2 * MIB, &buf), 0);
 
-    assert_int_equal(D.set_fail("cuMemMap:1:UNKNOWN"), 0);
+    assert_int_equal(D.set_fail("cuMemMap:1:NOT_SUPPORTED"), 0);
     assert_int_equal(vram__backend_map(b, &buf), VRAM_EBACKEND);
     assert_msg_has("cuMemMap(");
-    assert_msg_has("CUDA_ERROR_UNKNOWN: unknown error");
+    assert_msg_has("CUDA_ERROR_NOT_SUPPORTED: operation not supported");
     assert_int_equal(buf.mapped, 0);
     assert_int_equal(stats().allocations, 0);
 
@@ -371,7 +395,7 @@ static void test_map_failures_release_what_was_created(void **state)
     assert_int_equal(stats().mappings, 0);
     assert_int_equal(D.accessible(buf.addr), 0);
 
-    assert_int_equal(D.set_fail("cuMemUnmap:1:UNKNOWN"), 0);
+    assert_int_equal(D.set_fail("cuMemUnmap:1:NOT_PERMITTED"), 0);
     assert_int_equal(vram__backend_map(b, &buf), 0);
     assert_int_equal(vram__backend_unmap(b, &buf), VRAM_EBACKEND);
     assert_int_equal(buf.mapped, 1); /* still mapped, still usable */
@@ -381,8 +405,10 @@ static void test_map_failures_release_what_was_created(void **state)
     assert_int_equal(D.set_fail("cuMemAddressReserve:1:OOM"), 0);
     vram_buf other;
     memset(&other, 0, sizeof other);
-    assert_int_equal(vram__backend_reserve(b, 0, MIB, &other), VRAM_ENOMEM);
+    /* out of virtual address space is not out of device memory (no eviction) */
+    assert_int_equal(vram__backend_reserve(b, 0, MIB, &other), VRAM_EBACKEND);
     assert_msg_has("cuMemAddressReserve");
+    assert_msg_has("virtual address space");
     vram__backend_unreserve(b, &buf);
     vram__backend_unreserve(b, &other); /* never reserved: nothing */
     vram__backend_destroy(b);
@@ -390,23 +416,81 @@ static void test_map_failures_release_what_was_created(void **state)
 
 /* ---- host memory and copies ---- */
 
-static void test_host_alloc_pinned_and_oom(void **state)
+/* Backups are mappings registered with cuMemHostRegister (not one slow
+ * cuMemHostAlloc each), pooled for reuse; where registering is not
+ * supported cuMemHostAlloc stands in. */
+static void test_host_alloc_registers_and_pools(void **state)
 {
     (void)state;
     vram_backend *b = make_backend(64 * MIB);
-    void *p = NULL;
+    vram_double_stats s0 = stats();
+    void *p = NULL, *q = NULL;
     assert_int_equal(vram__backend_host_alloc(b, 3 * MIB, &p), 0);
     assert_non_null(p);
     memset(p, 0xab, 3 * MIB);
-    assert_int_equal(stats().host_allocs, 1);
+    assert_int_equal(stats().host_allocs, 0);
+    assert_int_equal(stats().host_registered, 1);
+    assert_int_equal(stats().pinned_register_bytes - s0.pinned_register_bytes, 4 * MIB);
+    assert_int_equal(stats().pinned_alloc_bytes, s0.pinned_alloc_bytes);
     vram__backend_host_free(b, p, 3 * MIB);
+    assert_int_equal(stats().host_registered, 1); /* pooled, still pinned */
+    assert_int_equal(vram__backend_host_alloc(b, 3 * MIB, &q), 0);
+    assert_ptr_equal(q, p); /* reused: no second pinning */
+    assert_int_equal(stats().pinned_register_bytes - s0.pinned_register_bytes, 4 * MIB);
+    vram__backend_host_free(b, q, 3 * MIB);
     vram__backend_host_free(b, NULL, 0);
-    assert_int_equal(D.set_fail("cuMemHostAlloc:1:OOM"), 0);
-    assert_int_equal(vram__backend_host_alloc(b, MIB, &p), VRAM_EHOSTMEM);
+
+    assert_int_equal(D.set_fail("cuMemHostRegister_v2:1:OOM"), 0);
+    assert_int_equal(vram__backend_host_alloc(b, 16 * MIB, &p), VRAM_EHOSTMEM);
     assert_null(p);
-    assert_msg_has("cuMemHostAlloc(1048576 bytes, portable): CUDA_ERROR_OUT_OF_MEMORY");
+    assert_msg_has("cuMemHostRegister_v2(16777216 bytes, portable): CUDA_ERROR_OUT_OF_MEMORY");
+    assert_int_equal(D.set_fail("cuMemHostRegister_v2:1:NOT_SUPPORTED"), 0);
+    assert_int_equal(vram__backend_host_alloc(b, 16 * MIB, &p), 0); /* cuMemHostAlloc instead */
+    assert_int_equal(stats().host_allocs, 1);
+    vram__backend_host_free(b, p, 16 * MIB);
+    assert_int_equal(stats().host_allocs, 0);
     assert_int_equal(vram__backend_host_alloc(b, 0, &p), VRAM_EINVAL);
     vram__backend_destroy(b);
+    assert_int_equal(stats().host_registered, 0);
+}
+
+static int fake_pin(void *user, void *p, size_t n)
+{
+    (void)p;
+    *(size_t *)user += n;
+    return 0;
+}
+
+static void fake_unpin(void *user, void *p, size_t n)
+{
+    (void)p;
+    *(size_t *)user -= n;
+}
+
+/* Pinned memory is bounded: past the bound the pool is emptied to make
+ * room, then a clear VRAM_EHOSTMEM (never the OOM killer). */
+static void test_pinned_pool_is_bounded(void **state)
+{
+    (void)state;
+    size_t pinned = 0;
+    cuda_pin_ops ops = {fake_pin, fake_unpin, &pinned};
+    cuda_pinned pp;
+    vram__pinned_init(&pp, &ops, 16 * MIB);
+    void *a, *b2, *c;
+    double secs;
+    assert_int_equal(vram__pinned_get(&pp, 4 * MIB, &a, &secs), 0);
+    assert_int_equal(vram__pinned_get(&pp, 10 * MIB, &b2, &secs), 0);
+    assert_int_equal(vram__pinned_get(&pp, 4 * MIB, &c, &secs), VRAM_EHOSTMEM);
+    assert_msg_has("bound on pinned memory");
+    assert_int_equal(vram__pinned_put(&pp, a), 1); /* pooled (pool_max = 4 MiB) */
+    assert_int_equal(pinned, 14 * MIB);
+    assert_int_equal(vram__pinned_get(&pp, 6 * MIB, &c, &secs), 0); /* drops the pooled 4 */
+    assert_int_equal(pinned, 16 * MIB);
+    assert_int_equal(vram__pinned_put(&pp, &pinned), 0); /* not one of the pool's */
+    vram__pinned_put(&pp, b2);
+    vram__pinned_put(&pp, c);
+    vram__pinned_destroy(&pp);
+    assert_int_equal(pinned, 0);
 }
 
 static void fill(unsigned char *p, size_t n, uint64_t seed)
@@ -504,17 +588,17 @@ static void test_copy_errors_carry_driver_names(void **state)
     assert_int_equal(vram__backend_map(b, &buf), 0);
     void *h;
     assert_int_equal(vram__backend_host_alloc(b, 4 * chunk, &h), 0);
-    assert_int_equal(D.set_fail("cuMemcpyHtoDAsync_v2:2:ILLEGAL_ADDRESS"), 0);
+    assert_int_equal(D.set_fail("cuMemcpyHtoDAsync_v2:2:INVALID_VALUE"), 0);
     long s0 = D.calls("cuStreamSynchronize");
     assert_int_equal(vram__backend_to_device(b, &buf, 0, h, 4 * chunk), VRAM_EBACKEND);
     assert_msg_has("cuMemcpyHtoDAsync_v2(65536 bytes at offset 65536");
-    assert_msg_has("CUDA_ERROR_ILLEGAL_ADDRESS: an illegal memory access was encountered");
+    assert_msg_has("CUDA_ERROR_INVALID_VALUE: invalid argument");
     assert_int_equal(D.calls("cuStreamSynchronize") - s0, 1); /* drained before returning */
 
-    assert_int_equal(D.set_fail("cuStreamSynchronize:1:LAUNCH_FAILED"), 0);
+    assert_int_equal(D.set_fail("cuStreamSynchronize:1:NOT_SUPPORTED"), 0);
     assert_int_equal(vram__backend_to_host(b, &buf, 0, h, chunk), VRAM_EBACKEND);
     assert_msg_has("cuStreamSynchronize");
-    assert_msg_has("CUDA_ERROR_LAUNCH_FAILED");
+    assert_msg_has("CUDA_ERROR_NOT_SUPPORTED");
 
     assert_int_equal(D.set_fail("cuMemcpyDtoHAsync_v2:1:OOM"), 0);
     assert_int_equal(vram__backend_to_host(b, &buf, 0, h, chunk), VRAM_ENOMEM);
@@ -976,7 +1060,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_map_oom_leaves_range_intact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_failures_release_what_was_created, setup,
                                         teardown),
-        cmocka_unit_test_setup_teardown(test_host_alloc_pinned_and_oom, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_host_alloc_registers_and_pools, setup, teardown),
+        cmocka_unit_test(test_pinned_pool_is_bounded),
         cmocka_unit_test_setup_teardown(test_chunked_copies_are_pipelined, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pageable_upload_and_download, setup, teardown),
         cmocka_unit_test_setup_teardown(test_copy_errors_carry_driver_names, setup, teardown),
