@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "vram_server.h"
 #include "backend/backend.h"
@@ -1033,6 +1035,198 @@ static void test_nvidia_visible_devices_index_left_to_runtime(void **state)
     unsetenv("NVIDIA_VISIBLE_DEVICES");
 }
 
+/* ---- defects of issue 10, each against the double ---- */
+
+/* Defect 1: kernels the application queued on its own streams may still
+ * use the memory; unmap and a backup copy wait for them (cuCtxSynchronize)
+ * instead of unmapping under them (ILLEGAL_ADDRESS) or tearing the copy. */
+static void test_unmap_and_backup_wait_for_application_work(void **state)
+{
+    (void)state;
+    vram_backend *b = make_backend(MIB);
+    vram_buf buf;
+    assert_int_equal(vram__backend_reserve(b, 0, 4 * MIB, &buf), 0);
+    assert_int_equal(vram__backend_map(b, &buf), 0);
+    void *h;
+    assert_int_equal(vram__backend_host_alloc(b, 4 * MIB, &h), 0);
+    assert_int_equal(D.user_work(buf.addr, 4 * MIB), 0);
+    assert_int_equal(vram__backend_to_host(b, &buf, 0, h, 4 * MIB), 0);
+    assert_int_equal(stats().user_pending, 0); /* waited for before the copy */
+    assert_int_equal(D.user_work(buf.addr + MIB, MIB), 0);
+    assert_int_equal(vram__backend_unmap(b, &buf), 0);
+    assert_int_equal(stats().user_pending, 0); /* and before the unmap */
+    assert_int_equal(stats().violations, D.violations_at_start);
+    assert_int_equal(vram__backend_map(b, &buf), 0); /* the context is alive */
+    vram__backend_host_free(b, h, 4 * MIB);
+    vram__backend_unreserve(b, &buf);
+    vram__backend_destroy(b);
+}
+
+static vram_manager *cuda_manager(void)
+{
+    vram_config cfg;
+    vram_config_init(&cfg);
+    cfg.backend = VRAM_BACKEND_CUDA;
+    snprintf(cfg.cuda_library, sizeof cfg.cuda_library, "%s", D.path);
+    cfg.no_monitor_thread = 1;
+    cfg.idle_timeout = 0;
+    cfg.chunk_bytes = 256 * 1024;
+    cfg.log_level = VRAM_LOG_ERROR;
+    vram_manager *m = NULL;
+    assert_int_equal(vram_manager_create(&cfg, &m), 0);
+    return m;
+}
+
+/* Defect 1 through the manager: a lease ends with a kernel still queued
+ * (PyTorch returns before its kernels finish); offload and release wait. */
+static void test_offload_and_release_wait_for_queued_kernels(void **state)
+{
+    (void)state;
+    vram_manager *m = cuda_manager();
+    vram_model_opts o;
+    vram_model_opts_init(&o);
+    o.source = "synthetic:3145728:5";
+    vram_model *model = NULL;
+    assert_int_equal(vram_manager_register(m, "k", &o, &model), 0);
+    for (int cycle = 0; cycle < 2; cycle++) {
+        vram_lease *l = NULL;
+        assert_int_equal(vram_model_acquire(model, &l), 0);
+        assert_int_equal(D.user_work((uintptr_t)vram_lease_ptr(l), 3 * MIB), 0);
+        vram_lease_end(l);
+        assert_int_equal(vram_model_offload(model, VRAM_WAIT), 0);
+        assert_int_equal(stats().user_pending, 0);
+        uint64_t c = 0;
+        assert_int_equal(vram_model_checksum(model, &c), 0);
+        assert_int_equal(c, synthetic_checksum(5, 3 * MIB));
+    }
+    vram_lease *l = NULL;
+    assert_int_equal(vram_model_acquire(model, &l), 0);
+    assert_int_equal(D.user_work((uintptr_t)vram_lease_ptr(l), MIB), 0);
+    vram_lease_end(l);
+    assert_int_equal(vram_model_release(model, VRAM_WAIT), 0);
+    assert_int_equal(stats().user_pending, 0);
+    assert_int_equal(stats().violations, D.violations_at_start);
+    vram_manager_destroy(m);
+}
+
+/* Defect 3: after a sticky error the backend is latched unusable: calls
+ * fail at once with the driver's code and text, even if the driver were
+ * to answer again; cleanup still gives everything back. */
+static void test_sticky_error_latches_the_backend(void **state)
+{
+    (void)state;
+    vram_backend *b = make_backend(MIB);
+    vram_buf buf;
+    assert_int_equal(vram__backend_reserve(b, 0, 2 * MIB, &buf), 0);
+    assert_int_equal(vram__backend_map(b, &buf), 0);
+    void *h;
+    assert_int_equal(vram__backend_host_alloc(b, 2 * MIB, &h), 0);
+    assert_int_equal(D.set_sticky(0, CUDA_ERROR_ILLEGAL_ADDRESS), 0);
+    assert_int_equal(vram__backend_to_host(b, &buf, 0, h, 2 * MIB), VRAM_EBACKEND);
+    assert_msg_has("CUDA_ERROR_ILLEGAL_ADDRESS: an illegal memory access was encountered");
+    assert_msg_has("unusable");
+    assert_int_equal(D.set_sticky(0, 0), 0); /* the double forgets; vram must not */
+    long copies = D.calls("cuMemcpyDtoHAsync_v2"), syncs = D.calls("cuCtxSynchronize");
+    assert_int_equal(vram__backend_to_host(b, &buf, 0, h, 2 * MIB), VRAM_EBACKEND);
+    assert_msg_has("CUDA_ERROR_ILLEGAL_ADDRESS");
+    assert_int_equal(vram__backend_to_device(b, &buf, 0, h, 2 * MIB), VRAM_EBACKEND);
+    vram_buf other;
+    assert_int_equal(vram__backend_reserve(b, 1, 2 * MIB, &other), VRAM_EBACKEND);
+    void *h2 = NULL;
+    assert_int_equal(vram__backend_host_alloc(b, MIB, &h2), VRAM_EBACKEND);
+    assert_int_equal(D.calls("cuMemcpyDtoHAsync_v2"), copies);
+    assert_int_equal(D.calls("cuCtxSynchronize"), syncs);
+    vram__backend_host_free(b, h, 2 * MIB); /* cleanup still reaches the driver */
+    vram__backend_unreserve(b, &buf);
+    vram__backend_destroy(b);
+}
+
+/* Defect 4: a device that cannot give a context (exclusive-process mode,
+ * failed) is skipped with its reason; the others work. */
+static void test_unusable_device_is_skipped(void **state)
+{
+    (void)state;
+    assert_int_equal(D.set_unusable(0, CUDA_ERROR_DEVICE_UNAVAILABLE), 0);
+    vram_backend *b = make_backend(MIB);
+    assert_int_equal(vram__backend_device_count(b), 2);
+    vram_buf buf;
+    assert_int_equal(vram__backend_reserve(b, 0, 2 * MIB, &buf), VRAM_ENODEV);
+    assert_msg_has("device 0");
+    assert_msg_has("CUDA_ERROR_DEVICE_UNAVAILABLE");
+    assert_int_equal(vram__backend_reserve(b, 1, 2 * MIB, &buf), 0);
+    assert_int_equal(vram__backend_map(b, &buf), 0);
+    void *h;
+    assert_int_equal(vram__backend_host_alloc(b, MIB, &h), 0); /* in device 1's context */
+    vram__backend_host_free(b, h, MIB);
+    vram__backend_unreserve(b, &buf);
+    assert_int_equal(stats().ctx_retained, 1);
+    vram__backend_destroy(b);
+}
+
+/* Defect 4: CUDA initialised first (PyTorch) ignores CUDA_VISIBLE_DEVICES
+ * set later; the configured UUID still selects the device. */
+static void test_visible_uuid_selects_after_cuda_init(void **state)
+{
+    (void)state;
+    assert_int_equal(D.configure(3, 256 * MIB), 0);
+    assert_int_equal(D.cu_init(0), CUDA_SUCCESS); /* someone else was first */
+    vram_config cfg;
+    vram_config_init(&cfg);
+    snprintf(cfg.cuda_library, sizeof cfg.cuda_library, "%s", D.path);
+    snprintf(cfg.visible_devices, sizeof cfg.visible_devices, "%s",
+             "GPU-d0b1e000-0000-4000-8000-000000000002");
+    vram_backend *b = NULL;
+    assert_int_equal(vram__backend_cuda_create(bcfg(&cfg), &b), 0);
+    unsetenv("CUDA_VISIBLE_DEVICES");
+    assert_int_equal(vram__backend_device_count(b), 1);
+    vram_dev_info info;
+    assert_int_equal(vram__backend_device_info(b, 0, &info), 0);
+    assert_string_equal(info.uuid, "GPU-d0b1e000-0000-4000-8000-000000000002");
+    vram_buf buf;
+    assert_int_equal(vram__backend_reserve(b, 0, 2 * MIB, &buf), 0);
+    assert_int_equal(vram__backend_map(b, &buf), 0);
+    assert_int_equal(stats().used[2], 2 * MIB); /* on physical device 2 */
+    vram__backend_unreserve(b, &buf);
+    vram__backend_destroy(b);
+}
+
+/* Defect 5: a forked child is refused clearly instead of using the
+ * parent's CUDA state. */
+static void test_forked_child_is_refused(void **state)
+{
+    (void)state;
+    vram_backend *b = make_backend(MIB);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        vram_buf buf;
+        int rc = vram__backend_reserve(b, 0, 2 * MIB, &buf);
+        _exit(rc == VRAM_EBACKEND && strstr(vram__last_error(), "fork") ? 0 : 1);
+    }
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    vram__backend_destroy(b);
+}
+
+/* Issue 14's part: fresh device memory is poison, not zeros, so a restore
+ * or load that skips bytes shows. */
+static void test_fresh_device_memory_is_poisoned(void **state)
+{
+    (void)state;
+    vram_backend *b = make_backend(MIB);
+    vram_buf buf;
+    assert_int_equal(vram__backend_reserve(b, 0, 2 * MIB, &buf), 0);
+    assert_int_equal(vram__backend_map(b, &buf), 0);
+    uint64_t w[4];
+    assert_int_equal(vram__backend_to_host(b, &buf, 4096, w, sizeof w), 0);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(w[i], 0xdb0adb0adb0adb0aULL);
+    vram__backend_unreserve(b, &buf);
+    vram__backend_destroy(b);
+}
+
 int main(void)
 {
     if (open_doubles() != 0) {
@@ -1072,6 +1266,16 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_nvml_missing_is_a_clear_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nvml_pin_selects_the_cuda_device, setup, teardown),
         cmocka_unit_test_setup_teardown(test_manager_cycles_on_cuda, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unmap_and_backup_wait_for_application_work, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_offload_and_release_wait_for_queued_kernels, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_sticky_error_latches_the_backend, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unusable_device_is_skipped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_visible_uuid_selects_after_cuda_init, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_forked_child_is_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fresh_device_memory_is_poisoned, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
