@@ -1277,5 +1277,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_forked_child_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fresh_device_memory_is_poisoned, setup, teardown),
     };
+    const char *only = getenv("VRAM_TEST_FILTER"); /* one test by name (cmocka's glob) */
+    if (only && *only) cmocka_set_test_filter(only);
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
