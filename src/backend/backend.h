@@ -140,6 +140,11 @@ int vram__backend_open(const vram_backend_config *cfg, vram_backend **out);
 int vram__backend_host_create(const vram_backend_config *cfg, vram_backend **out);
 int vram__backend_cuda_create(const vram_backend_config *cfg, vram_backend **out);
 
+/* cuda.c, for the GPU check: which entry points of the CUDA binding table
+ * the driver at path has, one line each into out; returns how many
+ * required ones are missing, -1 when it cannot be opened. */
+int vram__cuda_check_symbols(const char *path, char *out, size_t len);
+
 /* ---- fault injection for tests (fault.c) ---- */
 
 /* Wraps inner in a decorator whose every entry forwards to inner, and which

@@ -1,4 +1,5 @@
 /* cuda.c - the CUDA backend: libcuda via dlopen, VMM ranges, pinned memory, stream copies. */
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -1366,4 +1367,41 @@ fail:
     cuda_ctx_free(c);
     free(b);
     return rc;
+}
+
+/* For the GPU check: opens the driver at path on its own and says, one line
+ * per entry point of the binding table, which name bound ("bound NAME",
+ * "bound ALT (older name)", "MISSING NAME (required)" or "absent NAME
+ * (optional)"), into out (NUL-terminated, cut at len). Returns the number
+ * of required entry points missing, or -1 when the library cannot be
+ * opened. */
+int vram__cuda_check_symbols(const char *path, char *out, size_t len)
+{
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
+    if (!h) {
+        snprintf(out, len, "cannot load %s: %s\n", path, dlerror());
+        return -1;
+    }
+    size_t used = 0;
+    int missing = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < CUDA_NSYMS; i++) {
+        const vram_dl_sym *s = &cuda_syms[i];
+        const char *how = "bound", *name = s->name, *note = "";
+        if (!dlsym(h, s->name)) {
+            if (s->alt && dlsym(h, s->alt)) {
+                name = s->alt;
+                note = " (older name)";
+            } else {
+                how = s->required ? "MISSING" : "absent";
+                note = s->required ? " (required)" : " (optional)";
+                missing += s->required;
+            }
+        }
+        int k = snprintf(out + used, len - used, "%s %s%s\n", how, name, note);
+        if (k < 0 || (size_t)k >= len - used) break;
+        used += (size_t)k;
+    }
+    dlclose(h);
+    return missing;
 }

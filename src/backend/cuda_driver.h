@@ -20,6 +20,7 @@ typedef struct CUctx_st *CUcontext;
 typedef struct CUstream_st *CUstream;
 typedef struct CUmod_st *CUmodule;
 typedef struct CUfunc_st *CUfunction;
+typedef struct CUevent_st *CUevent;
 typedef unsigned long long CUmemGenericAllocationHandle;
 
 typedef struct CUuuid_st {
@@ -173,6 +174,12 @@ typedef CUresult (*vram_cuMemcpyDtoH_fn)(void *dst, CUdeviceptr src, size_t byte
 typedef CUresult (*vram_cuCtxSynchronize_fn)(void);
 typedef CUresult (*vram_cuMemHostRegister_fn)(void *p, size_t bytes, unsigned int flags);
 typedef CUresult (*vram_cuMemHostUnregister_fn)(void *p);
+typedef CUresult (*vram_cuEventCreate_fn)(CUevent *ev, unsigned int flags);
+typedef CUresult (*vram_cuEventRecord_fn)(CUevent ev, CUstream stream);
+typedef CUresult (*vram_cuEventSynchronize_fn)(CUevent ev);
+typedef CUresult (*vram_cuEventElapsedTime_fn)(float *ms, CUevent start, CUevent end);
+typedef CUresult (*vram_cuEventDestroy_fn)(CUevent ev);
+typedef CUresult (*vram_cuStreamWaitEvent_fn)(CUstream stream, CUevent ev, unsigned int flags);
 typedef CUresult (*vram_cuModuleLoadData_fn)(CUmodule *module, const void *image);
 typedef CUresult (*vram_cuModuleUnload_fn)(CUmodule module);
 typedef CUresult (*vram_cuModuleGetFunction_fn)(CUfunction *fn, CUmodule module, const char *name);

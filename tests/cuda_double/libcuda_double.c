@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "backend/cuda_driver.h"
@@ -104,7 +105,16 @@ typedef struct duser {
     struct duser *next;
 } duser;
 
-enum { OP_H2D, OP_D2H, OP_KERNEL };
+enum { OP_H2D, OP_D2H, OP_KERNEL, OP_EVENT };
+
+#define EVENT_MAGIC 0x65766e64u
+
+struct CUevent_st {
+    unsigned magic;
+    CUstream stream; /* where it was last recorded (NULL: the legacy stream) */
+    double t;        /* seconds when it ran */
+    int done;
+};
 
 typedef struct dop {
     int kind;
@@ -114,6 +124,7 @@ typedef struct dop {
     /* kernel */
     unsigned long long words, nbytes, first_word, partials;
     unsigned grid;
+    CUevent ev; /* OP_EVENT */
     struct dop *next;
 } dop;
 
@@ -1486,6 +1497,13 @@ static CUresult run_op(const dop *op)
             memcpy((void *)op->dst, (const void *)op->src, op->n);
         }
         break;
+    case OP_EVENT: {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        op->ev->t = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9; /* published by done */
+        __atomic_store_n(&op->ev->done, 1, __ATOMIC_RELEASE);
+        break;
+    }
     case OP_KERNEL:
         if (!accessible_locked((uintptr_t)op->words, (size_t)op->nbytes) ||
             !accessible_locked((uintptr_t)op->partials, op->grid * sizeof(uint64_t))) {
@@ -1816,6 +1834,64 @@ DBL_EXPORT CUresult cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t n)
 {
     ENTER("cuMemcpyDtoH_v2", 1);
     return copy_d2h(dst, src, n, NULL, "cuMemcpyDtoH_v2", 0);
+}
+
+/* ---- events (timing only: recorded when the stream reaches them) ---- */
+
+DBL_EXPORT CUresult cuEventCreate(CUevent *ev, unsigned int flags)
+{
+    ENTER("cuEventCreate", 1);
+    if (!need_ctx("cuEventCreate")) return CUDA_ERROR_INVALID_CONTEXT;
+    if (!ev || flags > 0xf) return CUDA_ERROR_INVALID_VALUE;
+    CUevent e = calloc(1, sizeof *e);
+    if (!e) return CUDA_ERROR_OUT_OF_MEMORY;
+    e->magic = EVENT_MAGIC;
+    *ev = e;
+    return CUDA_SUCCESS;
+}
+
+DBL_EXPORT CUresult cuEventRecord(CUevent ev, CUstream s)
+{
+    ENTER("cuEventRecord", 1);
+    CUresult r = stream_arg(s, "cuEventRecord");
+    if (r != CUDA_SUCCESS) return r;
+    if (!ev || ev->magic != EVENT_MAGIC) return CUDA_ERROR_INVALID_HANDLE;
+    dop *op = calloc(1, sizeof *op);
+    if (!op) return CUDA_ERROR_OUT_OF_MEMORY;
+    op->kind = OP_EVENT;
+    op->ev = ev;
+    __atomic_store_n(&ev->done, 0, __ATOMIC_RELAXED);
+    ev->stream = s;
+    return submit(s, op);
+}
+
+DBL_EXPORT CUresult cuEventSynchronize(CUevent ev)
+{
+    ENTER("cuEventSynchronize", 1);
+    if (!ev || ev->magic != EVENT_MAGIC) return CUDA_ERROR_INVALID_HANDLE;
+    if (ev->stream && stream_live(ev->stream)) return stream_drain(ev->stream, 0);
+    return CUDA_SUCCESS;
+}
+
+DBL_EXPORT CUresult cuEventElapsedTime(float *ms, CUevent a, CUevent b)
+{
+    ENTER("cuEventElapsedTime", 1);
+    if (!ms || !a || !b || a->magic != EVENT_MAGIC || b->magic != EVENT_MAGIC)
+        return CUDA_ERROR_INVALID_HANDLE;
+    if (!__atomic_load_n(&a->done, __ATOMIC_ACQUIRE) || !__atomic_load_n(&b->done, __ATOMIC_ACQUIRE))
+        return CUDA_ERROR_NOT_READY;
+    *ms = (float)((b->t - a->t) * 1e3);
+    return CUDA_SUCCESS;
+}
+
+DBL_EXPORT CUresult cuEventDestroy_v2(CUevent ev)
+{
+    ENTER("cuEventDestroy_v2", 1);
+    if (!ev || ev->magic != EVENT_MAGIC) return CUDA_ERROR_INVALID_HANDLE;
+    if (ev->stream && stream_live(ev->stream)) stream_drain(ev->stream, 0);
+    ev->magic = 0;
+    free(ev);
+    return CUDA_SUCCESS;
 }
 
 /* ---- modules and the checksum kernel ---- */
