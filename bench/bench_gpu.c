@@ -137,7 +137,10 @@ typedef struct raw_api {
 /* Binds the raw benchmark's entry points; -1 (printed) when one is missing. */
 static int raw_bind(void *lib, raw_api *a)
 {
-#define RAW_SYM(f, n) {n, offsetof(raw_api, f)}
+#define RAW_SYM(f, n)                                                                              \
+    {                                                                                              \
+        n, offsetof(raw_api, f)                                                                    \
+    }
     static const struct {
         const char *name;
         size_t off;
@@ -503,7 +506,8 @@ static void bench_cycles(vram_manager *m, vram_model *model, const char *name, c
     snprintf(key, sizeof key, "%s.restore_gbps_median", sz);
     result(key, res_s, "GB/s (vram_model_acquire from CPU, wall time)");
     snprintf(key, sizeof key, "%s.ratio_first_offload_time_vs_steady", sz);
-    result(key, off_g[0] > 0 ? off_s / off_g[0] : 0, "(first offload's time / steady; target <= 1.5)");
+    result(key, off_g[0] > 0 ? off_s / off_g[0] : 0,
+           "(first offload's time / steady; target <= 1.5)");
     snprintf(key, sizeof key, "%s.status_last_restore_gbps", sz);
     result(key, status_number(m, name, "last_restore_gbps"), "GB/s (the status JSON's own figure)");
     if (raw_h2d > 0) {
@@ -627,8 +631,9 @@ static vram_manager *manager_with_budget(const vram_config *base, uint64_t budge
     cfg.gpu_budget.percent = 0;
     vram_manager *m = NULL;
     int rc = vram_manager_create(&cfg, &m);
-    if (rc) failure("vram_manager_create(budget %llu): %s", (unsigned long long)budget,
-                    vram_strerror(rc));
+    if (rc)
+        failure("vram_manager_create(budget %llu): %s", (unsigned long long)budget,
+                vram_strerror(rc));
     return m;
 }
 
@@ -636,7 +641,8 @@ static vram_manager *manager_with_budget(const vram_config *base, uint64_t budge
 static int touch_model(vram_manager *m, const char *name, uint64_t bytes, vram_model **out)
 {
     char spec[96];
-    snprintf(spec, sizeof spec, "synthetic:%llu:%u", (unsigned long long)bytes, (unsigned)bytes % 97);
+    snprintf(spec, sizeof spec, "synthetic:%llu:%u", (unsigned long long)bytes,
+             (unsigned)bytes % 97);
     vram_model_opts o;
     vram_model_opts_init(&o);
     o.source = spec;
@@ -680,7 +686,8 @@ static void bench_lru(const vram_config *base, uint64_t bytes, uint64_t dev_free
     result(key, t2 - t1, "s (evicting one model and restoring another)");
     snprintf(key, sizeof key, "lru_%s_three_loads_seconds", sz);
     result(key, t1 - t0, "s");
-    if (!ok) failure("lru %s: wrong model evicted or an acquire failed (%s)", sz, vram_strerror(rc));
+    if (!ok)
+        failure("lru %s: wrong model evicted or an acquire failed (%s)", sz, vram_strerror(rc));
     for (int i = 0; i < 3; i++)
         if (md[i]) vram_model_release(md[i], VRAM_WAIT);
     vram_manager_destroy(m);
@@ -734,9 +741,11 @@ static void bench_oom(const vram_config *base, const char *self, uint64_t bytes,
     waitpid(pid, NULL, 0);
     int rc2 = m ? touch_model(m, "oom", bytes, &md) : VRAM_EBACKEND;
     result("oom_other_process_enomem", rc1 == VRAM_ENOMEM, "(1 = a clear VRAM_ENOMEM while held)");
-    result("oom_other_process_recovered", rc2 == 0, "(1 = the acquire works once it is given back)");
+    result("oom_other_process_recovered", rc2 == 0,
+           "(1 = the acquire works once it is given back)");
     if (rc1 != VRAM_ENOMEM || rc2 != 0)
-        failure("oom with another process: first %s, then %s", vram_strerror(rc1), vram_strerror(rc2));
+        failure("oom with another process: first %s, then %s", vram_strerror(rc1),
+                vram_strerror(rc2));
     if (md) vram_model_release(md, VRAM_WAIT);
     if (m) vram_manager_destroy(m);
 }
@@ -758,8 +767,8 @@ typedef struct bench_opts {
 /* Parses the flags (each takes a value) into o; -1 after printing usage. */
 static int parse_args(int argc, char **argv, bench_opts *o)
 {
-    *o = (bench_opts){"1G,4G,16G", NULL, 512ULL << 20, 16ULL << 30, 20ULL << 30, 4ULL << 30, 0,
-                      4, 1000, 0};
+    *o = (bench_opts){"1G,4G,16G", NULL, 512ULL << 20, 16ULL << 30, 20ULL << 30, 4ULL << 30, 0, 4,
+                      1000,        0};
     for (int i = 1; i < argc; i += 2) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         uint64_t *size = strcmp(a, "--raw") == 0   ? &o->raw

@@ -23,10 +23,26 @@
  *   starts threads in cuInit and must never be unmapped under them, so
  *   closing the handle only drops a reference. Every entry point is bound
  *   by its exported name, versioned ones explicitly (cuMemGetInfo_v2, ...).
- * - Each device's primary context is retained at creation and pushed
+ * - Each device's primary context is retained on the device's first use
+ *   (dev_retain: a GPU nobody uses pays no context; one that cannot give a
+ *   context is skipped with the driver's reason) and pushed
  *   (cuCtxPushCurrent_v2) around every entry that calls the driver, then
  *   popped, so any thread may call any entry and the caller's own current
  *   context (PyTorch's, say) is left as it was.
+ * - Devices: CUDA_VISIBLE_DEVICES from the configuration is set before
+ *   cuInit; when CUDA was initialised in the process before (PyTorch
+ *   first) the driver ignores it, and select_devices applies the list by
+ *   UUID itself, warning. MIG instances get "MIG-" UUIDs.
+ * - Synchronization (see backend.h): cuCtxSynchronize in the device's
+ *   context before every device-to-host copy and every unmap, because the
+ *   application's kernels on its own streams may still use the memory and
+ *   neither cuMemUnmap nor a copy on a non-blocking stream waits for them.
+ * - Sticky errors latch the backend (latch): every later entry fails with
+ *   the first one's name and text; cleanup still runs.
+ * - Host memory: backups come from cuda_pinned.c (huge-page mappings
+ *   touched in parallel and registered, pooled, bounded by RAM or the
+ *   cgroup limit); cuMemHostAlloc only where registering is not supported.
+ * - A forked child is refused (check_pid): CUDA state does not survive fork.
  * - A vram_buf is a cuMemAddressReserve range; map = cuMemCreate (pinned
  *   device memory) + cuMemMap + cuMemSetAccess(read/write) over the whole
  *   range; unmap = cuMemUnmap + cuMemRelease, keeping the range.
@@ -36,8 +52,9 @@
  * - The checksum kernel is PTX (cuda_checksum.cu, embedded by scripts/gen-ptx)
  *   loaded per device on first use; a driver that cannot load it makes
  *   checksum() return VRAM_ENOTSUP, and the core hashes on the host.
- * - Locks: each device has one mutex for its stream pool and checksum module;
- *   it is never held across a copy.
+ * - Locks: each device has one mutex for its stream pool, never held across
+ *   a copy, and one for its checksum module (the PTX JIT runs under it, not
+ *   under the pool's); open_lock guards retaining contexts and the latch.
  */
 
 #define CUDA_DEFAULT_LIBRARY "libcuda.so.1"
@@ -343,8 +360,7 @@ static int check_alive(cuda_ctx *c)
  * text" and returns the VRAM code for r (out of memory -> VRAM_ENOMEM, no
  * device -> VRAM_ENODEV, else VRAM_EBACKEND), or code when code != 0. A
  * sticky error latches the backend unusable (latch). */
-static int cu_fail_code(cuda_ctx *c, CUresult r, int code, const char *fmt, ...)
-    VRAM_PRINTF(4, 5);
+static int cu_fail_code(cuda_ctx *c, CUresult r, int code, const char *fmt, ...) VRAM_PRINTF(4, 5);
 static int cu_fail_code(cuda_ctx *c, CUresult r, int code, const char *fmt, ...)
 {
     char what[256], msg[VRAM_ERRMSG_MAX];
@@ -386,8 +402,7 @@ static int dev_enter(cuda_ctx *c, int d)
 {
     int rc = check_pid(c);
     if (rc || (rc = check_alive(c))) return rc;
-    if (__atomic_load_n(&c->devs[d].state, __ATOMIC_ACQUIRE) != DEV_OPEN &&
-        (rc = dev_retain(c, d)))
+    if (__atomic_load_n(&c->devs[d].state, __ATOMIC_ACQUIRE) != DEV_OPEN && (rc = dev_retain(c, d)))
         return rc;
     CUresult r = c->api.cuCtxPushCurrent(c->devs[d].ctx);
     if (r != CUDA_SUCCESS) return cu_fail(c, r, "cuCtxPushCurrent_v2(device %d)", d);
@@ -419,8 +434,7 @@ static void dev_leave(cuda_ctx *c)
 static int ctx_sync(cuda_ctx *c, int d, const char *why)
 {
     CUresult r = c->api.cuCtxSynchronize();
-    if (r != CUDA_SUCCESS)
-        return cu_fail(c, r, "cuCtxSynchronize before %s (device %d)", why, d);
+    if (r != CUDA_SUCCESS) return cu_fail(c, r, "cuCtxSynchronize before %s (device %d)", why, d);
     return 0;
 }
 
@@ -594,8 +608,8 @@ static int cuda_map(vram_backend *b, vram_buf *buf)
     }
     r = c->api.cuMemMap((CUdeviceptr)buf->addr, buf->reserved, 0, h, 0);
     if (r != CUDA_SUCCESS) {
-        rc = cu_fail(c, r, "cuMemMap(%#llx, %zu bytes, device %d)",
-                     (unsigned long long)buf->addr, buf->reserved, d);
+        rc = cu_fail(c, r, "cuMemMap(%#llx, %zu bytes, device %d)", (unsigned long long)buf->addr,
+                     buf->reserved, d);
         c->api.cuMemRelease(h);
         goto out;
     }
@@ -761,9 +775,10 @@ static int cuda_host_alloc(vram_backend *b, size_t bytes, void **out)
                   vram__human(bytes).s, secs);
     if (rc == VRAM_ENOTSUP) {
         CUresult r = c->api.cuMemHostAlloc(&p, bytes, CU_MEMHOSTALLOC_PORTABLE);
-        rc = r == CUDA_SUCCESS ? 0
-                               : cu_fail_code(c, r, r == CUDA_ERROR_OUT_OF_MEMORY ? VRAM_EHOSTMEM : 0,
-                                              "cuMemHostAlloc(%zu bytes, portable)", bytes);
+        rc = r == CUDA_SUCCESS
+                 ? 0
+                 : cu_fail_code(c, r, r == CUDA_ERROR_OUT_OF_MEMORY ? VRAM_EHOSTMEM : 0,
+                                "cuMemHostAlloc(%zu bytes, portable)", bytes);
     }
     dev_leave(c);
     if (rc) return rc;
@@ -904,7 +919,8 @@ static int ck_load(cuda_ctx *c, int d)
     if (!a->cuModuleLoadData || !a->cuModuleGetFunction || !a->cuModuleUnload ||
         !a->cuLaunchKernel || !a->cuMemAlloc || !a->cuMemFree) {
         snprintf(dv->ck_err, sizeof dv->ck_err,
-                 "cuda: checksum kernel unavailable: '%s' lacks the module or launch API", a->dl.path);
+                 "cuda: checksum kernel unavailable: '%s' lacks the module or launch API",
+                 a->dl.path);
         dv->ck_state = -1;
         rc = vram__errorf(VRAM_ENOTSUP, "%s", dv->ck_err);
         goto out;
@@ -978,9 +994,8 @@ static int cuda_checksum(vram_backend *b, const vram_buf *buf, size_t off, size_
         r = c->api.cuLaunchKernel(c->devs[d].ck_fn, blocks, 1, 1, VRAM_CK_THREADS, 1, 1, 0,
                                   s->stream, params, NULL);
         if (r != CUDA_SUCCESS) {
-            rc =
-                cu_fail(c, r, "cuLaunchKernel(" VRAM_CK_KERNEL_NAME ", %u blocks, device %d)",
-                        blocks, d);
+            rc = cu_fail(c, r, "cuLaunchKernel(" VRAM_CK_KERNEL_NAME ", %u blocks, device %d)",
+                         blocks, d);
         } else {
             uint64_t part[VRAM_CK_MAX_BLOCKS];
             r = c->api.cuMemcpyDtoHAsync(part, partials, blocks * sizeof(uint64_t), s->stream);
@@ -1078,8 +1093,10 @@ static int dev_retain(cuda_ctx *c, int d)
         } else {
             char what[320];
             dv->ctx = NULL;
-            snprintf(what, sizeof what, "cuda: device %d (%.100s, %.63s) is unusable and skipped: "
-                     "cuDevicePrimaryCtxRetain", d, dv->name, dv->uuid);
+            snprintf(what, sizeof what,
+                     "cuda: device %d (%.100s, %.63s) is unusable and skipped: "
+                     "cuDevicePrimaryCtxRetain",
+                     d, dv->name, dv->uuid);
             cu_describe(&c->api, r, what, dv->unusable, sizeof dv->unusable);
             __atomic_store_n(&dv->state, DEV_UNUSABLE, __ATOMIC_RELEASE);
             vram__log(VRAM_LOG_WARN, "%s", dv->unusable);
@@ -1207,8 +1224,10 @@ static int select_devices(const cuda_api *a, const char *list, int set_here, int
             e++;
         int o = entry_ordinal(a, e, count);
         if (o < 0) {
-            vram__log(VRAM_LOG_WARN, "cuda: visible device '%s' matches no device; the list "
-                      "ends there", e);
+            vram__log(VRAM_LOG_WARN,
+                      "cuda: visible device '%s' matches no device; the list "
+                      "ends there",
+                      e);
             break;
         }
         int dup = 0;
@@ -1264,6 +1283,15 @@ static int dev_probe(cuda_ctx *c, int i, int ord)
     return 0;
 }
 
+/* VRAM_EBACKEND with the latched message after a sticky error, else 0. */
+static int cuda_health(vram_backend *b, char *msg, size_t len)
+{
+    cuda_ctx *c = b->ctx;
+    if (!__atomic_load_n(&c->dead, __ATOMIC_ACQUIRE)) return 0;
+    snprintf(msg, len, "%s", c->dead_msg);
+    return VRAM_EBACKEND;
+}
+
 static const struct vram_backend_iface cuda_iface = {
     .device_count = cuda_device_count,
     .device_info = cuda_device_info,
@@ -1278,6 +1306,7 @@ static const struct vram_backend_iface cuda_iface = {
     .checksum = cuda_checksum,
     .destroy = cuda_destroy,
     .host_ptr = NULL, /* device memory is not host-visible */
+    .health = cuda_health,
 };
 
 /* Allocates the device table for the ordinals ords[0..n) and probes each
@@ -1303,14 +1332,16 @@ static int cuda_start(cuda_ctx *c, const vram_backend_config *cfg, const char *p
     const cuda_api *a = &c->api;
     int set_here = apply_visible_devices(cfg);
     CUresult r = a->cuInit(0);
-    if (r != CUDA_SUCCESS) return cu_fail_code(c, r, VRAM_ENODEV, "cuInit (driver library '%s')", path);
+    if (r != CUDA_SUCCESS)
+        return cu_fail_code(c, r, VRAM_ENODEV, "cuInit (driver library '%s')", path);
     int version = 0, count = 0;
     a->cuDriverGetVersion(&version);
     r = a->cuDeviceGetCount(&count);
     if (r != CUDA_SUCCESS) return cu_fail_code(c, r, VRAM_ENODEV, "cuDeviceGetCount");
     if (count > CUDA_MAX_DEVICES) count = CUDA_MAX_DEVICES;
     int ords[CUDA_MAX_DEVICES];
-    int n = count > 0 ? select_devices(a, cfg ? cfg->visible_devices : "", set_here, count, ords) : 0;
+    int n =
+        count > 0 ? select_devices(a, cfg ? cfg->visible_devices : "", set_here, count, ords) : 0;
     if (n <= 0) {
         const char *vis = getenv("CUDA_VISIBLE_DEVICES");
         return vram__errorf(VRAM_ENODEV, "cuda: no CUDA device (driver '%s'%s%s)", path,

@@ -1,4 +1,5 @@
-/* cuda_pinned.c - pinned host blocks for backups: huge-page mappings touched in parallel, registered with the driver, pooled and bounded. */
+/* cuda_pinned.c - pinned host blocks for backups: huge pages touched in parallel, registered,
+ * pooled, bounded. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
@@ -12,8 +13,8 @@
 #include "backend/cuda_pinned.h"
 #include "base/base.h"
 
-#define PIN_HUGE ((size_t)2 << 20)     /* blocks are whole 2 MiB huge pages */
-#define PIN_TOUCH_THREADS 8            /* at most, for the first touch */
+#define PIN_HUGE ((size_t)2 << 20)      /* blocks are whole 2 MiB huge pages */
+#define PIN_TOUCH_THREADS 8             /* at most, for the first touch */
 #define PIN_PARALLEL ((size_t)64 << 20) /* smaller blocks are touched by one thread */
 
 struct cuda_pin_block {
@@ -87,7 +88,10 @@ static void *touch_main(void *arg)
 static void touch_parallel(unsigned char *p, size_t n)
 {
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    int k = n < PIN_PARALLEL ? 1 : (int)(cpus < 1 ? 1 : cpus > PIN_TOUCH_THREADS ? PIN_TOUCH_THREADS : cpus);
+    int k = n < PIN_PARALLEL ? 1
+                             : (int)(cpus < 1                   ? 1
+                                     : cpus > PIN_TOUCH_THREADS ? PIN_TOUCH_THREADS
+                                                                : cpus);
     pthread_t th[PIN_TOUCH_THREADS];
     touch_job jobs[PIN_TOUCH_THREADS];
     int started[PIN_TOUCH_THREADS] = {0};
@@ -112,8 +116,8 @@ static void touch_parallel(unsigned char *p, size_t n)
  * transparent ones. NULL when the system refuses. */
 static void *map_block(size_t len)
 {
-    void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1,
-                   0);
+    void *p =
+        mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
     if (p != MAP_FAILED) return p;
     p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return NULL;

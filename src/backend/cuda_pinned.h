@@ -1,4 +1,5 @@
-/* cuda_pinned.h - pinned host blocks for backups: huge-page mappings touched in parallel, registered with the driver, pooled and bounded. */
+/* cuda_pinned.h - pinned host blocks for backups: huge pages touched in parallel, registered,
+ * pooled, bounded. */
 #ifndef VRAM_CUDA_PINNED_H
 #define VRAM_CUDA_PINNED_H
 

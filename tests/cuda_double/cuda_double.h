@@ -90,10 +90,13 @@ typedef int (*vram_double_set_unusable_fn)(int phys, int code);
  * vram_double_set_unusable(phys, code): cuDevicePrimaryCtxRetain on the
  *   physical device fails with code (CUDA_ERROR_DEVICE_UNAVAILABLE: an
  *   exclusive-process GPU another process holds); 0 clears.
- * Flag "poison" (VRAM_DOUBLE_POISON, default 1): new device memory
- *   (cuMemCreate, cuMemAlloc) is filled with the byte pattern 0x0a,0xdb...
- *   (the word 0xdb0adb0adb0adb0a), never zeros; memory given back is gone
- *   (its memfd closed), so a restore or load that skips bytes reads poison.
+ * Flag "poison" (VRAM_DOUBLE_POISON, default 1): new device memory is
+ *   poison, never zeros: cuMemCreate memory holds the word
+ *   0xdb0adb0adb0adb0a, cuMemAlloc blocks the byte 0xdb; memory given back
+ *   is gone (its memfd closed), so a restore or load that skips bytes
+ *   reads poison.
+ * cuEventCreate/Record/Synchronize/ElapsedTime/Destroy_v2: timing events,
+ *   recorded when their stream reaches them (bench_gpu's baseline).
  * cuMemHostRegister_v2 / cuMemHostUnregister pin and unpin caller memory;
  *   the stats count bytes pinned by each path (pinned_*_bytes).
  */

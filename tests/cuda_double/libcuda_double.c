@@ -34,7 +34,22 @@
  * - The checksum kernel of libvram (VRAM_CK_KERNEL_NAME) is recognised in the
  *   PTX given to cuModuleLoadData (its entry and its four .u64 parameters)
  *   and computed on the host by the stream, block by block as the kernel
- *   partitions the words, so that the launch path is exercised.
+ *   partitions the words, so that the launch path is exercised. run_kernel
+ *   is written here from the documented definition (the contract in
+ *   cuda_driver.h, vram_checksum in include/vram.h: splitmix64's finaliser
+ *   over each little-endian word plus its index times the golden ratio),
+ *   with its own
+ *   constants, not by calling or copying src/base/checksum.c: a kernel or
+ *   host code that drifts from the definition disagrees with it, and
+ *   test_checksum_kernel_matches_host fails.
+ * - The application's own work (vram_double_user_work: PyTorch kernels on
+ *   its streams) stays pending until cuCtxSynchronize; unmapping it is a
+ *   violation that gives the context a sticky CUDA_ERROR_ILLEGAL_ADDRESS,
+ *   copying it one too (a torn copy). Sticky errors can be injected; a
+ *   sticky context refuses every call but push/pop, device queries and
+ *   cuInit. A device can be made unusable (its context cannot be retained).
+ * - New device memory is poison (0xdb0adb0a... words), never zeros.
+ * - Events record the time their stream reaches them (timing only).
  * - Misuse (no current context, unaligned sizes, unmapping what is not
  *   mapped, freeing a range still mapped, a stream of another context, a
  *   copy into memory not mapped, releasing a context with resources alive)
@@ -483,9 +498,9 @@ static CUcontext current(void);
  * context stack, errors, device queries and the releases of cleanup. */
 static int sticky_exempt(const char *fn)
 {
-    static const char *const ok[] = {"cuCtxPushCurrent", "cuCtxPopCurrent", "cuCtxGetCurrent",
-                                     "cuCtxSetCurrent",  "cuDevice",        "cuDriverGetVersion",
-                                     "cuInit"};
+    static const char *const ok[] = {
+        "cuCtxPushCurrent", "cuCtxPopCurrent",    "cuCtxGetCurrent", "cuCtxSetCurrent",
+        "cuDevice",         "cuDriverGetVersion", "cuInit"};
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
         if (strncmp(fn, ok[i], strlen(ok[i])) == 0) return 1;
     return 0;
@@ -1878,7 +1893,8 @@ DBL_EXPORT CUresult cuEventElapsedTime(float *ms, CUevent a, CUevent b)
     ENTER("cuEventElapsedTime", 1);
     if (!ms || !a || !b || a->magic != EVENT_MAGIC || b->magic != EVENT_MAGIC)
         return CUDA_ERROR_INVALID_HANDLE;
-    if (!__atomic_load_n(&a->done, __ATOMIC_ACQUIRE) || !__atomic_load_n(&b->done, __ATOMIC_ACQUIRE))
+    if (!__atomic_load_n(&a->done, __ATOMIC_ACQUIRE) ||
+        !__atomic_load_n(&b->done, __ATOMIC_ACQUIRE))
         return CUDA_ERROR_NOT_READY;
     *ms = (float)((b->t - a->t) * 1e3);
     return CUDA_SUCCESS;

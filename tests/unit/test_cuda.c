@@ -1141,6 +1141,38 @@ static void test_sticky_error_latches_the_backend(void **state)
     vram__backend_destroy(b);
 }
 
+/* Defect 3 through the manager: the latched error shows in the status
+ * (vram_manager_info and the status JSON), and offload fails clearly
+ * instead of claiming a backup. */
+static void test_sticky_error_shows_in_the_status(void **state)
+{
+    (void)state;
+    vram_manager *m = cuda_manager();
+    vram_model_opts o;
+    vram_model_opts_init(&o);
+    o.source = "synthetic:2097152:3";
+    vram_model *model = NULL;
+    assert_int_equal(vram_manager_register(m, "s", &o, &model), 0);
+    vram_lease *l = NULL;
+    assert_int_equal(vram_model_acquire(model, &l), 0);
+    vram_lease_end(l);
+    vram_manager_info info;
+    assert_int_equal(vram_manager_get_info(m, &info, sizeof info), 0);
+    assert_string_equal(info.backend_error, "");
+    assert_int_equal(D.set_sticky(0, CUDA_ERROR_LAUNCH_FAILED), 0);
+    assert_int_equal(vram_model_offload(model, VRAM_WAIT), VRAM_EBACKEND);
+    assert_msg_has("CUDA_ERROR_LAUNCH_FAILED");
+    assert_int_equal(vram_manager_get_info(m, &info, sizeof info), 0);
+    assert_non_null(strstr(info.backend_error, "CUDA_ERROR_LAUNCH_FAILED"));
+    char *js = vram_manager_status_json(m);
+    assert_non_null(js);
+    assert_non_null(strstr(js, "\"backend_error\""));
+    free(js);
+    assert_int_equal(D.set_sticky(0, 0), 0);
+    assert_int_equal(vram_model_release(model, VRAM_WAIT), 0);
+    vram_manager_destroy(m);
+}
+
 /* Defect 4: a device that cannot give a context (exclusive-process mode,
  * failed) is skipped with its reason; the others work. */
 static void test_unusable_device_is_skipped(void **state)
@@ -1271,9 +1303,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_offload_and_release_wait_for_queued_kernels, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_sticky_error_latches_the_backend, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sticky_error_shows_in_the_status, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unusable_device_is_skipped, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_visible_uuid_selects_after_cuda_init, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_visible_uuid_selects_after_cuda_init, setup, teardown),
         cmocka_unit_test_setup_teardown(test_forked_child_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fresh_device_memory_is_poisoned, setup, teardown),
     };
