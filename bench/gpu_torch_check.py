@@ -14,6 +14,7 @@ Exit 0 passed, 1 failed, 77 skipped (no torch, no CUDA: the dry run says so).
 Run with PYTHONPATH pointing at python/ and VRAM_LIBRARY at libvram.so.0.
 """
 import argparse
+import contextlib
 import sys
 import threading
 
@@ -37,6 +38,8 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--cycles", type=int, default=6)
     ap.add_argument("--dim", type=int, default=8192)
+    ap.add_argument("--smoke-host", action="store_true",
+                    help="the cycle check on the host backend and the CPU (no GPU): tests this script")
     a = ap.parse_args()
     try:
         import torch
@@ -44,18 +47,20 @@ def main():
         say("torch_skipped", "no torch (%s)" % e)
         write(a.out)
         return 77
-    if not torch.cuda.is_available():
-        say("torch_skipped", "torch %s without CUDA (dry run: nothing here needs the double)"
+    if not torch.cuda.is_available() and not a.smoke_host:
+        say("torch_skipped", "torch %s sees no CUDA device (needs a GPU; not run on the double)"
             % torch.__version__)
         write(a.out)
         return 77
     import gpu_manager
     say("torch_version", torch.__version__)
-    mgr = gpu_manager.GPUManager(config={"VRAM_BACKEND": "cuda", "GPU_IDLE_TIMEOUT": "0"})
+    dev = "cpu" if a.smoke_host else "cuda"
+    mgr = gpu_manager.GPUManager(config={"VRAM_BACKEND": "host" if a.smoke_host else "cuda",
+                                         "GPU_IDLE_TIMEOUT": "0"})
     failed = 0
     try:
-        failed += check_cycles(torch, mgr, a.cycles, a.dim)
-        failed += check_offload_race(torch, mgr, a.dim)
+        failed += check_cycles(torch, mgr, a.cycles, a.dim, dev)
+        failed += check_offload_race(torch, mgr, a.dim, dev)
     except Exception as e:  # noqa: BLE001 - report, then fail
         say("torch_exception", repr(e))
         failed += 1
@@ -66,16 +71,16 @@ def main():
     return 0 if failed == 0 else 1
 
 
-def build(torch, dim):
+def build(torch, dim, dev="cuda"):
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(dim, dim), torch.nn.GELU(),
-                               torch.nn.Linear(dim, dim)).half().cuda()
+    m = torch.nn.Sequential(torch.nn.Linear(dim, dim), torch.nn.GELU(), torch.nn.Linear(dim, dim))
+    return m.half().cuda() if dev == "cuda" else m
 
 
-def check_cycles(torch, mgr, cycles, dim):
+def check_cycles(torch, mgr, cycles, dim, dev):
     mm = mgr.register_model("torch-cycles")
-    model = mm.get_model(load_func=lambda: build(torch, dim))
-    x = torch.randn(64, dim, device="cuda", dtype=torch.float16)
+    model = mm.get_model(load_func=lambda: build(torch, dim, dev))
+    x = torch.randn(64, dim, device=dev, dtype=torch.float16 if dev == "cuda" else torch.float32)
     ptrs = [p.data_ptr() for p in model.parameters()]
     with torch.no_grad():
         ref = model(x).float().cpu()
@@ -103,23 +108,27 @@ def check_cycles(torch, mgr, cycles, dim):
     return int(not (stable and same))
 
 
-def check_offload_race(torch, mgr, dim):
+def check_offload_race(torch, mgr, dim, dev):
     mm = mgr.register_model("torch-race")
-    model = mm.get_model(load_func=lambda: build(torch, dim))
-    x = torch.randn(4096, dim, device="cuda", dtype=torch.float16)
+    model = mm.get_model(load_func=lambda: build(torch, dim, dev))
+    cuda = dev == "cuda"
+    x = torch.randn(4096 if cuda else 16, dim, device=dev,
+                    dtype=torch.float16 if cuda else torch.float32)
     before = mm.checksum()
-    side = torch.cuda.Stream()
+    side = torch.cuda.Stream() if cuda else None
     with torch.no_grad():
         with mm.use() as m:
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(200):  # seconds of queued kernels reading the weights
+            if cuda:
+                side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side) if cuda else contextlib.nullcontext():
+                for _ in range(1000 if cuda else 3):  # about a second of queued kernels
                     y = m(x)
     # the lease has ended; the side stream still runs
     mm.force_offload(wait=True)
     err = ""
     try:
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
     except Exception as e:  # noqa: BLE001 - the failure this check looks for
         err = repr(e)
     say("torch_race_sync_error", err or "none")

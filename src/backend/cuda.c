@@ -710,10 +710,17 @@ static void cuda_unreserve(vram_backend *b, vram_buf *buf)
 
 /* ---- pinned host memory ---- */
 
-/* Enters the first device that can be used (host memory is portable, any
- * context will do); *d gets it. */
+/* Enters a device for host memory (portable: any context will do): one
+ * whose context is open already, else the first that can give one (so
+ * host memory alone never makes an unused GPU pay a context when another
+ * is in use); *d gets it. */
 static int dev_enter_any(cuda_ctx *c, int *d)
 {
+    for (int i = 0; i < c->ndev; i++)
+        if (__atomic_load_n(&c->devs[i].state, __ATOMIC_ACQUIRE) == DEV_OPEN) {
+            *d = i;
+            return dev_enter(c, i);
+        }
     int rc = VRAM_ENODEV;
     for (int i = 0; i < c->ndev; i++) {
         if (__atomic_load_n(&c->devs[i].state, __ATOMIC_ACQUIRE) == DEV_UNUSABLE) continue;
