@@ -68,7 +68,10 @@ typedef int (*vram_double_set_unusable_fn)(int phys, int code);
  *   Visibility (CUDA_VISIBLE_DEVICES) is read again at the next cuInit.
  * vram_double_set_fail(spec): replaces the injected failures (NULL or "":
  *   none); -1 for a malformed spec.
- * vram_double_set_flag(name, value): "lazy", "vmm", "quiet".
+ * vram_double_set_flag(name, value): "lazy", "vmm", "quiet", "poison",
+ *   "jit_ms" (cuModuleLoadData sleeps that long, as a PTX JIT takes time),
+ *   "mig" (a mask of physical devices in MIG mode: cuDeviceGetUuid_v2 then
+ *   gives the instance's UUID, cuDeviceGetUuid the GPU's).
  * vram_double_calls(fn): calls of the named entry point so far.
  * vram_double_get_stats(out): the counters above.
  * vram_double_ctx_depth(): contexts pushed in the calling thread now.

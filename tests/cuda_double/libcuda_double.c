@@ -190,6 +190,8 @@ static struct {
     unsigned long long memory;
     size_t gran;
     int vmm, lazy, quiet, poison;
+    int jit_ms;   /* cuModuleLoadData takes this long (a PTX JIT) */
+    int mig_mask; /* physical devices in MIG mode: bit i */
     int isa_major, isa_minor;
     int inited;      /* cuInit succeeded */
     int vis[MAXDEV]; /* ordinal -> physical device */
@@ -671,7 +673,11 @@ DBL_EXPORT CUresult cuDeviceGetUuid(CUuuid *uuid, CUdevice dev)
 DBL_EXPORT CUresult cuDeviceGetUuid_v2(CUuuid *uuid, CUdevice dev)
 {
     ENTER("cuDeviceGetUuid_v2", 1);
-    return device_uuid(uuid, dev);
+    CUresult r = device_uuid(uuid, dev);
+    int p = dev_phys(dev);
+    if (r == CUDA_SUCCESS && p >= 0 && (__atomic_load_n(&g.mig_mask, __ATOMIC_RELAXED) >> p & 1))
+        uuid->bytes[0] ^= (char)0x5a; /* a MIG instance: its own UUID, not the GPU's */
+    return r;
 }
 
 DBL_EXPORT CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev)
@@ -1952,6 +1958,8 @@ DBL_EXPORT CUresult cuModuleLoadData(CUmodule *module, const void *image)
     int has_ck;
     CUresult r = parse_ptx(image, &has_ck);
     if (r != CUDA_SUCCESS) return r;
+    int ms = __atomic_load_n(&g.jit_ms, __ATOMIC_RELAXED);
+    if (ms > 0) usleep((useconds_t)ms * 1000);
     CUmodule m = calloc(1, sizeof *m);
     if (!m) return CUDA_ERROR_OUT_OF_MEMORY;
     m->magic = MOD_MAGIC;
@@ -2091,6 +2099,8 @@ DBL_EXPORT void vram_double_set_flag(const char *name, int value)
     if (strcmp(name, "lazy") == 0) __atomic_store_n(&g.lazy, value, __ATOMIC_RELAXED);
     if (strcmp(name, "quiet") == 0) __atomic_store_n(&g.quiet, value, __ATOMIC_RELAXED);
     if (strcmp(name, "poison") == 0) __atomic_store_n(&g.poison, value, __ATOMIC_RELAXED);
+    if (strcmp(name, "jit_ms") == 0) __atomic_store_n(&g.jit_ms, value, __ATOMIC_RELAXED);
+    if (strcmp(name, "mig") == 0) __atomic_store_n(&g.mig_mask, value, __ATOMIC_RELAXED);
     if (strcmp(name, "vmm") == 0) {
         pthread_mutex_lock(&g_lock);
         g.vmm = value;

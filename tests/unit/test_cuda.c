@@ -111,6 +111,8 @@ static int setup(void **state)
     D.set_flag("lazy", 0);
     D.set_flag("vmm", 1);
     D.set_flag("poison", 1);
+    D.set_flag("jit_ms", 0);
+    D.set_flag("mig", 0);
     for (int i = 0; i < 4; i++) {
         D.set_sticky(i, 0);
         D.set_unusable(i, 0);
@@ -1222,6 +1224,64 @@ static void test_visible_uuid_selects_after_cuda_init(void **state)
     vram__backend_destroy(b);
 }
 
+/* Defect 4: a MIG instance's UUID reads MIG-..., a GPU's GPU-... */
+static void test_mig_uuid_prefix(void **state)
+{
+    (void)state;
+    D.set_flag("mig", 2);
+    vram_backend *b = make_backend(MIB);
+    vram_dev_info info;
+    assert_int_equal(vram__backend_device_info(b, 0, &info), 0);
+    assert_string_equal(info.uuid, "GPU-d0b1e000-0000-4000-8000-000000000000");
+    assert_int_equal(vram__backend_device_info(b, 1, &info), 0);
+    assert_true(strncmp(info.uuid, "MIG-", 4) == 0);
+    D.set_flag("mig", 0);
+    vram__backend_destroy(b);
+}
+
+typedef struct ck_job {
+    vram_backend *b;
+    vram_buf *buf;
+    int rc;
+} ck_job;
+
+static void *checksum_main(void *arg)
+{
+    ck_job *j = arg;
+    uint64_t sum;
+    j->rc = vram__backend_checksum(j->b, j->buf, 0, MIB, &sum);
+    return NULL;
+}
+
+/* Defect 5: the checksum kernel's PTX JIT does not hold the device's copy
+ * lock: a copy on that device finishes while the JIT runs. */
+static void test_checksum_jit_does_not_stall_copies(void **state)
+{
+    (void)state;
+    vram_backend *b = make_backend(MIB);
+    vram_buf buf;
+    assert_int_equal(vram__backend_reserve(b, 0, 2 * MIB, &buf), 0);
+    assert_int_equal(vram__backend_map(b, &buf), 0);
+    void *h;
+    assert_int_equal(vram__backend_host_alloc(b, MIB, &h), 0);
+    assert_int_equal(vram__backend_to_host(b, &buf, 0, h, MIB), 0); /* streams exist */
+    D.set_flag("jit_ms", 600);
+    ck_job j = {b, &buf, -1};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, checksum_main, &j), 0);
+    usleep(100 * 1000); /* the JIT is running */
+    double t0 = vram__now();
+    assert_int_equal(vram__backend_to_host(b, &buf, 0, h, MIB), 0);
+    double took = vram__now() - t0;
+    pthread_join(t, NULL);
+    D.set_flag("jit_ms", 0);
+    assert_int_equal(j.rc, 0);
+    if (took > 0.3) fail_msg("a copy waited %.3f s for the checksum module's JIT", took);
+    vram__backend_host_free(b, h, MIB);
+    vram__backend_unreserve(b, &buf);
+    vram__backend_destroy(b);
+}
+
 /* Defect 5: a forked child is refused clearly instead of using the
  * parent's CUDA state. */
 static void test_forked_child_is_refused(void **state)
@@ -1306,6 +1366,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sticky_error_shows_in_the_status, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unusable_device_is_skipped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_visible_uuid_selects_after_cuda_init, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_mig_uuid_prefix, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_checksum_jit_does_not_stall_copies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_forked_child_is_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fresh_device_memory_is_poisoned, setup, teardown),
     };
