@@ -17,20 +17,30 @@
 #include "vram_server.h"
 
 /*
- * Usage: bench_gpu [--sizes 1G,4G,16G] [--raw 4G] [--cycles 3] [--hot 1000]
- *                  [--device N] [--results FILE]
+ * Usage: bench_gpu [--sizes 1G,4G,16G] [--raw 512M] [--pin 16G] [--lru 20G]
+ *                  [--oom 4G] [--cycles 4] [--hot 1000] [--device N]
+ *                  [--results FILE]
+ *        bench_gpu --hog BYTES (a child holding device memory; see 3)
  *
- * 1. Raw: cuMemcpyHtoD_v2 / cuMemcpyDtoH_v2 of --raw bytes between
- *    cuMemHostAlloc'd (pinned) memory and a cuMemAlloc_v2 block, best of 3,
- *    straight through the driver (VRAM_CUDA_LIBRARY, default libcuda.so.1).
+ * 1. Driver: every entry point of the backend's binding table, bound or not.
+ *    Raw copies, as nvbandwidth measures them: events around
+ *    cuMemcpy*Async of --raw bytes on a non-blocking stream between
+ *    cuMemHostAlloc'd memory and a cuMemAlloc_v2 block, median of 7 after a
+ *    warm-up, each way; and from/to pageable (malloc) memory, median of 3.
+ *    Pinning --pin bytes by cuMemHostAlloc, by mmap + one-thread touch +
+ *    cuMemHostRegister, and vram's way (cuda_pinned.c).
  * 2. vram: a manager on the cuda backend; per size a synthetic model is
  *    loaded, checksummed on the GPU (the PTX kernel) and compared with the
  *    host's value, acquired --hot times while resident (latency), then
- *    offloaded and restored --cycles times (GB/s, best and median, and the
- *    status JSON's own figures), checksummed again after the cycles, in the
- *    CPU state, and released. Sizes that do not fit the device or the host
- *    are skipped with the reason.
- * 3. Ratios: restore / raw H2D and offload / raw D2H.
+ *    offloaded and restored --cycles times: the first offload (which pins
+ *    the backup) apart from the steady ones, half the restores from another
+ *    thread, the device pointer checked after each, the kernel's checksum
+ *    after the cycles; ratios to the raw copies of 1. Sizes that do not fit
+ *    the device or the host are skipped with the reason.
+ * 3. Eviction: three --lru models under a budget for two and a half (the
+ *    least recently used goes). Out of memory: a child (--hog) holds all but
+ *    half of --oom of the device; an acquire of --oom must fail with
+ *    VRAM_ENOMEM and succeed once the child exits (real GPUs only).
  * Every figure is printed and written as key=value to --results. Exit 0
  * when every step that ran succeeded and every checksum matched, else 1.
  * On the driver test double (no GPU) the output says so on every line that
@@ -524,6 +534,36 @@ static void bench_cycles(vram_manager *m, vram_model *model, const char *name, c
     if (rc || c != want) failure("%s: checksum after %d cycles differs", name, done);
 }
 
+/* Hot acquire: the model is resident, a lease is bookkeeping only. */
+static void bench_hot(vram_model *model, const char *name, const char *sz, int hot)
+{
+    char key[128];
+    vram_lease *l = NULL;
+    double t0;
+    int rc;
+    double *lat = calloc((size_t)(hot > 0 ? hot : 1), sizeof *lat);
+    if (lat && hot > 0) {
+        for (int i = 0; i < hot; i++) {
+            t0 = vram__now();
+            rc = vram_model_acquire(model, &l);
+            lat[i] = vram__now() - t0;
+            if (rc) {
+                failure("%s: hot acquire: %s", name, vram_strerror(rc));
+                break;
+            }
+            vram_lease_end(l);
+        }
+        snprintf(key, sizeof key, "%s.hot_acquire_first_us", sz);
+        result(key, lat[0] * 1e6, "us (first acquire after the load, model resident)");
+        qsort(lat, (size_t)hot, sizeof *lat, cmp_double);
+        snprintf(key, sizeof key, "%s.hot_acquire_p50_us", sz);
+        result(key, lat[hot / 2] * 1e6, "us");
+        snprintf(key, sizeof key, "%s.hot_acquire_p99_us", sz);
+        result(key, lat[(size_t)hot * 99 / 100] * 1e6, "us");
+    }
+    free(lat);
+}
+
 /* Every vram measurement for one model size (see the top of the file);
  * the model is released and unregistered at the end, also after a failure. */
 static void bench_size(vram_manager *m, uint64_t bytes, int cycles, int hot, int dev,
@@ -591,29 +631,7 @@ static void bench_size(vram_manager *m, uint64_t bytes, int cycles, int hot, int
         failure("%s: GPU checksum %016llx (rc %d) != host %016llx", name, (unsigned long long)c, rc,
                 (unsigned long long)want);
 
-    /* hot acquire: the model is resident, a lease is bookkeeping only */
-    double *lat = calloc((size_t)(hot > 0 ? hot : 1), sizeof *lat);
-    if (lat && hot > 0) {
-        for (int i = 0; i < hot; i++) {
-            t0 = vram__now();
-            rc = vram_model_acquire(model, &l);
-            lat[i] = vram__now() - t0;
-            if (rc) {
-                failure("%s: hot acquire: %s", name, vram_strerror(rc));
-                break;
-            }
-            vram_lease_end(l);
-        }
-        snprintf(key, sizeof key, "%s.hot_acquire_first_us", sz);
-        result(key, lat[0] * 1e6, "us (first acquire after the load, model resident)");
-        qsort(lat, (size_t)hot, sizeof *lat, cmp_double);
-        snprintf(key, sizeof key, "%s.hot_acquire_p50_us", sz);
-        result(key, lat[hot / 2] * 1e6, "us");
-        snprintf(key, sizeof key, "%s.hot_acquire_p99_us", sz);
-        result(key, lat[(size_t)hot * 99 / 100] * 1e6, "us");
-    }
-    free(lat);
-
+    bench_hot(model, name, sz, hot);
     bench_cycles(m, model, name, sz, bytes, cycles, want, raw_h2d, raw_d2h);
 out:
     rc = vram_model_release(model, VRAM_WAIT);
