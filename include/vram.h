@@ -414,6 +414,8 @@ typedef struct vram_manager_info {
     double release_timeout;
     uint64_t host_budget_bytes;  /* 0 = unlimited */
     uint64_t host_used_bytes;    /* bytes of host backups */
+    char backend_error[512];     /* "" while the backend works; else why it cannot (a sticky
+                                    CUDA error: every later call fails, restart the process) */
 } vram_manager_info;
 
 /* sizeof of a public struct as this library was built, by its name

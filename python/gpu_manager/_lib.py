@@ -108,6 +108,7 @@ class ManagerInfo(ctypes.Structure):
         ("release_timeout", ctypes.c_double),
         ("host_budget_bytes", ctypes.c_uint64),
         ("host_used_bytes", ctypes.c_uint64),
+        ("backend_error", ctypes.c_char * 512),
     ]
 
 

@@ -685,6 +685,8 @@ class GPUManager(object):
             "source": _lib.text(mi.source) or None,
             "bytes": mi.bytes, "tensors": mi.tensors, "leases": mi.leases,
         }
+        if info.backend_error:  # a latched sticky CUDA error, as in the HTTP status
+            e["backend_error"] = _lib.text(info.backend_error)
         for k in ("loads", "offloads", "restores", "releases", "evictions", "failures"):
             e[k] = getattr(mi, k)
         for k in ("load", "offload", "restore"):

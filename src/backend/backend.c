@@ -90,6 +90,12 @@ int vram__backend_checksum(vram_backend *b, const vram_buf *buf, size_t off, siz
     return checksum_on_host(b, buf, off, n, sum);
 }
 
+int vram__backend_health(vram_backend *b, char *msg, size_t len)
+{
+    if (len) msg[0] = '\0';
+    return b->iface->health ? b->iface->health(b, msg, len) : 0;
+}
+
 void *vram__backend_host_ptr(vram_backend *b, const vram_buf *buf, size_t off, size_t n)
 {
     return b->iface->host_ptr ? b->iface->host_ptr(b, buf, off, n) : NULL;

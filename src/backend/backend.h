@@ -54,7 +54,24 @@ typedef struct vram_backend_config {
  * returns 0 or a negative VRAM_E* code after setting a detailed message with
  * vram__errorf() (the driver's own error name and string on CUDA). All
  * entries are thread-safe: the core calls them without its lock, from any
- * thread, on different buffers at the same time. */
+ * thread, on different buffers at the same time.
+ *
+ * Synchronization with the application's own device work (CUDA): a lease
+ * may end while kernels the application queued on its streams (PyTorch's)
+ * still read or write the range, as every call into PyTorch returns before
+ * its kernels finish. So to_host (every backup copy) and unmap (offload,
+ * release, eviction, the idle monitor, unreserve) first wait for all work
+ * in the device's context; the application need not synchronize before a
+ * lease ends or an offload. It must not queue work on a range after its
+ * lease ended (an unmapped address is a sticky CUDA_ERROR_ILLEGAL_ADDRESS
+ * for the whole process). to_device does not wait: writing into memory the
+ * application's kernels still use is the caller's to order.
+ *
+ * Sticky errors (CUDA): after an error that leaves the context unusable
+ * (illegal address, launch failure, unknown error, ...) the backend is
+ * latched: every entry that would use the device fails at once with
+ * VRAM_EBACKEND and a message naming the first such error; unmap,
+ * unreserve, host_free and destroy still give back what exists. */
 struct vram_backend_iface {
     int (*device_count)(vram_backend *b);
     int (*device_info)(vram_backend *b, int dev, vram_dev_info *out);
@@ -98,6 +115,11 @@ struct vram_backend_iface {
      * or out of bounds. Loaders read files straight into it instead of
      * staging. Valid while the range stays mapped. */
     void *(*host_ptr)(vram_backend *b, const vram_buf *buf, size_t off, size_t n);
+
+    /* Optional (NULL: always usable): 0 while the backend works; else a
+     * negative code with why it is unusable in msg (a sticky CUDA error,
+     * latched: the process must restart). Sets no thread error. */
+    int (*health)(vram_backend *b, char *msg, size_t len);
 };
 
 struct vram_backend {
@@ -127,6 +149,8 @@ int vram__backend_checksum(vram_backend *b, const vram_buf *buf, size_t off, siz
                            uint64_t *sum);
 /* The entry when there is one, else NULL (not host-visible). */
 void *vram__backend_host_ptr(vram_backend *b, const vram_buf *buf, size_t off, size_t n);
+/* The entry when there is one, else 0 with msg "". */
+int vram__backend_health(vram_backend *b, char *msg, size_t len);
 /* destroy(NULL) does nothing. */
 void vram__backend_destroy(vram_backend *b);
 
@@ -139,6 +163,11 @@ int vram__backend_open(const vram_backend_config *cfg, vram_backend **out);
 
 int vram__backend_host_create(const vram_backend_config *cfg, vram_backend **out);
 int vram__backend_cuda_create(const vram_backend_config *cfg, vram_backend **out);
+
+/* cuda.c, for the GPU check: which entry points of the CUDA binding table
+ * the driver at path has, one line each into out; returns how many
+ * required ones are missing, -1 when it cannot be opened. */
+int vram__cuda_check_symbols(const char *path, char *out, size_t len);
 
 /* ---- fault injection for tests (fault.c) ---- */
 

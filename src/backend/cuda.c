@@ -1,16 +1,19 @@
 /* cuda.c - the CUDA backend: libcuda via dlopen, VMM ranges, pinned memory, stream copies. */
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend/backend.h"
 #include "backend/cuda_checksum_ptx.h"
 #include "backend/cuda_driver.h"
 #include "base/base.h"
 #include "base/dl.h"
+#include "backend/cuda_pinned.h"
 
 /*
  * Model
@@ -20,10 +23,26 @@
  *   starts threads in cuInit and must never be unmapped under them, so
  *   closing the handle only drops a reference. Every entry point is bound
  *   by its exported name, versioned ones explicitly (cuMemGetInfo_v2, ...).
- * - Each device's primary context is retained at creation and pushed
+ * - Each device's primary context is retained on the device's first use
+ *   (dev_retain: a GPU nobody uses pays no context; one that cannot give a
+ *   context is skipped with the driver's reason) and pushed
  *   (cuCtxPushCurrent_v2) around every entry that calls the driver, then
  *   popped, so any thread may call any entry and the caller's own current
  *   context (PyTorch's, say) is left as it was.
+ * - Devices: CUDA_VISIBLE_DEVICES from the configuration is set before
+ *   cuInit; when CUDA was initialised in the process before (PyTorch
+ *   first) the driver ignores it, and select_devices applies the list by
+ *   UUID itself, warning. MIG instances get "MIG-" UUIDs.
+ * - Synchronization (see backend.h): cuCtxSynchronize in the device's
+ *   context before every device-to-host copy and every unmap, because the
+ *   application's kernels on its own streams may still use the memory and
+ *   neither cuMemUnmap nor a copy on a non-blocking stream waits for them.
+ * - Sticky errors latch the backend (latch): every later entry fails with
+ *   the first one's name and text; cleanup still runs.
+ * - Host memory: backups come from cuda_pinned.c (huge-page mappings
+ *   touched in parallel and registered, pooled, bounded by RAM or the
+ *   cgroup limit); cuMemHostAlloc only where registering is not supported.
+ * - A forked child is refused (check_pid): CUDA state does not survive fork.
  * - A vram_buf is a cuMemAddressReserve range; map = cuMemCreate (pinned
  *   device memory) + cuMemMap + cuMemSetAccess(read/write) over the whole
  *   range; unmap = cuMemUnmap + cuMemRelease, keeping the range.
@@ -33,8 +52,9 @@
  * - The checksum kernel is PTX (cuda_checksum.cu, embedded by scripts/gen-ptx)
  *   loaded per device on first use; a driver that cannot load it makes
  *   checksum() return VRAM_ENOTSUP, and the core hashes on the host.
- * - Locks: each device has one mutex for its stream pool and checksum module;
- *   it is never held across a copy.
+ * - Locks: each device has one mutex for its stream pool, never held across
+ *   a copy, and one for its checksum module (the PTX JIT runs under it, not
+ *   under the pool's); open_lock guards retaining contexts and the latch.
  */
 
 #define CUDA_DEFAULT_LIBRARY "libcuda.so.1"
@@ -54,12 +74,14 @@ typedef struct cuda_api {
     vram_cuDeviceGet_fn cuDeviceGet;
     vram_cuDeviceGetName_fn cuDeviceGetName;
     vram_cuDeviceGetUuid_fn cuDeviceGetUuid;
+    vram_cuDeviceGetUuid_fn cuDeviceGetUuidV1; /* the GPU's own UUID, also in MIG mode */
     vram_cuDeviceTotalMem_fn cuDeviceTotalMem;
     vram_cuDeviceGetAttribute_fn cuDeviceGetAttribute;
     vram_cuDevicePrimaryCtxRetain_fn cuDevicePrimaryCtxRetain;
     vram_cuDevicePrimaryCtxRelease_fn cuDevicePrimaryCtxRelease;
     vram_cuCtxPushCurrent_fn cuCtxPushCurrent;
     vram_cuCtxPopCurrent_fn cuCtxPopCurrent;
+    vram_cuCtxSynchronize_fn cuCtxSynchronize;
     vram_cuMemGetInfo_fn cuMemGetInfo;
     vram_cuMemGetAllocationGranularity_fn cuMemGetAllocationGranularity;
     vram_cuMemAddressReserve_fn cuMemAddressReserve;
@@ -71,6 +93,8 @@ typedef struct cuda_api {
     vram_cuMemSetAccess_fn cuMemSetAccess;
     vram_cuMemHostAlloc_fn cuMemHostAlloc;
     vram_cuMemFreeHost_fn cuMemFreeHost;
+    vram_cuMemHostRegister_fn cuMemHostRegister;     /* optional: cuMemHostAlloc without it */
+    vram_cuMemHostUnregister_fn cuMemHostUnregister; /* optional, with the above */
     vram_cuStreamCreate_fn cuStreamCreate;
     vram_cuStreamDestroy_fn cuStreamDestroy;
     vram_cuStreamSynchronize_fn cuStreamSynchronize;
@@ -100,12 +124,14 @@ static const vram_dl_sym cuda_syms[] = {
     SYM(cuDeviceGet, "cuDeviceGet", NULL, 1),
     SYM(cuDeviceGetName, "cuDeviceGetName", NULL, 1),
     SYM(cuDeviceGetUuid, "cuDeviceGetUuid_v2", "cuDeviceGetUuid", 0),
+    SYM(cuDeviceGetUuidV1, "cuDeviceGetUuid", NULL, 0),
     SYM(cuDeviceTotalMem, "cuDeviceTotalMem_v2", NULL, 1),
     SYM(cuDeviceGetAttribute, "cuDeviceGetAttribute", NULL, 1),
     SYM(cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain", NULL, 1),
     SYM(cuDevicePrimaryCtxRelease, "cuDevicePrimaryCtxRelease_v2", "cuDevicePrimaryCtxRelease", 1),
     SYM(cuCtxPushCurrent, "cuCtxPushCurrent_v2", NULL, 1),
     SYM(cuCtxPopCurrent, "cuCtxPopCurrent_v2", NULL, 1),
+    SYM(cuCtxSynchronize, "cuCtxSynchronize", NULL, 1),
     SYM(cuMemGetInfo, "cuMemGetInfo_v2", NULL, 1),
     SYM(cuMemGetAllocationGranularity, "cuMemGetAllocationGranularity", NULL, 1),
     SYM(cuMemAddressReserve, "cuMemAddressReserve", NULL, 1),
@@ -117,6 +143,8 @@ static const vram_dl_sym cuda_syms[] = {
     SYM(cuMemSetAccess, "cuMemSetAccess", NULL, 1),
     SYM(cuMemHostAlloc, "cuMemHostAlloc", NULL, 1),
     SYM(cuMemFreeHost, "cuMemFreeHost", NULL, 1),
+    SYM(cuMemHostRegister, "cuMemHostRegister_v2", "cuMemHostRegister", 0),
+    SYM(cuMemHostUnregister, "cuMemHostUnregister", NULL, 0),
     SYM(cuStreamCreate, "cuStreamCreate", NULL, 1),
     SYM(cuStreamDestroy, "cuStreamDestroy_v2", NULL, 1),
     SYM(cuStreamSynchronize, "cuStreamSynchronize", NULL, 1),
@@ -167,18 +195,23 @@ typedef struct cuda_slot {
     int busy;
 } cuda_slot;
 
+enum { DEV_CLOSED = 0, DEV_OPEN = 1, DEV_UNUSABLE = -1 };
+
 typedef struct cuda_dev {
-    CUdevice dev;
-    CUcontext ctx; /* retained primary context, NULL until retained */
+    CUdevice dev;  /* the driver's ordinal (not always vram's index: see select_devices) */
+    CUcontext ctx; /* retained primary context, NULL until the device's first use */
+    int state;     /* DEV_*: atomic; set under cuda_ctx.open_lock */
+    char unusable[VRAM_ERRMSG_MAX]; /* why, when DEV_UNUSABLE */
     char name[128];
     char uuid[64];
     uint64_t total;
     size_t gran;
-    pthread_mutex_t lock; /* slots and the checksum module */
+    pthread_mutex_t lock; /* slots */
     pthread_cond_t cond;  /* a slot became free */
     int waiters;
     cuda_slot slots[CUDA_STREAMS];
-    int ck_state; /* 0 not loaded yet, 1 loaded, -1 unavailable */
+    pthread_mutex_t ck_lock; /* the checksum module (its JIT must not stall copies) */
+    int ck_state;            /* 0 not loaded yet, 1 loaded, -1 unavailable */
     CUmodule ck_mod;
     CUfunction ck_fn;
     char ck_err[VRAM_ERRMSG_MAX];
@@ -189,6 +222,11 @@ typedef struct cuda_ctx {
     int ndev;
     cuda_dev *devs;
     size_t chunk;
+    pid_t pid;                 /* the process that opened the driver */
+    pthread_mutex_t open_lock; /* retaining primary contexts; the latch message */
+    int dead;                  /* atomic: a sticky error was seen, see latch() */
+    char dead_msg[VRAM_ERRMSG_MAX];
+    cuda_pinned pin; /* the pool of pinned backups (cuda_pinned.c) */
 } cuda_ctx;
 
 /* A buf's impl: the physical allocation behind a mapped range. */
@@ -208,6 +246,25 @@ static int cu_code(CUresult r)
     }
 }
 
+/* Errors after which the context is unusable: every later call in the
+ * process fails the same way, and only a new process recovers. */
+static int cu_sticky(CUresult r)
+{
+    switch (r) {
+    case CUDA_ERROR_ECC_UNCORRECTABLE:
+    case CUDA_ERROR_ILLEGAL_ADDRESS:
+    case CUDA_ERROR_ASSERT:
+    case CUDA_ERROR_HARDWARE_STACK_ERROR:
+    case CUDA_ERROR_ILLEGAL_INSTRUCTION:
+    case CUDA_ERROR_MISALIGNED_ADDRESS:
+    case CUDA_ERROR_INVALID_ADDRESS_SPACE:
+    case CUDA_ERROR_INVALID_PC:
+    case CUDA_ERROR_LAUNCH_FAILED:
+    case CUDA_ERROR_UNKNOWN: return 1;
+    default: return 0;
+    }
+}
+
 /* Names of the CUresult values vram declares, for drivers (the stub
  * library, very old ones) that cannot name their own errors. */
 static const struct {
@@ -223,6 +280,8 @@ static const struct {
     CU_NAME_(CUDA_ERROR_NOT_INITIALIZED),
     CU_NAME_(CUDA_ERROR_DEINITIALIZED),
     CU_NAME_(CUDA_ERROR_STUB_LIBRARY),
+    CU_NAME_(CUDA_ERROR_DEVICE_UNAVAILABLE),
+    CU_NAME_(CUDA_ERROR_ECC_UNCORRECTABLE),
     CU_NAME_(CUDA_ERROR_NO_DEVICE),
     CU_NAME_(CUDA_ERROR_INVALID_DEVICE),
     CU_NAME_(CUDA_ERROR_INVALID_IMAGE),
@@ -237,6 +296,14 @@ static const struct {
     CU_NAME_(CUDA_ERROR_NOT_FOUND),
     CU_NAME_(CUDA_ERROR_NOT_READY),
     CU_NAME_(CUDA_ERROR_ILLEGAL_ADDRESS),
+    CU_NAME_(CUDA_ERROR_ASSERT),
+    CU_NAME_(CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED),
+    CU_NAME_(CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED),
+    CU_NAME_(CUDA_ERROR_HARDWARE_STACK_ERROR),
+    CU_NAME_(CUDA_ERROR_ILLEGAL_INSTRUCTION),
+    CU_NAME_(CUDA_ERROR_MISALIGNED_ADDRESS),
+    CU_NAME_(CUDA_ERROR_INVALID_ADDRESS_SPACE),
+    CU_NAME_(CUDA_ERROR_INVALID_PC),
     CU_NAME_(CUDA_ERROR_LAUNCH_FAILED),
     CU_NAME_(CUDA_ERROR_NOT_PERMITTED),
     CU_NAME_(CUDA_ERROR_NOT_SUPPORTED),
@@ -263,32 +330,92 @@ static void cu_describe(const cuda_api *api, CUresult r, const char *what, char 
     snprintf(buf, len, "%s: %s: %s", what, name, str ? str : "no description from the driver");
 }
 
+/* Makes the backend unusable after a sticky error (msg: the call and the
+ * driver's name and text): from then every entry that would use the
+ * device fails at once with VRAM_EBACKEND and this message; only the
+ * releases of cleanup still reach the driver. Logged once. */
+static void latch(cuda_ctx *c, const char *msg)
+{
+    pthread_mutex_lock(&c->open_lock);
+    int first = !__atomic_load_n(&c->dead, __ATOMIC_RELAXED);
+    if (first) {
+        snprintf(c->dead_msg, sizeof c->dead_msg,
+                 "cuda: the CUDA context is unusable after a sticky error (%.360s); every later "
+                 "CUDA call in this process fails: restart the process",
+                 msg);
+        __atomic_store_n(&c->dead, 1, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&c->open_lock);
+    if (first) vram__log(VRAM_LOG_ERROR, "%s", c->dead_msg);
+}
+
+/* VRAM_EBACKEND with the latched message when a sticky error was seen. */
+static int check_alive(cuda_ctx *c)
+{
+    if (!__atomic_load_n(&c->dead, __ATOMIC_ACQUIRE)) return 0;
+    return vram__errorf(VRAM_EBACKEND, "%s", c->dead_msg);
+}
+
 /* Sets the thread's error message to "<what>: CUDA_ERROR_NAME: driver's
  * text" and returns the VRAM code for r (out of memory -> VRAM_ENOMEM, no
- * device -> VRAM_ENODEV, else VRAM_EBACKEND), or code when code != 0. */
-static int cu_fail_code(const cuda_api *api, CUresult r, int code, const char *fmt, ...)
-    VRAM_PRINTF(4, 5);
-static int cu_fail_code(const cuda_api *api, CUresult r, int code, const char *fmt, ...)
+ * device -> VRAM_ENODEV, else VRAM_EBACKEND), or code when code != 0. A
+ * sticky error latches the backend unusable (latch). */
+static int cu_fail_code(cuda_ctx *c, CUresult r, int code, const char *fmt, ...) VRAM_PRINTF(4, 5);
+static int cu_fail_code(cuda_ctx *c, CUresult r, int code, const char *fmt, ...)
 {
     char what[256], msg[VRAM_ERRMSG_MAX];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(what, sizeof what, fmt, ap);
     va_end(ap);
-    cu_describe(api, r, what, msg, sizeof msg);
+    cu_describe(&c->api, r, what, msg, sizeof msg);
+    if (cu_sticky(r)) {
+        latch(c, msg);
+        return vram__errorf(VRAM_EBACKEND, "%s", c->dead_msg);
+    }
     return vram__errorf(code ? code : cu_code(r), "%s", msg);
 }
-#define cu_fail(api, r, ...) cu_fail_code((api), (r), 0, __VA_ARGS__)
+#define cu_fail(c, r, ...) cu_fail_code((c), (r), 0, __VA_ARGS__)
 
 /* ---- contexts ---- */
 
+static int dev_retain(cuda_ctx *c, int d);
+
+/* VRAM_EBACKEND when this process is a fork of the one that opened the
+ * driver: the child inherits the parent's CUDA state in name only. */
+static int check_pid(cuda_ctx *c)
+{
+    pid_t now = getpid();
+    if (now == c->pid) return 0;
+    return vram__errorf(VRAM_EBACKEND,
+                        "cuda: this process (pid %d) is a fork of the one that opened the CUDA "
+                        "driver (pid %d); CUDA state does not survive fork: create the manager "
+                        "in the child, or start it with spawn",
+                        (int)now, (int)c->pid);
+}
+
 /* Makes device d's primary context current in this thread (pushed on top
- * of whatever the caller had). Pair with dev_leave on success only. */
+ * of whatever the caller had), retaining it on the device's first use.
+ * Fails when the backend is latched dead, in a forked child, or when the
+ * device is unusable. Pair with dev_leave on success only. */
 static int dev_enter(cuda_ctx *c, int d)
 {
+    int rc = check_pid(c);
+    if (rc || (rc = check_alive(c))) return rc;
+    if (__atomic_load_n(&c->devs[d].state, __ATOMIC_ACQUIRE) != DEV_OPEN && (rc = dev_retain(c, d)))
+        return rc;
     CUresult r = c->api.cuCtxPushCurrent(c->devs[d].ctx);
-    if (r != CUDA_SUCCESS) return cu_fail(&c->api, r, "cuCtxPushCurrent_v2(device %d)", d);
+    if (r != CUDA_SUCCESS) return cu_fail(c, r, "cuCtxPushCurrent_v2(device %d)", d);
     return 0;
+}
+
+/* dev_enter for releasing what exists: also after a sticky error, never
+ * retaining; -1 (no message) when there is no context to release in. */
+static int dev_enter_cleanup(cuda_ctx *c, int d)
+{
+    if (getpid() != c->pid) return -1;
+    if (__atomic_load_n(&c->devs[d].state, __ATOMIC_ACQUIRE) != DEV_OPEN) return -1;
+    return c->api.cuCtxPushCurrent(c->devs[d].ctx) == CUDA_SUCCESS ? 0 : -1;
 }
 
 /* Pops the context dev_enter pushed. */
@@ -296,6 +423,19 @@ static void dev_leave(cuda_ctx *c)
 {
     CUcontext popped;
     c->api.cuCtxPopCurrent(&popped);
+}
+
+/* Waits until every operation queued in device d's context (the current
+ * one) has finished: the application's kernels on its own streams
+ * (PyTorch's) as well as vram's copies. The driver's cuMemUnmap and a copy
+ * on vram's own stream wait for nothing, so this comes before every backup
+ * copy and every unmap. A failure of earlier work shows here (and a sticky
+ * one latches the backend). */
+static int ctx_sync(cuda_ctx *c, int d, const char *why)
+{
+    CUresult r = c->api.cuCtxSynchronize();
+    if (r != CUDA_SUCCESS) return cu_fail(c, r, "cuCtxSynchronize before %s (device %d)", why, d);
+    return 0;
 }
 
 /* VRAM_EINVAL naming op unless d is one of the backend's devices. */
@@ -332,7 +472,7 @@ static int slot_get(cuda_ctx *c, int d, cuda_slot **out)
         CUresult r = c->api.cuStreamCreate(&s->stream, CU_STREAM_NON_BLOCKING);
         if (r != CUDA_SUCCESS) {
             s->stream = NULL;
-            int rc = cu_fail(&c->api, r, "cuStreamCreate(non-blocking, device %d)", d);
+            int rc = cu_fail(c, r, "cuStreamCreate(non-blocking, device %d)", d);
             pthread_mutex_lock(&dv->lock);
             s->busy = 0;
             if (dv->waiters) pthread_cond_signal(&dv->cond);
@@ -376,11 +516,15 @@ static int cuda_device_info(vram_backend *b, int d, vram_dev_info *out)
     snprintf(out->uuid, sizeof out->uuid, "%s", dv->uuid);
     out->total = dv->total;
     out->granularity = dv->gran;
+    out->free = dv->total;
+    /* no context before the device's first use (each costs device memory):
+     * until then the free figure is the total */
+    if (__atomic_load_n(&dv->state, __ATOMIC_ACQUIRE) != DEV_OPEN) return 0;
     if ((rc = dev_enter(c, d))) return rc;
     size_t fr = 0, tot = 0;
     CUresult r = c->api.cuMemGetInfo(&fr, &tot);
     dev_leave(c);
-    if (r != CUDA_SUCCESS) return cu_fail(&c->api, r, "cuMemGetInfo_v2(device %d)", d);
+    if (r != CUDA_SUCCESS) return cu_fail(c, r, "cuMemGetInfo_v2(device %d)", d);
     out->free = fr;
     return 0;
 }
@@ -411,7 +555,10 @@ static int cuda_reserve(vram_backend *b, int d, size_t bytes, vram_buf *buf)
     dev_leave(c);
     if (r != CUDA_SUCCESS) {
         free(rg);
-        return cu_fail(&c->api, r, "cuMemAddressReserve(%zu bytes, device %d)", reserved, d);
+        return cu_fail_code(c, r, r == CUDA_ERROR_OUT_OF_MEMORY ? VRAM_EBACKEND : 0,
+                            "cuMemAddressReserve(%zu bytes, device %d): out of GPU virtual "
+                            "address space, not of device memory",
+                            reserved, d);
     }
     buf->device = d;
     buf->addr = (uintptr_t)p;
@@ -456,13 +603,13 @@ static int cuda_map(vram_backend *b, vram_buf *buf)
     CUmemGenericAllocationHandle h = 0;
     CUresult r = c->api.cuMemCreate(&h, buf->reserved, &prop, 0);
     if (r != CUDA_SUCCESS) {
-        rc = cu_fail(&c->api, r, "cuMemCreate(%zu bytes, device %d)", buf->reserved, d);
+        rc = cu_fail(c, r, "cuMemCreate(%zu bytes, device %d)", buf->reserved, d);
         goto out;
     }
     r = c->api.cuMemMap((CUdeviceptr)buf->addr, buf->reserved, 0, h, 0);
     if (r != CUDA_SUCCESS) {
-        rc = cu_fail(&c->api, r, "cuMemMap(%#llx, %zu bytes, device %d)",
-                     (unsigned long long)buf->addr, buf->reserved, d);
+        rc = cu_fail(c, r, "cuMemMap(%#llx, %zu bytes, device %d)", (unsigned long long)buf->addr,
+                     buf->reserved, d);
         c->api.cuMemRelease(h);
         goto out;
     }
@@ -473,7 +620,7 @@ static int cuda_map(vram_backend *b, vram_buf *buf)
     acc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
     r = c->api.cuMemSetAccess((CUdeviceptr)buf->addr, buf->reserved, &acc, 1);
     if (r != CUDA_SUCCESS) {
-        rc = cu_fail(&c->api, r, "cuMemSetAccess(%#llx, %zu bytes, read/write, device %d)",
+        rc = cu_fail(c, r, "cuMemSetAccess(%#llx, %zu bytes, read/write, device %d)",
                      (unsigned long long)buf->addr, buf->reserved, d);
         c->api.cuMemUnmap((CUdeviceptr)buf->addr, buf->reserved);
         c->api.cuMemRelease(h);
@@ -486,29 +633,18 @@ out:
     return rc;
 }
 
-/* Unmaps the range and releases its physical allocation; the addresses
- * stay reserved. When cuMemUnmap fails the range stays mapped and the
- * error is returned; a failed cuMemRelease after a good unmap is only
- * logged (the range is unmapped either way). */
-static int cuda_unmap(vram_backend *b, vram_buf *buf)
+/* cuMemUnmap + cuMemRelease of a mapped range (its context current), no
+ * waiting. When cuMemUnmap fails the range stays mapped and the error is
+ * returned; a failed cuMemRelease after a good unmap is only logged. */
+static int unmap_now(cuda_ctx *c, vram_buf *buf)
 {
-    cuda_ctx *c = b->ctx;
-    int rc = check_range(buf, "unmap");
-    if (rc) return rc;
-    if ((rc = check_dev(c, buf->device, "unmap"))) return rc;
-    if (!buf->mapped) return 0;
     cuda_range *rg = buf->impl;
     int d = buf->device;
-    if ((rc = dev_enter(c, d))) return rc;
     CUresult r = c->api.cuMemUnmap((CUdeviceptr)buf->addr, buf->reserved);
-    if (r != CUDA_SUCCESS) {
-        rc = cu_fail(&c->api, r, "cuMemUnmap(%#llx, %zu bytes, device %d)",
-                     (unsigned long long)buf->addr, buf->reserved, d);
-        dev_leave(c);
-        return rc;
-    }
+    if (r != CUDA_SUCCESS)
+        return cu_fail(c, r, "cuMemUnmap(%#llx, %zu bytes, device %d)",
+                       (unsigned long long)buf->addr, buf->reserved, d);
     r = c->api.cuMemRelease(rg->handle);
-    dev_leave(c);
     if (r != CUDA_SUCCESS) {
         char msg[VRAM_ERRMSG_MAX];
         cu_describe(&c->api, r, "cuMemRelease", msg, sizeof msg);
@@ -520,15 +656,42 @@ static int cuda_unmap(vram_backend *b, vram_buf *buf)
     return 0;
 }
 
+/* Unmaps the range and releases its physical allocation; the addresses
+ * stay reserved. First waits for all work in the device's context
+ * (ctx_sync: kernels the application queued on its own streams may still
+ * read the memory, and the driver's unmap does not wait for them). When
+ * that wait or cuMemUnmap fails the range stays mapped and the error is
+ * returned. */
+static int cuda_unmap(vram_backend *b, vram_buf *buf)
+{
+    cuda_ctx *c = b->ctx;
+    int rc = check_range(buf, "unmap");
+    if (rc) return rc;
+    if ((rc = check_dev(c, buf->device, "unmap"))) return rc;
+    if (!buf->mapped) return 0;
+    int d = buf->device;
+    if ((rc = dev_enter(c, d))) return rc;
+    rc = ctx_sync(c, d, "unmapping");
+    if (rc == 0) rc = unmap_now(c, buf);
+    dev_leave(c);
+    return rc;
+}
+
 /* Unmaps (if mapped) and frees the range and its impl. Never fails:
- * driver errors are logged. buf is left zeroed except for its size. */
+ * driver errors are logged. After a sticky error (or a failed wait) the
+ * memory is unmapped without waiting: nothing can run in that context any
+ * more. buf is left zeroed except for its size. */
 static void cuda_unreserve(vram_backend *b, vram_buf *buf)
 {
     cuda_ctx *c = b->ctx;
     if (!buf || !buf->impl) return;
-    if (buf->mapped && cuda_unmap(b, buf) != 0)
+    int d = buf->device, entered = d >= 0 && d < c->ndev && dev_enter_cleanup(c, d) == 0;
+    if (buf->mapped && cuda_unmap(b, buf) != 0) {
         vram__log(VRAM_LOG_WARN, "cuda: unreserve: %s", vram__last_error());
-    if (buf->device >= 0 && buf->device < c->ndev && dev_enter(c, buf->device) == 0) {
+        if (entered && unmap_now(c, buf) != 0)
+            vram__log(VRAM_LOG_WARN, "cuda: unreserve: %s", vram__last_error());
+    }
+    if (entered) {
         CUresult r = c->api.cuMemAddressFree((CUdeviceptr)buf->addr, buf->reserved);
         dev_leave(c);
         if (r != CUDA_SUCCESS) {
@@ -547,43 +710,111 @@ static void cuda_unreserve(vram_backend *b, vram_buf *buf)
 
 /* ---- pinned host memory ---- */
 
-/* Page-locked memory usable by every context (CU_MEMHOSTALLOC_PORTABLE).
- * The caller frees it with host_free. VRAM_EHOSTMEM when the driver cannot
- * pin that much. */
+/* Enters a device for host memory (portable: any context will do): one
+ * whose context is open already, else the first that can give one (so
+ * host memory alone never makes an unused GPU pay a context when another
+ * is in use); *d gets it. */
+static int dev_enter_any(cuda_ctx *c, int *d)
+{
+    for (int i = 0; i < c->ndev; i++)
+        if (__atomic_load_n(&c->devs[i].state, __ATOMIC_ACQUIRE) == DEV_OPEN) {
+            *d = i;
+            return dev_enter(c, i);
+        }
+    int rc = VRAM_ENODEV;
+    for (int i = 0; i < c->ndev; i++) {
+        if (__atomic_load_n(&c->devs[i].state, __ATOMIC_ACQUIRE) == DEV_UNUSABLE) continue;
+        if ((rc = dev_enter(c, i)) == 0) {
+            *d = i;
+            return 0;
+        }
+        if (check_alive(c) || check_pid(c)) return rc;
+    }
+    if (rc == VRAM_ENODEV) return vram__errorf(VRAM_ENODEV, "cuda: no usable device left");
+    return rc;
+}
+
+/* cuda_pin_ops.pin: cuMemHostRegister_v2(portable). */
+static int pin_register(void *user, void *p, size_t n)
+{
+    cuda_ctx *c = user;
+    if (!c->api.cuMemHostRegister || !c->api.cuMemHostUnregister)
+        return vram__errorf(VRAM_ENOTSUP, "cuda: the driver has no cuMemHostRegister");
+    CUresult r = c->api.cuMemHostRegister(p, n, CU_MEMHOSTREGISTER_PORTABLE);
+    if (r != CUDA_SUCCESS)
+        return cu_fail_code(c, r, r == CUDA_ERROR_OUT_OF_MEMORY ? VRAM_EHOSTMEM : VRAM_ENOTSUP,
+                            "cuMemHostRegister_v2(%zu bytes, portable)", n);
+    return 0;
+}
+
+/* cuda_pin_ops.unpin: cuMemHostUnregister, failures logged. */
+static void pin_unregister(void *user, void *p, size_t n)
+{
+    cuda_ctx *c = user;
+    CUresult r = c->api.cuMemHostUnregister(p);
+    if (r != CUDA_SUCCESS) {
+        char msg[VRAM_ERRMSG_MAX];
+        cu_describe(&c->api, r, "cuMemHostUnregister", msg, sizeof msg);
+        vram__log(VRAM_LOG_WARN, "cuda: unpinning %zu bytes: %s", n, msg);
+    }
+}
+
+/* Page-locked memory usable by every context: a pooled block of
+ * cuda_pinned.c (huge pages touched in parallel, cuMemHostRegister), or,
+ * where registering is not supported, cuMemHostAlloc(portable). The caller
+ * frees it with host_free. VRAM_EHOSTMEM past the bound on pinned memory
+ * or when the system has none. */
 static int cuda_host_alloc(vram_backend *b, size_t bytes, void **out)
 {
     cuda_ctx *c = b->ctx;
     if (!out) return vram__errorf(VRAM_EINVAL, "cuda: host_alloc: out is NULL");
     *out = NULL;
     if (bytes == 0) return vram__errorf(VRAM_EINVAL, "cuda: host_alloc: 0 bytes");
-    int rc = dev_enter(c, 0);
+    int d, rc = dev_enter_any(c, &d);
     if (rc) return rc;
+    double secs = 0;
     void *p = NULL;
-    CUresult r = c->api.cuMemHostAlloc(&p, bytes, CU_MEMHOSTALLOC_PORTABLE);
+    rc = vram__pinned_get(&c->pin, bytes, &p, &secs);
+    if (rc == 0 && secs > 0)
+        vram__log(VRAM_LOG_DEBUG,
+                  "cuda: pinned %s in %.3f s (mapping, parallel first touch, "
+                  "cuMemHostRegister; apart from any copy)",
+                  vram__human(bytes).s, secs);
+    if (rc == VRAM_ENOTSUP) {
+        CUresult r = c->api.cuMemHostAlloc(&p, bytes, CU_MEMHOSTALLOC_PORTABLE);
+        rc = r == CUDA_SUCCESS
+                 ? 0
+                 : cu_fail_code(c, r, r == CUDA_ERROR_OUT_OF_MEMORY ? VRAM_EHOSTMEM : 0,
+                                "cuMemHostAlloc(%zu bytes, portable)", bytes);
+    }
     dev_leave(c);
-    if (r != CUDA_SUCCESS)
-        return cu_fail_code(&c->api, r, r == CUDA_ERROR_OUT_OF_MEMORY ? VRAM_EHOSTMEM : 0,
-                            "cuMemHostAlloc(%zu bytes, portable)", bytes);
+    if (rc) return rc;
     *out = p;
     return 0;
 }
 
-/* Frees host_alloc memory; NULL does nothing. Never fails (errors are logged). */
+/* Frees host_alloc memory (back to the pool, or cuMemFreeHost); NULL does
+ * nothing. Never fails (errors are logged). */
 static void cuda_host_free(vram_backend *b, void *p, size_t bytes)
 {
     cuda_ctx *c = b->ctx;
     if (!p) return;
-    if (dev_enter(c, 0) != 0) {
-        vram__log(VRAM_LOG_WARN, "cuda: host_free of %zu bytes: %s", bytes, vram__last_error());
+    int entered = -1;
+    for (int i = 0; i < c->ndev && entered < 0; i++)
+        if (dev_enter_cleanup(c, i) == 0) entered = i;
+    if (entered < 0) {
+        vram__log(VRAM_LOG_WARN, "cuda: host_free of %zu bytes: no context to free it in", bytes);
         return;
     }
-    CUresult r = c->api.cuMemFreeHost(p);
-    dev_leave(c);
-    if (r != CUDA_SUCCESS) {
-        char msg[VRAM_ERRMSG_MAX];
-        cu_describe(&c->api, r, "cuMemFreeHost", msg, sizeof msg);
-        vram__log(VRAM_LOG_WARN, "cuda: host_free of %zu bytes: %s", bytes, msg);
+    if (!vram__pinned_put(&c->pin, p)) {
+        CUresult r = c->api.cuMemFreeHost(p);
+        if (r != CUDA_SUCCESS) {
+            char msg[VRAM_ERRMSG_MAX];
+            cu_describe(&c->api, r, "cuMemFreeHost", msg, sizeof msg);
+            vram__log(VRAM_LOG_WARN, "cuda: host_free of %zu bytes: %s", bytes, msg);
+        }
     }
+    dev_leave(c);
 }
 
 /* ---- copies ---- */
@@ -629,6 +860,12 @@ static int cuda_copy(vram_backend *b, const vram_buf *buf, size_t off, void *hos
     if (rc || n == 0) return rc;
     int d = buf->device;
     if ((rc = dev_enter(c, d))) return rc;
+    /* a backup or download must not read memory the application's kernels
+     * still write: wait for the context first (see ctx_sync) */
+    if (!to_device && (rc = ctx_sync(c, d, "copying to the host"))) {
+        dev_leave(c);
+        return rc;
+    }
     cuda_slot *s;
     if ((rc = slot_get(c, d, &s))) {
         dev_leave(c);
@@ -641,7 +878,7 @@ static int cuda_copy(vram_backend *b, const vram_buf *buf, size_t off, void *hos
         CUresult r = to_device ? c->api.cuMemcpyHtoDAsync(dev + done, h + done, len, s->stream)
                                : c->api.cuMemcpyDtoHAsync(h + done, dev + done, len, s->stream);
         if (r != CUDA_SUCCESS) {
-            rc = cu_fail(&c->api, r, "%s(%zu bytes at offset %zu of %#llx, device %d)",
+            rc = cu_fail(c, r, "%s(%zu bytes at offset %zu of %#llx, device %d)",
                          to_device ? "cuMemcpyHtoDAsync_v2" : "cuMemcpyDtoHAsync_v2", len,
                          off + done, (unsigned long long)buf->addr, d);
             break;
@@ -650,7 +887,7 @@ static int cuda_copy(vram_backend *b, const vram_buf *buf, size_t off, void *hos
     }
     CUresult r = c->api.cuStreamSynchronize(s->stream);
     if (r != CUDA_SUCCESS && rc == 0)
-        rc = cu_fail(&c->api, r, "cuStreamSynchronize after %s of %zu bytes (device %d)", op, n, d);
+        rc = cu_fail(c, r, "cuStreamSynchronize after %s of %zu bytes (device %d)", op, n, d);
     slot_put(c, d, s);
     dev_leave(c);
     return rc;
@@ -679,7 +916,7 @@ static int ck_load(cuda_ctx *c, int d)
 {
     cuda_dev *dv = &c->devs[d];
     int rc = 0;
-    pthread_mutex_lock(&dv->lock);
+    pthread_mutex_lock(&dv->ck_lock);
     if (dv->ck_state == 1) goto out;
     if (dv->ck_state < 0) {
         rc = vram__errorf(VRAM_ENOTSUP, "%s", dv->ck_err);
@@ -689,7 +926,8 @@ static int ck_load(cuda_ctx *c, int d)
     if (!a->cuModuleLoadData || !a->cuModuleGetFunction || !a->cuModuleUnload ||
         !a->cuLaunchKernel || !a->cuMemAlloc || !a->cuMemFree) {
         snprintf(dv->ck_err, sizeof dv->ck_err,
-                 "cuda: checksum kernel unavailable: '%s' lacks the module or launch API", a->dl.path);
+                 "cuda: checksum kernel unavailable: '%s' lacks the module or launch API",
+                 a->dl.path);
         dv->ck_state = -1;
         rc = vram__errorf(VRAM_ENOTSUP, "%s", dv->ck_err);
         goto out;
@@ -719,7 +957,7 @@ static int ck_load(cuda_ctx *c, int d)
     dv->ck_state = 1;
     vram__log(VRAM_LOG_DEBUG, "cuda: checksum kernel loaded on device %d", d);
 out:
-    pthread_mutex_unlock(&dv->lock);
+    pthread_mutex_unlock(&dv->ck_lock);
     return rc;
 }
 
@@ -748,7 +986,7 @@ static int cuda_checksum(vram_backend *b, const vram_buf *buf, size_t off, size_
         r = c->api.cuMemAlloc(&s->partials, VRAM_CK_MAX_BLOCKS * sizeof(uint64_t));
         if (r != CUDA_SUCCESS) {
             s->partials = 0;
-            rc = cu_fail(&c->api, r, "cuMemAlloc_v2(checksum partials, device %d)", d);
+            rc = cu_fail(c, r, "cuMemAlloc_v2(checksum partials, device %d)", d);
             goto put;
         }
     }
@@ -763,17 +1001,16 @@ static int cuda_checksum(vram_backend *b, const vram_buf *buf, size_t off, size_
         r = c->api.cuLaunchKernel(c->devs[d].ck_fn, blocks, 1, 1, VRAM_CK_THREADS, 1, 1, 0,
                                   s->stream, params, NULL);
         if (r != CUDA_SUCCESS) {
-            rc =
-                cu_fail(&c->api, r, "cuLaunchKernel(" VRAM_CK_KERNEL_NAME ", %u blocks, device %d)",
-                        blocks, d);
+            rc = cu_fail(c, r, "cuLaunchKernel(" VRAM_CK_KERNEL_NAME ", %u blocks, device %d)",
+                         blocks, d);
         } else {
             uint64_t part[VRAM_CK_MAX_BLOCKS];
             r = c->api.cuMemcpyDtoHAsync(part, partials, blocks * sizeof(uint64_t), s->stream);
             if (r != CUDA_SUCCESS)
-                rc = cu_fail(&c->api, r, "cuMemcpyDtoHAsync_v2(checksum partials, device %d)", d);
+                rc = cu_fail(c, r, "cuMemcpyDtoHAsync_v2(checksum partials, device %d)", d);
             CUresult r2 = c->api.cuStreamSynchronize(s->stream);
             if (r2 != CUDA_SUCCESS && rc == 0)
-                rc = cu_fail(&c->api, r2,
+                rc = cu_fail(c, r2,
                              "cuStreamSynchronize after the checksum kernel "
                              "(%zu bytes, device %d)",
                              n, d);
@@ -794,30 +1031,45 @@ leave:
 
 /* ---- life cycle ---- */
 
-/* Frees everything cuda_create made, in reverse: streams, scratch memory
- * and modules under each context, the retained contexts, the library. */
+/* Frees one device's streams, scratch memory and module, then its context. */
+static void dev_free(cuda_ctx *c, cuda_dev *dv)
+{
+    if (dv->ctx && getpid() == c->pid && c->api.cuCtxPushCurrent(dv->ctx) == CUDA_SUCCESS) {
+        for (int i = 0; i < CUDA_STREAMS; i++) {
+            cuda_slot *s = &dv->slots[i];
+            if (s->stream) {
+                c->api.cuStreamSynchronize(s->stream);
+                c->api.cuStreamDestroy(s->stream);
+            }
+            if (s->partials && c->api.cuMemFree) c->api.cuMemFree(s->partials);
+        }
+        if (dv->ck_mod) c->api.cuModuleUnload(dv->ck_mod);
+        dev_leave(c);
+    }
+    if (dv->ctx && getpid() == c->pid) c->api.cuDevicePrimaryCtxRelease(dv->dev);
+    pthread_mutex_destroy(&dv->lock);
+    pthread_mutex_destroy(&dv->ck_lock);
+    pthread_cond_destroy(&dv->cond);
+}
+
+/* Frees everything cuda_create made, in reverse: the pinned pool (in any
+ * open context), each device's resources and context, the library. */
 static void cuda_ctx_free(cuda_ctx *c)
 {
     if (!c) return;
-    for (int d = 0; d < c->ndev && c->devs; d++) {
-        cuda_dev *dv = &c->devs[d];
-        if (dv->ctx && c->api.cuCtxPushCurrent(dv->ctx) == CUDA_SUCCESS) {
-            for (int i = 0; i < CUDA_STREAMS; i++) {
-                cuda_slot *s = &dv->slots[i];
-                if (s->stream) {
-                    c->api.cuStreamSynchronize(s->stream);
-                    c->api.cuStreamDestroy(s->stream);
-                }
-                if (s->partials && c->api.cuMemFree) c->api.cuMemFree(s->partials);
-            }
-            if (dv->ck_mod) c->api.cuModuleUnload(dv->ck_mod);
-            dev_leave(c);
-        }
-        if (dv->ctx) c->api.cuDevicePrimaryCtxRelease(dv->dev);
-        pthread_mutex_destroy(&dv->lock);
-        pthread_cond_destroy(&dv->cond);
+    int entered = -1;
+    for (int d = 0; d < c->ndev && c->devs && entered < 0; d++)
+        if (dev_enter_cleanup(c, d) == 0) entered = d;
+    if (entered >= 0) {
+        vram__pinned_destroy(&c->pin);
+        dev_leave(c);
+    } else {
+        pthread_mutex_destroy(&c->pin.lock); /* nothing was ever pinned without a context */
     }
+    for (int d = 0; d < c->ndev && c->devs; d++)
+        dev_free(c, &c->devs[d]);
     free(c->devs);
+    pthread_mutex_destroy(&c->open_lock);
     cuda_api_free(&c->api);
     free(c);
 }
@@ -828,6 +1080,38 @@ static void cuda_destroy(vram_backend *b)
     if (!b) return;
     cuda_ctx_free(b->ctx);
     free(b);
+}
+
+/* Retains device d's primary context on its first use (under open_lock).
+ * A device that cannot give one (exclusive-process mode with another
+ * process on it, a failed GPU) is marked unusable with the driver's reason,
+ * said once in the log, and every later use fails with VRAM_ENODEV and
+ * that reason; the other devices go on. */
+static int dev_retain(cuda_ctx *c, int d)
+{
+    cuda_dev *dv = &c->devs[d];
+    int rc = 0;
+    pthread_mutex_lock(&c->open_lock);
+    if (dv->state == DEV_CLOSED) {
+        CUresult r = c->api.cuDevicePrimaryCtxRetain(&dv->ctx, dv->dev);
+        if (r == CUDA_SUCCESS) {
+            __atomic_store_n(&dv->state, DEV_OPEN, __ATOMIC_RELEASE);
+            vram__log(VRAM_LOG_DEBUG, "cuda: device %d: primary context retained", d);
+        } else {
+            char what[320];
+            dv->ctx = NULL;
+            snprintf(what, sizeof what,
+                     "cuda: device %d (%.100s, %.63s) is unusable and skipped: "
+                     "cuDevicePrimaryCtxRetain",
+                     d, dv->name, dv->uuid);
+            cu_describe(&c->api, r, what, dv->unusable, sizeof dv->unusable);
+            __atomic_store_n(&dv->state, DEV_UNUSABLE, __ATOMIC_RELEASE);
+            vram__log(VRAM_LOG_WARN, "%s", dv->unusable);
+        }
+    }
+    if (dv->state == DEV_UNUSABLE) rc = vram__errorf(VRAM_ENODEV, "%s", dv->unusable);
+    pthread_mutex_unlock(&c->open_lock);
+    return rc;
 }
 
 /* cfg->visible_devices ("" = every device, "none", or a list) reaches the
@@ -843,9 +1127,11 @@ static int only_indices(const char *list)
     return 1;
 }
 
-static void apply_visible_devices(const vram_backend_config *cfg)
+/* Returns 1 when it set CUDA_VISIBLE_DEVICES itself (select_devices then
+ * checks the driver took it), else 0. */
+static int apply_visible_devices(const vram_backend_config *cfg)
 {
-    if (!cfg || !cfg->visible_devices[0]) return;
+    if (!cfg || !cfg->visible_devices[0]) return 0;
     /* NVIDIA_VISIBLE_DEVICES in the environment is the NVIDIA container
      * runtime's variable (the seed's docker-compose): the runtime has already
      * exposed just those GPUs, renumbered from 0, so re-applying an index
@@ -859,7 +1145,7 @@ static void apply_visible_devices(const vram_backend_config *cfg)
                   "are renumbered inside a container); set CUDA_VISIBLE_DEVICES to choose "
                   "devices in this process",
                   nv);
-        return;
+        return 0;
     }
     const char *env = getenv("CUDA_VISIBLE_DEVICES");
     if (env) {
@@ -868,40 +1154,120 @@ static void apply_visible_devices(const vram_backend_config *cfg)
                       "cuda: CUDA_VISIBLE_DEVICES=%s from the environment wins over the "
                       "configured visible devices '%s'",
                       env, cfg->visible_devices);
-        return;
+        return 0;
     }
     setenv("CUDA_VISIBLE_DEVICES", cfg->visible_devices, 0);
     vram__log(VRAM_LOG_INFO, "cuda: CUDA_VISIBLE_DEVICES=%s (from the configuration)",
               cfg->visible_devices);
+    return 1;
 }
 
-/* "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", as nvidia-smi shows it. */
-static void format_uuid(const CUuuid *u, char *out, size_t len)
+/* "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" as nvidia-smi shows it, or
+ * "MIG-..." for a MIG compute instance (prefix given). */
+static void format_uuid(const char *prefix, const CUuuid *u, char *out, size_t len)
 {
     const unsigned char *b = (const unsigned char *)u->bytes;
-    snprintf(out, len, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
-             b[14], b[15]);
+    snprintf(out, len, "%s-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+             prefix, b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11],
+             b[12], b[13], b[14], b[15]);
 }
 
-/* Reads device i's facts and retains its primary context. */
-static int dev_open(cuda_ctx *c, int i)
+/* The UUID text of driver ordinal ord ("" when the driver has none). In
+ * MIG mode cuDeviceGetUuid_v2 gives the instance's UUID and the older
+ * cuDeviceGetUuid the whole GPU's: when they differ it is a MIG device. */
+static void ordinal_uuid(const cuda_api *a, int ord, char *out, size_t len)
+{
+    CUdevice dev;
+    CUuuid u, u1;
+    out[0] = '\0';
+    if (a->cuDeviceGet(&dev, ord) != CUDA_SUCCESS || !a->cuDeviceGetUuid ||
+        a->cuDeviceGetUuid(&u, dev) != CUDA_SUCCESS)
+        return;
+    int mig = a->cuDeviceGetUuidV1 && a->cuDeviceGetUuidV1 != a->cuDeviceGetUuid &&
+              a->cuDeviceGetUuidV1(&u1, dev) == CUDA_SUCCESS && memcmp(&u, &u1, sizeof u) != 0;
+    format_uuid(mig ? "MIG" : "GPU", &u, out, len);
+}
+
+/* The driver ordinal a CUDA_VISIBLE_DEVICES entry names among count
+ * devices (a UUID or its prefix, or an index), -1 when none. */
+static int entry_ordinal(const cuda_api *a, const char *e, int count)
+{
+    if (strncmp(e, "GPU-", 4) == 0 || strncmp(e, "MIG-", 4) == 0) {
+        for (int i = 0; i < count; i++) {
+            char u[64];
+            ordinal_uuid(a, i, u, sizeof u);
+            if (u[0] && strncmp(u, e, strlen(e)) == 0) return i;
+        }
+        return -1;
+    }
+    char *end;
+    long x = strtol(e, &end, 10);
+    return end != e && !*end && x >= 0 && x < count ? (int)x : -1;
+}
+
+/*
+ * Which driver ordinals are vram's devices: all of them, unless vram set
+ * CUDA_VISIBLE_DEVICES itself (set_here) and the driver shows more devices
+ * than the list names. Then CUDA was initialised in this process before
+ * (PyTorch first), the driver read the variable then and ignores it now,
+ * and the list is applied here: UUIDs by UUID, indices as the driver's
+ * ordinals, the list ending at the first entry that matches nothing, as
+ * the driver's does. Fills ords, returns how many (count at most).
+ */
+static int select_devices(const cuda_api *a, const char *list, int set_here, int count, int *ords)
+{
+    int n = 0, entries = 0;
+    for (const char *p = list; set_here && *p; p++)
+        entries += *p == ',' || p == list;
+    if (!set_here || count <= entries) {
+        for (int i = 0; i < count; i++)
+            ords[i] = i;
+        return count;
+    }
+    char buf[VRAM_STR_MAX], *save = NULL;
+    snprintf(buf, sizeof buf, "%s", list);
+    for (char *e = strtok_r(buf, ",", &save); e && n < count; e = strtok_r(NULL, ",", &save)) {
+        while (*e == ' ')
+            e++;
+        int o = entry_ordinal(a, e, count);
+        if (o < 0) {
+            vram__log(VRAM_LOG_WARN,
+                      "cuda: visible device '%s' matches no device; the list "
+                      "ends there",
+                      e);
+            break;
+        }
+        int dup = 0;
+        for (int k = 0; k < n; k++)
+            dup |= ords[k] == o;
+        if (!dup) ords[n++] = o;
+    }
+    vram__log(VRAM_LOG_WARN,
+              "cuda: CUDA was initialised in this process before vram (PyTorch first?), so the "
+              "driver ignores CUDA_VISIBLE_DEVICES=%s set now and shows %d devices; vram selects "
+              "%d of them by UUID or index itself. Other CUDA users in this process still see "
+              "every device",
+              list, count, n);
+    return n;
+}
+
+/* Reads the facts of vram's device i, the driver's ordinal ord; its
+ * context is retained on first use (dev_retain). */
+static int dev_probe(cuda_ctx *c, int i, int ord)
 {
     const cuda_api *a = &c->api;
     cuda_dev *dv = &c->devs[i];
-    CUresult r = a->cuDeviceGet(&dv->dev, i);
-    if (r != CUDA_SUCCESS) return cu_fail_code(a, r, VRAM_ENODEV, "cuDeviceGet(%d)", i);
+    CUresult r = a->cuDeviceGet(&dv->dev, ord);
+    if (r != CUDA_SUCCESS) return cu_fail_code(c, r, VRAM_ENODEV, "cuDeviceGet(%d)", ord);
     r = a->cuDeviceGetName(dv->name, (int)sizeof dv->name, dv->dev);
     if (r != CUDA_SUCCESS) snprintf(dv->name, sizeof dv->name, "CUDA device %d", i);
     dv->name[sizeof dv->name - 1] = '\0';
     size_t total = 0;
     r = a->cuDeviceTotalMem(&total, dv->dev);
     if (r != CUDA_SUCCESS)
-        return cu_fail_code(a, r, VRAM_ENODEV, "cuDeviceTotalMem_v2(device %d)", i);
+        return cu_fail_code(c, r, VRAM_ENODEV, "cuDeviceTotalMem_v2(device %d)", i);
     dv->total = total;
-    CUuuid u;
-    if (a->cuDeviceGetUuid && a->cuDeviceGetUuid(&u, dv->dev) == CUDA_SUCCESS)
-        format_uuid(&u, dv->uuid, sizeof dv->uuid);
+    ordinal_uuid(a, ord, dv->uuid, sizeof dv->uuid);
     int vmm = 0;
     r = a->cuDeviceGetAttribute(&vmm, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED,
                                 dv->dev);
@@ -918,21 +1284,21 @@ static int dev_open(cuda_ctx *c, int i)
     size_t gran = 0;
     r = a->cuMemGetAllocationGranularity(&gran, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM);
     if (r != CUDA_SUCCESS)
-        return cu_fail_code(a, r, VRAM_ENODEV, "cuMemGetAllocationGranularity(device %d)", i);
+        return cu_fail_code(c, r, VRAM_ENODEV, "cuMemGetAllocationGranularity(device %d)", i);
     if (gran == 0) gran = (size_t)2 << 20;
     dv->gran = gran;
-    r = a->cuDevicePrimaryCtxRetain(&dv->ctx, dv->dev);
-    if (r != CUDA_SUCCESS) {
-        dv->ctx = NULL;
-        return cu_fail_code(a, r, VRAM_ENODEV, "cuDevicePrimaryCtxRetain(device %d)", i);
-    }
     return 0;
 }
 
-/* Loads the driver, initializes it and opens every device it shows.
- * VRAM_ENODEV, with the reason (library name and dlerror, the failing
- * driver call with its error name, or "no CUDA device"), when there is no
- * usable driver or device; nothing is left allocated on failure. */
+/* VRAM_EBACKEND with the latched message after a sticky error, else 0. */
+static int cuda_health(vram_backend *b, char *msg, size_t len)
+{
+    cuda_ctx *c = b->ctx;
+    if (!__atomic_load_n(&c->dead, __ATOMIC_ACQUIRE)) return 0;
+    snprintf(msg, len, "%s", c->dead_msg);
+    return VRAM_EBACKEND;
+}
+
 static const struct vram_backend_iface cuda_iface = {
     .device_count = cuda_device_count,
     .device_info = cuda_device_info,
@@ -947,8 +1313,63 @@ static const struct vram_backend_iface cuda_iface = {
     .checksum = cuda_checksum,
     .destroy = cuda_destroy,
     .host_ptr = NULL, /* device memory is not host-visible */
+    .health = cuda_health,
 };
 
+/* Allocates the device table for the ordinals ords[0..n) and probes each
+ * (c->ndev counts those initialised, for cuda_ctx_free). */
+static int open_devices(cuda_ctx *c, const int *ords, int n)
+{
+    c->devs = calloc((size_t)n, sizeof *c->devs);
+    if (!c->devs) return vram__errorf(VRAM_EHOSTMEM, "cuda: out of host memory");
+    for (int i = 0; i < n; i++) {
+        pthread_mutex_init(&c->devs[i].lock, NULL);
+        pthread_mutex_init(&c->devs[i].ck_lock, NULL);
+        pthread_cond_init(&c->devs[i].cond, NULL);
+        c->ndev = i + 1;
+        int rc = dev_probe(c, i, ords[i]);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+/* Initialises the driver and opens the devices cfg selects. */
+static int cuda_start(cuda_ctx *c, const vram_backend_config *cfg, const char *path)
+{
+    const cuda_api *a = &c->api;
+    int set_here = apply_visible_devices(cfg);
+    CUresult r = a->cuInit(0);
+    if (r != CUDA_SUCCESS)
+        return cu_fail_code(c, r, VRAM_ENODEV, "cuInit (driver library '%s')", path);
+    int version = 0, count = 0;
+    a->cuDriverGetVersion(&version);
+    r = a->cuDeviceGetCount(&count);
+    if (r != CUDA_SUCCESS) return cu_fail_code(c, r, VRAM_ENODEV, "cuDeviceGetCount");
+    if (count > CUDA_MAX_DEVICES) count = CUDA_MAX_DEVICES;
+    int ords[CUDA_MAX_DEVICES];
+    int n =
+        count > 0 ? select_devices(a, cfg ? cfg->visible_devices : "", set_here, count, ords) : 0;
+    if (n <= 0) {
+        const char *vis = getenv("CUDA_VISIBLE_DEVICES");
+        return vram__errorf(VRAM_ENODEV, "cuda: no CUDA device (driver '%s'%s%s)", path,
+                            vis ? ", CUDA_VISIBLE_DEVICES=" : "", vis ? vis : "");
+    }
+    int rc = open_devices(c, ords, n);
+    if (rc) return rc;
+    for (int i = 0; i < c->ndev; i++)
+        vram__log(VRAM_LOG_DEBUG, "cuda: device %d: %s %s, %.1f GiB, granularity %zu KiB", i,
+                  c->devs[i].name, c->devs[i].uuid, (double)c->devs[i].total / (1 << 30),
+                  c->devs[i].gran >> 10);
+    vram__log(VRAM_LOG_DEBUG, "cuda: driver %d.%d from '%s', %d device(s), chunk %zu MiB",
+              version / 1000, version % 1000 / 10, path, c->ndev, c->chunk >> 20);
+    return 0;
+}
+
+/* Loads the driver, initializes it and reads the facts of every device it
+ * shows (or cfg selects), retaining no context yet. VRAM_ENODEV, with the
+ * reason (library name and dlerror, the failing driver call with its error
+ * name, or "no CUDA device"), when there is no usable driver or device;
+ * nothing is left allocated on failure. */
 int vram__backend_cuda_create(const vram_backend_config *cfg, vram_backend **out)
 {
     *out = NULL;
@@ -967,57 +1388,58 @@ int vram__backend_cuda_create(const vram_backend_config *cfg, vram_backend **out
         free(b);
         return vram__errorf(VRAM_EHOSTMEM, "cuda: out of host memory");
     }
-    int rc = cuda_api_load(&c->api, path);
-    if (rc) goto fail;
-    const cuda_api *a = &c->api;
-
-    apply_visible_devices(cfg);
-    CUresult r = a->cuInit(0);
-    if (r != CUDA_SUCCESS) {
-        rc = cu_fail_code(a, r, VRAM_ENODEV, "cuInit (driver library '%s')", path);
-        goto fail;
-    }
-    int version = 0, count = 0;
-    a->cuDriverGetVersion(&version);
-    r = a->cuDeviceGetCount(&count);
-    if (r != CUDA_SUCCESS) {
-        rc = cu_fail_code(a, r, VRAM_ENODEV, "cuDeviceGetCount");
-        goto fail;
-    }
-    if (count <= 0) {
-        const char *vis = getenv("CUDA_VISIBLE_DEVICES");
-        rc = vram__errorf(VRAM_ENODEV, "cuda: no CUDA device (driver '%s'%s%s)", path,
-                          vis ? ", CUDA_VISIBLE_DEVICES=" : "", vis ? vis : "");
-        goto fail;
-    }
-    if (count > CUDA_MAX_DEVICES) count = CUDA_MAX_DEVICES;
-    c->devs = calloc((size_t)count, sizeof *c->devs);
-    if (!c->devs) {
-        rc = vram__errorf(VRAM_EHOSTMEM, "cuda: out of host memory");
-        goto fail;
-    }
-    for (int i = 0; i < count; i++) {
-        pthread_mutex_init(&c->devs[i].lock, NULL);
-        pthread_cond_init(&c->devs[i].cond, NULL);
-        c->ndev = i + 1; /* cuda_ctx_free cleans up to here */
-        if ((rc = dev_open(c, i))) goto fail;
-    }
+    c->pid = getpid();
+    pthread_mutex_init(&c->open_lock, NULL);
+    const cuda_pin_ops ops = {pin_register, pin_unregister, c};
+    vram__pinned_init(&c->pin, &ops, 0);
     c->chunk = cfg && cfg->chunk_bytes ? (size_t)cfg->chunk_bytes : CUDA_DEFAULT_CHUNK;
-
+    int rc = cuda_api_load(&c->api, path);
+    if (rc || (rc = cuda_start(c, cfg, path))) goto fail;
     b->version = VRAM_BACKEND_VERSION;
     b->name = "cuda";
     b->iface = &cuda_iface;
     b->ctx = c;
-    for (int i = 0; i < c->ndev; i++)
-        vram__log(VRAM_LOG_DEBUG, "cuda: device %d: %s %s, %.1f GiB, granularity %zu KiB", i,
-                  c->devs[i].name, c->devs[i].uuid, (double)c->devs[i].total / (1 << 30),
-                  c->devs[i].gran >> 10);
-    vram__log(VRAM_LOG_DEBUG, "cuda: driver %d.%d from '%s', %d device(s), chunk %zu MiB",
-              version / 1000, version % 1000 / 10, path, c->ndev, c->chunk >> 20);
     *out = b;
     return 0;
 fail:
     cuda_ctx_free(c);
     free(b);
     return rc;
+}
+
+/* For the GPU check: opens the driver at path on its own and says, one line
+ * per entry point of the binding table, which name bound ("bound NAME",
+ * "bound ALT (older name)", "MISSING NAME (required)" or "absent NAME
+ * (optional)"), into out (NUL-terminated, cut at len). Returns the number
+ * of required entry points missing, or -1 when the library cannot be
+ * opened. */
+int vram__cuda_check_symbols(const char *path, char *out, size_t len)
+{
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE);
+    if (!h) {
+        snprintf(out, len, "cannot load %s: %s\n", path, dlerror());
+        return -1;
+    }
+    size_t used = 0;
+    int missing = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < CUDA_NSYMS; i++) {
+        const vram_dl_sym *s = &cuda_syms[i];
+        const char *how = "bound", *name = s->name, *note = "";
+        if (!dlsym(h, s->name)) {
+            if (s->alt && dlsym(h, s->alt)) {
+                name = s->alt;
+                note = " (older name)";
+            } else {
+                how = s->required ? "MISSING" : "absent";
+                note = s->required ? " (required)" : " (optional)";
+                missing += s->required;
+            }
+        }
+        int k = snprintf(out + used, len - used, "%s %s%s\n", how, name, note);
+        if (k < 0 || (size_t)k >= len - used) break;
+        used += (size_t)k;
+    }
+    dlclose(h);
+    return missing;
 }

@@ -20,6 +20,7 @@ typedef struct CUctx_st *CUcontext;
 typedef struct CUstream_st *CUstream;
 typedef struct CUmod_st *CUmodule;
 typedef struct CUfunc_st *CUfunction;
+typedef struct CUevent_st *CUevent;
 typedef unsigned long long CUmemGenericAllocationHandle;
 
 typedef struct CUuuid_st {
@@ -34,8 +35,10 @@ enum {
     CUDA_ERROR_NOT_INITIALIZED = 3,
     CUDA_ERROR_DEINITIALIZED = 4,
     CUDA_ERROR_STUB_LIBRARY = 34,
+    CUDA_ERROR_DEVICE_UNAVAILABLE = 46,
     CUDA_ERROR_NO_DEVICE = 100,
     CUDA_ERROR_INVALID_DEVICE = 101,
+    CUDA_ERROR_ECC_UNCORRECTABLE = 214,
     CUDA_ERROR_INVALID_IMAGE = 200,
     CUDA_ERROR_INVALID_CONTEXT = 201,
     CUDA_ERROR_ALREADY_MAPPED = 208,
@@ -48,6 +51,14 @@ enum {
     CUDA_ERROR_NOT_FOUND = 500,
     CUDA_ERROR_NOT_READY = 600,
     CUDA_ERROR_ILLEGAL_ADDRESS = 700,
+    CUDA_ERROR_ASSERT = 710,
+    CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED = 712,
+    CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED = 713,
+    CUDA_ERROR_HARDWARE_STACK_ERROR = 714,
+    CUDA_ERROR_ILLEGAL_INSTRUCTION = 715,
+    CUDA_ERROR_MISALIGNED_ADDRESS = 716,
+    CUDA_ERROR_INVALID_ADDRESS_SPACE = 717,
+    CUDA_ERROR_INVALID_PC = 718,
     CUDA_ERROR_LAUNCH_FAILED = 719,
     CUDA_ERROR_NOT_PERMITTED = 800,
     CUDA_ERROR_NOT_SUPPORTED = 801,
@@ -67,6 +78,7 @@ enum {
 /* ---- flags ---- */
 #define CU_MEMHOSTALLOC_PORTABLE 0x01u
 #define CU_MEMHOSTALLOC_DEVICEMAP 0x02u
+#define CU_MEMHOSTREGISTER_PORTABLE 0x01u
 #define CU_STREAM_NON_BLOCKING 0x1u
 
 /* ---- virtual memory management (cuMemCreate and friends) ---- */
@@ -160,6 +172,14 @@ typedef CUresult (*vram_cuMemcpyDtoHAsync_fn)(void *dst, CUdeviceptr src, size_t
 typedef CUresult (*vram_cuMemcpyHtoD_fn)(CUdeviceptr dst, const void *src, size_t bytes);
 typedef CUresult (*vram_cuMemcpyDtoH_fn)(void *dst, CUdeviceptr src, size_t bytes);
 typedef CUresult (*vram_cuCtxSynchronize_fn)(void);
+typedef CUresult (*vram_cuMemHostRegister_fn)(void *p, size_t bytes, unsigned int flags);
+typedef CUresult (*vram_cuMemHostUnregister_fn)(void *p);
+typedef CUresult (*vram_cuEventCreate_fn)(CUevent *ev, unsigned int flags);
+typedef CUresult (*vram_cuEventRecord_fn)(CUevent ev, CUstream stream);
+typedef CUresult (*vram_cuEventSynchronize_fn)(CUevent ev);
+typedef CUresult (*vram_cuEventElapsedTime_fn)(float *ms, CUevent start, CUevent end);
+typedef CUresult (*vram_cuEventDestroy_fn)(CUevent ev);
+typedef CUresult (*vram_cuStreamWaitEvent_fn)(CUstream stream, CUevent ev, unsigned int flags);
 typedef CUresult (*vram_cuModuleLoadData_fn)(CUmodule *module, const void *image);
 typedef CUresult (*vram_cuModuleUnload_fn)(CUmodule module);
 typedef CUresult (*vram_cuModuleGetFunction_fn)(CUfunction *fn, CUmodule module, const char *name);

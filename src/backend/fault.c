@@ -178,6 +178,11 @@ static int fault_checksum(vram_backend *b, const vram_buf *buf, size_t off, size
     return rc ? rc : vram__backend_checksum(INNER(b), buf, off, n, sum);
 }
 
+static int fault_health(vram_backend *b, char *msg, size_t len)
+{
+    return vram__backend_health(INNER(b), msg, len);
+}
+
 static void *fault_host_ptr(vram_backend *b, const vram_buf *buf, size_t off, size_t n)
 {
     return vram__backend_host_ptr(INNER(b), buf, off, n);
@@ -206,6 +211,7 @@ static const struct vram_backend_iface fault_iface = {
     .checksum = fault_checksum,
     .destroy = fault_destroy,
     .host_ptr = fault_host_ptr,
+    .health = fault_health,
 };
 
 int vram__backend_fault_wrap(vram_backend *inner, vram_backend **out)

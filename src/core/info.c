@@ -133,6 +133,7 @@ int vram_manager_get_info(vram_manager *m, vram_manager_info *out, size_t size)
     vram_manager_info s;
     memset(&s, 0, sizeof s);
     snprintf(s.backend, sizeof s.backend, "%s", m->backend->name);
+    vram__backend_health(m->backend, s.backend_error, sizeof s.backend_error);
     pthread_mutex_lock(&m->lock);
     s.devices = m->ndev;
     s.models = (int)m->nmodels;

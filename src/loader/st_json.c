@@ -170,7 +170,7 @@ static int read_escape(vram__jr *r, char *out, size_t *k, size_t *adv)
     case 'r': out[0] = '\r'; return 0;
     case 't': out[0] = '\t'; return 0;
     case 'u': {
-        unsigned cp;
+        unsigned cp = 0; /* set on success; gcc -O3 cannot see it (Release builds) */
         int rc = read_u_escape(r, &cp, adv);
         if (rc) return rc;
         *k = utf8_encode(cp, out);

@@ -114,6 +114,8 @@ json_t *vram__model_json(const vram__snapshot *s, const vram_model_info *mi)
     json_object_set_new(o, "immediate_offload", json_boolean(mi->immediate_offload));
     json_object_set_new(o, "device", json_integer(mi->device));
     json_object_set_new(o, "backend", json_string(s->info.backend));
+    if (s->info.backend_error[0]) /* latched unusable: every call fails */
+        json_object_set_new(o, "backend_error", json_string(s->info.backend_error));
     json_object_set_new(o, "source", str_or_null(mi->source));
     json_object_set_new(o, "bytes", INT(mi->bytes));
     json_object_set_new(o, "tensors", INT(mi->tensors));
@@ -165,6 +167,8 @@ json_t *vram__devices_json(const vram__snapshot *s)
         json_object_set_new(o, "name", json_string(d->name));
         json_object_set_new(o, "uuid", json_string(d->uuid));
         json_object_set_new(o, "backend", json_string(s->info.backend));
+        if (s->info.backend_error[0])
+            json_object_set_new(o, "backend_error", json_string(s->info.backend_error));
         json_object_set_new(o, "total_bytes", INT(d->total_bytes));
         json_object_set_new(o, "free_bytes", INT(d->free_bytes));
         json_object_set_new(o, "used_by_models_bytes", INT(d->used_by_models_bytes));

@@ -40,6 +40,11 @@ typedef struct vram_double_stats {
     long stream_syncs;           /* cuStreamSynchronize calls */
     long launches;               /* kernel launches accepted */
     long max_pending;            /* most operations ever queued on one stream at a sync */
+    long host_registered;        /* cuMemHostRegister ranges alive */
+    long pinned_alloc_bytes;     /* bytes ever pinned by cuMemHostAlloc (the slow path) */
+    long pinned_register_bytes;  /* bytes ever pinned by cuMemHostRegister */
+    long user_pending;           /* application work queued and not yet synchronized */
+    long sticky_refusals;        /* calls refused with their context's sticky error */
     unsigned long long used[16]; /* bytes allocated per physical device */
 } vram_double_stats;
 
@@ -51,6 +56,10 @@ typedef long (*vram_double_calls_fn)(const char *fn);
 typedef void (*vram_double_get_stats_fn)(vram_double_stats *out);
 typedef int (*vram_double_ctx_depth_fn)(void);
 typedef int (*vram_double_accessible_fn)(unsigned long long addr);
+typedef int (*vram_double_user_work_fn)(unsigned long long addr, unsigned long long n);
+typedef long (*vram_double_user_finish_fn)(void);
+typedef int (*vram_double_set_sticky_fn)(int phys, int code);
+typedef int (*vram_double_set_unusable_fn)(int phys, int code);
 
 /*
  * vram_double_configure(devices, memory): sets the device count and memory
@@ -59,12 +68,40 @@ typedef int (*vram_double_accessible_fn)(unsigned long long addr);
  *   Visibility (CUDA_VISIBLE_DEVICES) is read again at the next cuInit.
  * vram_double_set_fail(spec): replaces the injected failures (NULL or "":
  *   none); -1 for a malformed spec.
- * vram_double_set_flag(name, value): "lazy", "vmm", "quiet".
+ * vram_double_set_flag(name, value): "lazy", "vmm", "quiet", "poison",
+ *   "jit_ms" (cuModuleLoadData sleeps that long, as a PTX JIT takes time),
+ *   "mig" (a mask of physical devices in MIG mode: cuDeviceGetUuid_v2 then
+ *   gives the instance's UUID, cuDeviceGetUuid the GPU's).
  * vram_double_calls(fn): calls of the named entry point so far.
  * vram_double_get_stats(out): the counters above.
  * vram_double_ctx_depth(): contexts pushed in the calling thread now.
  * vram_double_accessible(addr): 1 when addr is mapped and read/write, 0 when
  *   reserved without access, -1 when not a reserved device address.
+ * vram_double_user_work(addr, n): the application (PyTorch) queues a kernel
+ *   on a stream of its own that uses [addr, addr+n) of mapped memory. It
+ *   stays pending until cuCtxSynchronize in that device's context (or
+ *   vram_double_user_finish). Meanwhile a cuMemcpy*Async touching it is a
+ *   violation (a torn copy), and cuMemUnmap over it is a violation that
+ *   gives the context CUDA_ERROR_ILLEGAL_ADDRESS, sticky, as the driver's
+ *   unmap does not wait and the kernel faults. -1 when not mapped memory.
+ * vram_double_user_finish(): the application's pending work completes on
+ *   its own; returns how many were pending.
+ * vram_double_set_sticky(phys, code): physical device phys's primary
+ *   context gets a sticky error (0 clears): from then every call made in
+ *   it fails with code, except pushing and popping it, device queries and
+ *   cuInit; cuCtxSynchronize returns it.
+ * vram_double_set_unusable(phys, code): cuDevicePrimaryCtxRetain on the
+ *   physical device fails with code (CUDA_ERROR_DEVICE_UNAVAILABLE: an
+ *   exclusive-process GPU another process holds); 0 clears.
+ * Flag "poison" (VRAM_DOUBLE_POISON, default 1): new device memory is
+ *   poison, never zeros: cuMemCreate memory holds the word
+ *   0xdb0adb0adb0adb0a, cuMemAlloc blocks the byte 0xdb; memory given back
+ *   is gone (its memfd closed), so a restore or load that skips bytes
+ *   reads poison.
+ * cuEventCreate/Record/Synchronize/ElapsedTime/Destroy_v2: timing events,
+ *   recorded when their stream reaches them (bench_gpu's baseline).
+ * cuMemHostRegister_v2 / cuMemHostUnregister pin and unpin caller memory;
+ *   the stats count bytes pinned by each path (pinned_*_bytes).
  */
 
 /* libnvml_double.so: NVML's device queries. Environment:

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "backend/cuda_driver.h"
@@ -33,7 +34,22 @@
  * - The checksum kernel of libvram (VRAM_CK_KERNEL_NAME) is recognised in the
  *   PTX given to cuModuleLoadData (its entry and its four .u64 parameters)
  *   and computed on the host by the stream, block by block as the kernel
- *   partitions the words, so that the launch path is exercised.
+ *   partitions the words, so that the launch path is exercised. run_kernel
+ *   is written here from the documented definition (the contract in
+ *   cuda_driver.h, vram_checksum in include/vram.h: splitmix64's finaliser
+ *   over each little-endian word plus its index times the golden ratio),
+ *   with its own
+ *   constants, not by calling or copying src/base/checksum.c: a kernel or
+ *   host code that drifts from the definition disagrees with it, and
+ *   test_checksum_kernel_matches_host fails.
+ * - The application's own work (vram_double_user_work: PyTorch kernels on
+ *   its streams) stays pending until cuCtxSynchronize; unmapping it is a
+ *   violation that gives the context a sticky CUDA_ERROR_ILLEGAL_ADDRESS,
+ *   copying it one too (a torn copy). Sticky errors can be injected; a
+ *   sticky context refuses every call but push/pop, device queries and
+ *   cuInit. A device can be made unusable (its context cannot be retained).
+ * - New device memory is poison (0xdb0adb0a... words), never zeros.
+ * - Events record the time their stream reaches them (timing only).
  * - Misuse (no current context, unaligned sizes, unmapping what is not
  *   mapped, freeing a range still mapped, a stream of another context, a
  *   copy into memory not mapped, releasing a context with resources alive)
@@ -55,8 +71,10 @@
 
 struct CUctx_st {
     unsigned magic;
-    int phys;    /* physical device index */
-    long retain; /* primary context references */
+    int phys;          /* physical device index */
+    long retain;       /* primary context references */
+    CUresult sticky;   /* a sticky error: every later call in the context fails with it */
+    CUresult unusable; /* cuDevicePrimaryCtxRetain fails with it (exclusive mode, failed GPU) */
 };
 
 typedef struct dalloc {
@@ -83,15 +101,35 @@ typedef struct dmap {
     struct dmap *next;
 } dmap;
 
-typedef struct dblock { /* cuMemHostAlloc and cuMemAlloc blocks */
+typedef struct dblock { /* cuMemHostAlloc, cuMemHostRegister and cuMemAlloc blocks */
     uintptr_t p;
     size_t size;
     int phys;
+    int registered; /* cuMemHostRegister'd (the caller owns the memory) */
     CUcontext ctx;
     struct dblock *next;
 } dblock;
 
-enum { OP_H2D, OP_D2H, OP_KERNEL };
+/* Work the application queued on its own streams (a PyTorch kernel reading
+ * or writing device memory): pending until cuCtxSynchronize in its context
+ * or vram_double_user_finish. */
+typedef struct duser {
+    int phys;
+    uintptr_t base;
+    size_t n;
+    struct duser *next;
+} duser;
+
+enum { OP_H2D, OP_D2H, OP_KERNEL, OP_EVENT };
+
+#define EVENT_MAGIC 0x65766e64u
+
+struct CUevent_st {
+    unsigned magic;
+    CUstream stream; /* where it was last recorded (NULL: the legacy stream) */
+    double t;        /* seconds when it ran */
+    int done;
+};
 
 typedef struct dop {
     int kind;
@@ -101,6 +139,7 @@ typedef struct dop {
     /* kernel */
     unsigned long long words, nbytes, first_word, partials;
     unsigned grid;
+    CUevent ev; /* OP_EVENT */
     struct dop *next;
 } dop;
 
@@ -150,7 +189,9 @@ static struct {
     int nphys;
     unsigned long long memory;
     size_t gran;
-    int vmm, lazy, quiet;
+    int vmm, lazy, quiet, poison;
+    int jit_ms;   /* cuModuleLoadData takes this long (a PTX JIT) */
+    int mig_mask; /* physical devices in MIG mode: bit i */
     int isa_major, isa_minor;
     int inited;      /* cuInit succeeded */
     int vis[MAXDEV]; /* ordinal -> physical device */
@@ -172,6 +213,7 @@ static struct {
     dalloc *allocs;
     dmap *maps;
     dblock *devblocks;
+    duser *user; /* the application's pending work */
     unsigned long long used[MAXDEV];
 } g;
 
@@ -365,6 +407,7 @@ static void read_env_locked(void)
     g.vmm = env_int("VRAM_DOUBLE_VMM", 1);
     g.lazy = env_int("VRAM_DOUBLE_LAZY", 0);
     g.quiet = env_int("VRAM_DOUBLE_QUIET", 0);
+    g.poison = env_int("VRAM_DOUBLE_POISON", 1);
     g.isa_major = 9;
     g.isa_minor = 0;
     v = getenv("VRAM_DOUBLE_PTX_ISA");
@@ -378,6 +421,8 @@ static void read_env_locked(void)
     for (int i = 0; i < MAXDEV; i++) {
         g.ctx[i].magic = CTX_MAGIC;
         g.ctx[i].phys = i;
+        g.ctx[i].sticky = CUDA_SUCCESS;
+        g.ctx[i].unusable = CUDA_SUCCESS;
     }
     g.inited = 0;
     g.nvis = 0;
@@ -449,7 +494,22 @@ static void parse_visible_locked(void)
     free(dup);
 }
 
-/* Counts the call, and answers an injected failure if one is due. */
+static CUcontext current(void);
+
+/* Entry points that still answer in a context with a sticky error: the
+ * context stack, errors, device queries and the releases of cleanup. */
+static int sticky_exempt(const char *fn)
+{
+    static const char *const ok[] = {
+        "cuCtxPushCurrent", "cuCtxPopCurrent",    "cuCtxGetCurrent", "cuCtxSetCurrent",
+        "cuDevice",         "cuDriverGetVersion", "cuInit"};
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
+        if (strncmp(fn, ok[i], strlen(ok[i])) == 0) return 1;
+    return 0;
+}
+
+/* Counts the call, and answers an injected failure if one is due, or the
+ * sticky error of the current context. */
 static CUresult enter(const char *fn, int need_init)
 {
     pthread_once(&g_once, load_env_once);
@@ -477,6 +537,11 @@ static CUresult enter(const char *fn, int need_init)
         }
     }
     if (r == CUDA_SUCCESS && need_init && !g.inited) r = CUDA_ERROR_NOT_INITIALIZED;
+    CUcontext cur = current();
+    if (r == CUDA_SUCCESS && cur && cur->sticky != CUDA_SUCCESS && !sticky_exempt(fn)) {
+        r = cur->sticky;
+        STAT_ADD(sticky_refusals, 1);
+    }
     pthread_mutex_unlock(&g_lock);
     return r;
 }
@@ -608,7 +673,11 @@ DBL_EXPORT CUresult cuDeviceGetUuid(CUuuid *uuid, CUdevice dev)
 DBL_EXPORT CUresult cuDeviceGetUuid_v2(CUuuid *uuid, CUdevice dev)
 {
     ENTER("cuDeviceGetUuid_v2", 1);
-    return device_uuid(uuid, dev);
+    CUresult r = device_uuid(uuid, dev);
+    int p = dev_phys(dev);
+    if (r == CUDA_SUCCESS && p >= 0 && (__atomic_load_n(&g.mig_mask, __ATOMIC_RELAXED) >> p & 1))
+        uuid->bytes[0] ^= (char)0x5a; /* a MIG instance: its own UUID, not the GPU's */
+    return r;
 }
 
 DBL_EXPORT CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev)
@@ -649,12 +718,13 @@ DBL_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice dev)
     if (!ctx) return CUDA_ERROR_INVALID_VALUE;
     pthread_mutex_lock(&g_lock);
     int p = ordinal_phys(dev);
-    if (p >= 0) {
+    CUresult bad = p >= 0 ? g.ctx[p].unusable : CUDA_ERROR_INVALID_DEVICE;
+    if (bad == CUDA_SUCCESS) {
         g.ctx[p].retain++;
         *ctx = &g.ctx[p];
     }
     pthread_mutex_unlock(&g_lock);
-    if (p < 0) return CUDA_ERROR_INVALID_DEVICE;
+    if (bad != CUDA_SUCCESS) return bad;
     STAT_ADD(ctx_retained, 1);
     return CUDA_SUCCESS;
 }
@@ -802,6 +872,63 @@ static int accessible_locked(uintptr_t p, size_t n)
     return 1;
 }
 
+/* The application's pending work that overlaps [p, p+n), NULL when none (g_mem held). */
+static duser *user_overlap_locked(uintptr_t p, size_t n)
+{
+    for (duser *u = g.user; u; u = u->next)
+        if (u->base < p + n && p < u->base + u->n) return u;
+    return NULL;
+}
+
+/* Completes the pending application work of physical device phys (all
+ * when phys < 0), and with only_over set just what overlaps [p, p+n);
+ * returns how many (g_mem held for writing). */
+static long user_complete_locked(int phys, int only_over, uintptr_t p, size_t n)
+{
+    long k = 0;
+    for (duser **pp = &g.user; *pp;) {
+        duser *u = *pp;
+        int hit = (phys < 0 || u->phys == phys) &&
+                  (!only_over || (u->base < p + n && p < u->base + u->n));
+        if (hit) {
+            *pp = u->next;
+            free(u);
+            k++;
+            STAT_ADD(user_pending, -1);
+        } else {
+            pp = &u->next;
+        }
+    }
+    return k;
+}
+
+/* New device memory holds garbage, not zeros: the poison pattern, so a
+ * restore or load that skips bytes is caught. */
+#define POISON_WORD 0xdb0adb0adb0adb0aULL
+
+static uint64_t g_poison_chunk[1 << 14]; /* 128 KiB of the pattern */
+static pthread_once_t g_poison_once = PTHREAD_ONCE_INIT;
+
+static void poison_chunk_init(void)
+{
+    for (size_t i = 0; i < sizeof g_poison_chunk / 8; i++)
+        g_poison_chunk[i] = POISON_WORD;
+}
+
+/* Fills fd's size bytes with the poison pattern when the flag is on. */
+static int poison_fd(int fd, size_t size)
+{
+    if (!__atomic_load_n(&g.poison, __ATOMIC_RELAXED)) return 0;
+    pthread_once(&g_poison_once, poison_chunk_init);
+    for (size_t off = 0; off < size;) {
+        size_t len = size - off < sizeof g_poison_chunk ? size - off : sizeof g_poison_chunk;
+        ssize_t w = pwrite(fd, g_poison_chunk, len, (off_t)off);
+        if (w <= 0) return -1;
+        off += (size_t)w;
+    }
+    return 0;
+}
+
 /* Frees a released, unmapped allocation and its device memory (g_mem held). */
 static void alloc_destroy_locked(dalloc *a)
 {
@@ -946,7 +1073,7 @@ DBL_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t siz
         rc = CUDA_ERROR_OUT_OF_MEMORY;
     } else {
         a->fd = memfd_create("vram-double-vram", MFD_CLOEXEC);
-        if (a->fd < 0 || ftruncate(a->fd, (off_t)size) != 0) {
+        if (a->fd < 0 || ftruncate(a->fd, (off_t)size) != 0 || poison_fd(a->fd, size) != 0) {
             if (a->fd >= 0) close(a->fd);
             free(a);
             rc = CUDA_ERROR_OUT_OF_MEMORY;
@@ -1110,6 +1237,18 @@ DBL_EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
         violation("cuMemUnmap(%#llx, %zu): only %zu bytes of it are mapped", ptr, size, covered);
         rc = CUDA_ERROR_INVALID_VALUE;
     }
+    duser *busy = rc == CUDA_SUCCESS ? user_overlap_locked((uintptr_t)ptr, size) : NULL;
+    if (busy) {
+        /* the driver's unmap does not wait: the kernels fault when they run */
+        violation("cuMemUnmap(%#llx, %zu): work queued on the application's streams still "
+                  "uses it (synchronize first); the context now has CUDA_ERROR_ILLEGAL_ADDRESS",
+                  ptr, size);
+        int phys = busy->phys;
+        user_complete_locked(phys, 1, (uintptr_t)ptr, size);
+        pthread_mutex_lock(&g_lock);
+        if (g.ctx[phys].sticky == CUDA_SUCCESS) g.ctx[phys].sticky = CUDA_ERROR_ILLEGAL_ADDRESS;
+        pthread_mutex_unlock(&g_lock);
+    }
     if (rc == CUDA_SUCCESS) {
         void *p = mmap((void *)(uintptr_t)ptr, size, PROT_NONE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
@@ -1169,6 +1308,7 @@ DBL_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytes)
         free(b);
         rc = CUDA_ERROR_OUT_OF_MEMORY;
     } else {
+        if (__atomic_load_n(&g.poison, __ATOMIC_RELAXED)) memset(p, 0xdb, bytes);
         b->p = (uintptr_t)p;
         b->size = bytes;
         b->phys = c->phys;
@@ -1227,7 +1367,58 @@ DBL_EXPORT CUresult cuMemHostAlloc(void **pp, size_t bytes, unsigned int flags)
     g.hosts = b;
     pthread_mutex_unlock(&g_lock);
     STAT_ADD(host_allocs, 1);
+    STAT_ADD(pinned_alloc_bytes, (long)bytes);
     *pp = p;
+    return CUDA_SUCCESS;
+}
+
+DBL_EXPORT CUresult cuMemHostRegister_v2(void *p, size_t bytes, unsigned int flags)
+{
+    ENTER("cuMemHostRegister_v2", 1);
+    if (!need_ctx("cuMemHostRegister_v2")) return CUDA_ERROR_INVALID_CONTEXT;
+    if (!p || bytes == 0 || (flags & ~0xfu)) return CUDA_ERROR_INVALID_VALUE;
+    dblock *b = calloc(1, sizeof *b);
+    if (!b) return CUDA_ERROR_OUT_OF_MEMORY;
+    uintptr_t a = (uintptr_t)p;
+    CUresult r = CUDA_SUCCESS;
+    pthread_mutex_lock(&g_lock);
+    for (dblock *o = g.hosts; o && r == CUDA_SUCCESS; o = o->next)
+        if (o->p < a + bytes && a < o->p + o->size) r = CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED;
+    if (r == CUDA_SUCCESS) {
+        b->p = a;
+        b->size = bytes;
+        b->registered = 1;
+        b->next = g.hosts;
+        g.hosts = b;
+    }
+    pthread_mutex_unlock(&g_lock);
+    if (r != CUDA_SUCCESS) {
+        violation("cuMemHostRegister_v2(%p, %zu): overlaps memory already pinned", p, bytes);
+        free(b);
+        return r;
+    }
+    STAT_ADD(host_registered, 1);
+    STAT_ADD(pinned_register_bytes, (long)bytes);
+    return CUDA_SUCCESS;
+}
+
+DBL_EXPORT CUresult cuMemHostUnregister(void *p)
+{
+    ENTER("cuMemHostUnregister", 1);
+    if (!need_ctx("cuMemHostUnregister")) return CUDA_ERROR_INVALID_CONTEXT;
+    pthread_mutex_lock(&g_lock);
+    dblock **pp = &g.hosts;
+    while (*pp && !((*pp)->p == (uintptr_t)p && (*pp)->registered))
+        pp = &(*pp)->next;
+    dblock *b = *pp;
+    if (b) *pp = b->next;
+    pthread_mutex_unlock(&g_lock);
+    if (!b) {
+        violation("cuMemHostUnregister(%p): not the start of a registered range", p);
+        return CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED;
+    }
+    free(b);
+    STAT_ADD(host_registered, -1);
     return CUDA_SUCCESS;
 }
 
@@ -1237,7 +1428,7 @@ DBL_EXPORT CUresult cuMemFreeHost(void *p)
     if (!need_ctx("cuMemFreeHost")) return CUDA_ERROR_INVALID_CONTEXT;
     pthread_mutex_lock(&g_lock);
     dblock **pp = &g.hosts;
-    while (*pp && (*pp)->p != (uintptr_t)p)
+    while (*pp && !((*pp)->p == (uintptr_t)p && !(*pp)->registered))
         pp = &(*pp)->next;
     dblock *b = *pp;
     if (b) *pp = b->next;
@@ -1327,6 +1518,13 @@ static CUresult run_op(const dop *op)
             memcpy((void *)op->dst, (const void *)op->src, op->n);
         }
         break;
+    case OP_EVENT: {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        op->ev->t = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9; /* published by done */
+        __atomic_store_n(&op->ev->done, 1, __ATOMIC_RELEASE);
+        break;
+    }
     case OP_KERNEL:
         if (!accessible_locked((uintptr_t)op->words, (size_t)op->nbytes) ||
             !accessible_locked((uintptr_t)op->partials, op->grid * sizeof(uint64_t))) {
@@ -1496,6 +1694,12 @@ DBL_EXPORT CUresult cuCtxSynchronize(void)
         CUresult ri = stream_drain(list[i], 0);
         if (r == CUDA_SUCCESS) r = ri;
     }
+    pthread_rwlock_wrlock(&g_mem);
+    user_complete_locked(c->phys, 0, 0, 0); /* the application's streams too */
+    pthread_rwlock_unlock(&g_mem);
+    pthread_mutex_lock(&g_lock);
+    if (c->sticky != CUDA_SUCCESS) r = c->sticky;
+    pthread_mutex_unlock(&g_lock);
     return r;
 }
 
@@ -1523,6 +1727,20 @@ static int dev_range_ok(uintptr_t p, size_t n)
     int ok = accessible_locked(p, n);
     pthread_rwlock_unlock(&g_mem);
     return ok;
+}
+
+/* Counts a violation when a copy on a stream of its own touches memory the
+ * application's pending work still uses: nothing orders the two, so the
+ * copy reads (or overwrites) bytes mid-update - a torn backup. */
+static void check_unordered(const char *fn, uintptr_t p, size_t n)
+{
+    pthread_rwlock_rdlock(&g_mem);
+    int busy = user_overlap_locked(p, n) != NULL;
+    pthread_rwlock_unlock(&g_mem);
+    if (busy)
+        violation("%s(%#lx, %zu bytes): work queued on the application's streams still uses "
+                  "this memory and nothing orders the copy after it (a torn copy)",
+                  fn, (unsigned long)p, n);
 }
 
 /* Appends op to s's queue and wakes its worker; s owns op from here. */
@@ -1564,6 +1782,7 @@ static CUresult copy_h2d(CUdeviceptr dst, const void *src, size_t n, CUstream s,
         violation("%s(%#llx, %zu bytes): destination is not mapped device memory", fn, dst, n);
         return CUDA_ERROR_INVALID_VALUE;
     }
+    check_unordered(fn, (uintptr_t)dst, n);
     dop *op = calloc(1, sizeof *op);
     if (!op) return CUDA_ERROR_OUT_OF_MEMORY;
     op->kind = OP_H2D;
@@ -1598,6 +1817,7 @@ static CUresult copy_d2h(void *dst, CUdeviceptr src, size_t n, CUstream s, const
         violation("%s(%#llx, %zu bytes): source is not mapped device memory", fn, src, n);
         return CUDA_ERROR_INVALID_VALUE;
     }
+    check_unordered(fn, (uintptr_t)src, n);
     dop *op = calloc(1, sizeof *op);
     if (!op) return CUDA_ERROR_OUT_OF_MEMORY;
     op->kind = OP_D2H;
@@ -1635,6 +1855,65 @@ DBL_EXPORT CUresult cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t n)
 {
     ENTER("cuMemcpyDtoH_v2", 1);
     return copy_d2h(dst, src, n, NULL, "cuMemcpyDtoH_v2", 0);
+}
+
+/* ---- events (timing only: recorded when the stream reaches them) ---- */
+
+DBL_EXPORT CUresult cuEventCreate(CUevent *ev, unsigned int flags)
+{
+    ENTER("cuEventCreate", 1);
+    if (!need_ctx("cuEventCreate")) return CUDA_ERROR_INVALID_CONTEXT;
+    if (!ev || flags > 0xf) return CUDA_ERROR_INVALID_VALUE;
+    CUevent e = calloc(1, sizeof *e);
+    if (!e) return CUDA_ERROR_OUT_OF_MEMORY;
+    e->magic = EVENT_MAGIC;
+    *ev = e;
+    return CUDA_SUCCESS;
+}
+
+DBL_EXPORT CUresult cuEventRecord(CUevent ev, CUstream s)
+{
+    ENTER("cuEventRecord", 1);
+    CUresult r = stream_arg(s, "cuEventRecord");
+    if (r != CUDA_SUCCESS) return r;
+    if (!ev || ev->magic != EVENT_MAGIC) return CUDA_ERROR_INVALID_HANDLE;
+    dop *op = calloc(1, sizeof *op);
+    if (!op) return CUDA_ERROR_OUT_OF_MEMORY;
+    op->kind = OP_EVENT;
+    op->ev = ev;
+    __atomic_store_n(&ev->done, 0, __ATOMIC_RELAXED);
+    ev->stream = s;
+    return submit(s, op);
+}
+
+DBL_EXPORT CUresult cuEventSynchronize(CUevent ev)
+{
+    ENTER("cuEventSynchronize", 1);
+    if (!ev || ev->magic != EVENT_MAGIC) return CUDA_ERROR_INVALID_HANDLE;
+    if (ev->stream && stream_live(ev->stream)) return stream_drain(ev->stream, 0);
+    return CUDA_SUCCESS;
+}
+
+DBL_EXPORT CUresult cuEventElapsedTime(float *ms, CUevent a, CUevent b)
+{
+    ENTER("cuEventElapsedTime", 1);
+    if (!ms || !a || !b || a->magic != EVENT_MAGIC || b->magic != EVENT_MAGIC)
+        return CUDA_ERROR_INVALID_HANDLE;
+    if (!__atomic_load_n(&a->done, __ATOMIC_ACQUIRE) ||
+        !__atomic_load_n(&b->done, __ATOMIC_ACQUIRE))
+        return CUDA_ERROR_NOT_READY;
+    *ms = (float)((b->t - a->t) * 1e3);
+    return CUDA_SUCCESS;
+}
+
+DBL_EXPORT CUresult cuEventDestroy_v2(CUevent ev)
+{
+    ENTER("cuEventDestroy_v2", 1);
+    if (!ev || ev->magic != EVENT_MAGIC) return CUDA_ERROR_INVALID_HANDLE;
+    if (ev->stream && stream_live(ev->stream)) stream_drain(ev->stream, 0);
+    ev->magic = 0;
+    free(ev);
+    return CUDA_SUCCESS;
 }
 
 /* ---- modules and the checksum kernel ---- */
@@ -1679,6 +1958,8 @@ DBL_EXPORT CUresult cuModuleLoadData(CUmodule *module, const void *image)
     int has_ck;
     CUresult r = parse_ptx(image, &has_ck);
     if (r != CUDA_SUCCESS) return r;
+    int ms = __atomic_load_n(&g.jit_ms, __ATOMIC_RELAXED);
+    if (ms > 0) usleep((useconds_t)ms * 1000);
     CUmodule m = calloc(1, sizeof *m);
     if (!m) return CUDA_ERROR_OUT_OF_MEMORY;
     m->magic = MOD_MAGIC;
@@ -1817,6 +2098,9 @@ DBL_EXPORT void vram_double_set_flag(const char *name, int value)
     pthread_once(&g_once, load_env_once);
     if (strcmp(name, "lazy") == 0) __atomic_store_n(&g.lazy, value, __ATOMIC_RELAXED);
     if (strcmp(name, "quiet") == 0) __atomic_store_n(&g.quiet, value, __ATOMIC_RELAXED);
+    if (strcmp(name, "poison") == 0) __atomic_store_n(&g.poison, value, __ATOMIC_RELAXED);
+    if (strcmp(name, "jit_ms") == 0) __atomic_store_n(&g.jit_ms, value, __ATOMIC_RELAXED);
+    if (strcmp(name, "mig") == 0) __atomic_store_n(&g.mig_mask, value, __ATOMIC_RELAXED);
     if (strcmp(name, "vmm") == 0) {
         pthread_mutex_lock(&g_lock);
         g.vmm = value;
@@ -1859,4 +2143,57 @@ DBL_EXPORT int vram_double_accessible(unsigned long long addr)
                                                   : -1;
     pthread_rwlock_unlock(&g_mem);
     return r;
+}
+
+DBL_EXPORT int vram_double_user_work(unsigned long long addr, unsigned long long n)
+{
+    pthread_once(&g_once, load_env_once);
+    duser *u = calloc(1, sizeof *u);
+    if (!u || n == 0) {
+        free(u);
+        return -1;
+    }
+    pthread_rwlock_wrlock(&g_mem);
+    dmap *m = map_containing((uintptr_t)addr);
+    int ok = m && accessible_locked((uintptr_t)addr, (size_t)n);
+    if (ok) {
+        u->phys = m->a->phys;
+        u->base = (uintptr_t)addr;
+        u->n = (size_t)n;
+        u->next = g.user;
+        g.user = u;
+        STAT_ADD(user_pending, 1);
+    }
+    pthread_rwlock_unlock(&g_mem);
+    if (!ok) free(u);
+    return ok ? 0 : -1;
+}
+
+DBL_EXPORT long vram_double_user_finish(void)
+{
+    pthread_once(&g_once, load_env_once);
+    pthread_rwlock_wrlock(&g_mem);
+    long k = user_complete_locked(-1, 0, 0, 0);
+    pthread_rwlock_unlock(&g_mem);
+    return k;
+}
+
+DBL_EXPORT int vram_double_set_sticky(int phys, int code)
+{
+    pthread_once(&g_once, load_env_once);
+    if (phys < 0 || phys >= MAXDEV) return -1;
+    pthread_mutex_lock(&g_lock);
+    g.ctx[phys].sticky = code;
+    pthread_mutex_unlock(&g_lock);
+    return 0;
+}
+
+DBL_EXPORT int vram_double_set_unusable(int phys, int code)
+{
+    pthread_once(&g_once, load_env_once);
+    if (phys < 0 || phys >= MAXDEV) return -1;
+    pthread_mutex_lock(&g_lock);
+    g.ctx[phys].unusable = code;
+    pthread_mutex_unlock(&g_lock);
+    return 0;
 }

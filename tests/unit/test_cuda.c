@@ -10,9 +10,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "vram_server.h"
 #include "backend/backend.h"
+#include "backend/cuda_driver.h"
+#include "backend/cuda_pinned.h"
 #include "backend/nvml.h"
 #include "core/core.h"
 #include "base/base.h"
@@ -40,6 +44,11 @@ static struct {
     vram_double_get_stats_fn stats;
     vram_double_ctx_depth_fn depth;
     vram_double_accessible_fn accessible;
+    vram_double_user_work_fn user_work;
+    vram_double_user_finish_fn user_finish;
+    vram_double_set_sticky_fn set_sticky;
+    vram_double_set_unusable_fn set_unusable;
+    CUresult (*cu_init)(unsigned int);
     vram_nvml_double_set_fn nvml_set;
     vram_nvml_double_inits_fn nvml_inits;
     long violations_at_start;
@@ -72,6 +81,11 @@ static int open_doubles(void)
     BIND(D.h, stats, "vram_double_get_stats");
     BIND(D.h, depth, "vram_double_ctx_depth");
     BIND(D.h, accessible, "vram_double_accessible");
+    BIND(D.h, user_work, "vram_double_user_work");
+    BIND(D.h, user_finish, "vram_double_user_finish");
+    BIND(D.h, set_sticky, "vram_double_set_sticky");
+    BIND(D.h, set_unusable, "vram_double_set_unusable");
+    BIND(D.h, cu_init, "cuInit");
     BIND(D.nh, nvml_set, "vram_nvml_double_set");
     BIND(D.nh, nvml_inits, "vram_nvml_double_inits");
     return 0;
@@ -96,6 +110,13 @@ static int setup(void **state)
     D.set_fail(NULL);
     D.set_flag("lazy", 0);
     D.set_flag("vmm", 1);
+    D.set_flag("poison", 1);
+    D.set_flag("jit_ms", 0);
+    D.set_flag("mig", 0);
+    for (int i = 0; i < 4; i++) {
+        D.set_sticky(i, 0);
+        D.set_unusable(i, 0);
+    }
     D.nvml_set("8G:0", 0);
     D.violations_at_start = stats().violations;
     return 0;
@@ -110,6 +131,8 @@ static int teardown(void **state)
     assert_int_equal(s.allocations, 0);
     assert_int_equal(s.mappings, 0);
     assert_int_equal(s.host_allocs, 0);
+    assert_int_equal(s.host_registered, 0);
+    assert_int_equal(s.user_pending, 0);
     assert_int_equal(s.dev_allocs, 0);
     assert_int_equal(s.streams, 0);
     assert_int_equal(s.modules, 0);
@@ -180,7 +203,12 @@ static void test_create_reports_devices(void **state)
     assert_int_equal(info.free, 256 * MIB);
     assert_int_equal(info.granularity, GRAN);
     assert_int_equal(vram__backend_device_info(b, 2, &info), VRAM_EINVAL);
-    assert_int_equal(stats().ctx_retained, 2);
+    /* no device pays a context before its first use */
+    assert_int_equal(stats().ctx_retained, 0);
+    vram_buf buf;
+    assert_int_equal(vram__backend_reserve(b, 1, GRAN, &buf), 0);
+    assert_int_equal(stats().ctx_retained, 1);
+    vram__backend_unreserve(b, &buf);
     assert_int_equal(D.depth(), 0);
     vram__backend_destroy(b);
 }
@@ -355,10 +383,10 @@ static void test_map_failures_release_what_was_created(void **state)
     memset(&buf, 0, sizeof buf);
     assert_int_equal(vram__backend_reserve(b, 0, 2 * MIB, &buf), 0);
 
-    assert_int_equal(D.set_fail("cuMemMap:1:UNKNOWN"), 0);
+    assert_int_equal(D.set_fail("cuMemMap:1:NOT_SUPPORTED"), 0);
     assert_int_equal(vram__backend_map(b, &buf), VRAM_EBACKEND);
     assert_msg_has("cuMemMap(");
-    assert_msg_has("CUDA_ERROR_UNKNOWN: unknown error");
+    assert_msg_has("CUDA_ERROR_NOT_SUPPORTED: operation not supported");
     assert_int_equal(buf.mapped, 0);
     assert_int_equal(stats().allocations, 0);
 
@@ -371,7 +399,7 @@ static void test_map_failures_release_what_was_created(void **state)
     assert_int_equal(stats().mappings, 0);
     assert_int_equal(D.accessible(buf.addr), 0);
 
-    assert_int_equal(D.set_fail("cuMemUnmap:1:UNKNOWN"), 0);
+    assert_int_equal(D.set_fail("cuMemUnmap:1:NOT_PERMITTED"), 0);
     assert_int_equal(vram__backend_map(b, &buf), 0);
     assert_int_equal(vram__backend_unmap(b, &buf), VRAM_EBACKEND);
     assert_int_equal(buf.mapped, 1); /* still mapped, still usable */
@@ -381,8 +409,10 @@ static void test_map_failures_release_what_was_created(void **state)
     assert_int_equal(D.set_fail("cuMemAddressReserve:1:OOM"), 0);
     vram_buf other;
     memset(&other, 0, sizeof other);
-    assert_int_equal(vram__backend_reserve(b, 0, MIB, &other), VRAM_ENOMEM);
+    /* out of virtual address space is not out of device memory (no eviction) */
+    assert_int_equal(vram__backend_reserve(b, 0, MIB, &other), VRAM_EBACKEND);
     assert_msg_has("cuMemAddressReserve");
+    assert_msg_has("virtual address space");
     vram__backend_unreserve(b, &buf);
     vram__backend_unreserve(b, &other); /* never reserved: nothing */
     vram__backend_destroy(b);
@@ -390,23 +420,81 @@ static void test_map_failures_release_what_was_created(void **state)
 
 /* ---- host memory and copies ---- */
 
-static void test_host_alloc_pinned_and_oom(void **state)
+/* Backups are mappings registered with cuMemHostRegister (not one slow
+ * cuMemHostAlloc each), pooled for reuse; where registering is not
+ * supported cuMemHostAlloc stands in. */
+static void test_host_alloc_registers_and_pools(void **state)
 {
     (void)state;
     vram_backend *b = make_backend(64 * MIB);
-    void *p = NULL;
+    vram_double_stats s0 = stats();
+    void *p = NULL, *q = NULL;
     assert_int_equal(vram__backend_host_alloc(b, 3 * MIB, &p), 0);
     assert_non_null(p);
     memset(p, 0xab, 3 * MIB);
-    assert_int_equal(stats().host_allocs, 1);
+    assert_int_equal(stats().host_allocs, 0);
+    assert_int_equal(stats().host_registered, 1);
+    assert_int_equal(stats().pinned_register_bytes - s0.pinned_register_bytes, 4 * MIB);
+    assert_int_equal(stats().pinned_alloc_bytes, s0.pinned_alloc_bytes);
     vram__backend_host_free(b, p, 3 * MIB);
+    assert_int_equal(stats().host_registered, 1); /* pooled, still pinned */
+    assert_int_equal(vram__backend_host_alloc(b, 3 * MIB, &q), 0);
+    assert_ptr_equal(q, p); /* reused: no second pinning */
+    assert_int_equal(stats().pinned_register_bytes - s0.pinned_register_bytes, 4 * MIB);
+    vram__backend_host_free(b, q, 3 * MIB);
     vram__backend_host_free(b, NULL, 0);
-    assert_int_equal(D.set_fail("cuMemHostAlloc:1:OOM"), 0);
-    assert_int_equal(vram__backend_host_alloc(b, MIB, &p), VRAM_EHOSTMEM);
+
+    assert_int_equal(D.set_fail("cuMemHostRegister_v2:1:OOM"), 0);
+    assert_int_equal(vram__backend_host_alloc(b, 16 * MIB, &p), VRAM_EHOSTMEM);
     assert_null(p);
-    assert_msg_has("cuMemHostAlloc(1048576 bytes, portable): CUDA_ERROR_OUT_OF_MEMORY");
+    assert_msg_has("cuMemHostRegister_v2(16777216 bytes, portable): CUDA_ERROR_OUT_OF_MEMORY");
+    assert_int_equal(D.set_fail("cuMemHostRegister_v2:1:NOT_SUPPORTED"), 0);
+    assert_int_equal(vram__backend_host_alloc(b, 16 * MIB, &p), 0); /* cuMemHostAlloc instead */
+    assert_int_equal(stats().host_allocs, 1);
+    vram__backend_host_free(b, p, 16 * MIB);
+    assert_int_equal(stats().host_allocs, 0);
     assert_int_equal(vram__backend_host_alloc(b, 0, &p), VRAM_EINVAL);
     vram__backend_destroy(b);
+    assert_int_equal(stats().host_registered, 0);
+}
+
+static int fake_pin(void *user, void *p, size_t n)
+{
+    (void)p;
+    *(size_t *)user += n;
+    return 0;
+}
+
+static void fake_unpin(void *user, void *p, size_t n)
+{
+    (void)p;
+    *(size_t *)user -= n;
+}
+
+/* Pinned memory is bounded: past the bound the pool is emptied to make
+ * room, then a clear VRAM_EHOSTMEM (never the OOM killer). */
+static void test_pinned_pool_is_bounded(void **state)
+{
+    (void)state;
+    size_t pinned = 0;
+    cuda_pin_ops ops = {fake_pin, fake_unpin, &pinned};
+    cuda_pinned pp;
+    vram__pinned_init(&pp, &ops, 16 * MIB);
+    void *a, *b2, *c;
+    double secs;
+    assert_int_equal(vram__pinned_get(&pp, 4 * MIB, &a, &secs), 0);
+    assert_int_equal(vram__pinned_get(&pp, 10 * MIB, &b2, &secs), 0);
+    assert_int_equal(vram__pinned_get(&pp, 4 * MIB, &c, &secs), VRAM_EHOSTMEM);
+    assert_msg_has("bound on pinned memory");
+    assert_int_equal(vram__pinned_put(&pp, a), 1); /* pooled (pool_max = 4 MiB) */
+    assert_int_equal(pinned, 14 * MIB);
+    assert_int_equal(vram__pinned_get(&pp, 6 * MIB, &c, &secs), 0); /* drops the pooled 4 */
+    assert_int_equal(pinned, 16 * MIB);
+    assert_int_equal(vram__pinned_put(&pp, &pinned), 0); /* not one of the pool's */
+    vram__pinned_put(&pp, b2);
+    vram__pinned_put(&pp, c);
+    vram__pinned_destroy(&pp);
+    assert_int_equal(pinned, 0);
 }
 
 static void fill(unsigned char *p, size_t n, uint64_t seed)
@@ -504,17 +592,17 @@ static void test_copy_errors_carry_driver_names(void **state)
     assert_int_equal(vram__backend_map(b, &buf), 0);
     void *h;
     assert_int_equal(vram__backend_host_alloc(b, 4 * chunk, &h), 0);
-    assert_int_equal(D.set_fail("cuMemcpyHtoDAsync_v2:2:ILLEGAL_ADDRESS"), 0);
+    assert_int_equal(D.set_fail("cuMemcpyHtoDAsync_v2:2:INVALID_VALUE"), 0);
     long s0 = D.calls("cuStreamSynchronize");
     assert_int_equal(vram__backend_to_device(b, &buf, 0, h, 4 * chunk), VRAM_EBACKEND);
     assert_msg_has("cuMemcpyHtoDAsync_v2(65536 bytes at offset 65536");
-    assert_msg_has("CUDA_ERROR_ILLEGAL_ADDRESS: an illegal memory access was encountered");
+    assert_msg_has("CUDA_ERROR_INVALID_VALUE: invalid argument");
     assert_int_equal(D.calls("cuStreamSynchronize") - s0, 1); /* drained before returning */
 
-    assert_int_equal(D.set_fail("cuStreamSynchronize:1:LAUNCH_FAILED"), 0);
+    assert_int_equal(D.set_fail("cuStreamSynchronize:1:NOT_SUPPORTED"), 0);
     assert_int_equal(vram__backend_to_host(b, &buf, 0, h, chunk), VRAM_EBACKEND);
     assert_msg_has("cuStreamSynchronize");
-    assert_msg_has("CUDA_ERROR_LAUNCH_FAILED");
+    assert_msg_has("CUDA_ERROR_NOT_SUPPORTED");
 
     assert_int_equal(D.set_fail("cuMemcpyDtoHAsync_v2:1:OOM"), 0);
     assert_int_equal(vram__backend_to_host(b, &buf, 0, h, chunk), VRAM_ENOMEM);
@@ -949,6 +1037,288 @@ static void test_nvidia_visible_devices_index_left_to_runtime(void **state)
     unsetenv("NVIDIA_VISIBLE_DEVICES");
 }
 
+/* ---- defects of issue 10, each against the double ---- */
+
+/* Defect 1: kernels the application queued on its own streams may still
+ * use the memory; unmap and a backup copy wait for them (cuCtxSynchronize)
+ * instead of unmapping under them (ILLEGAL_ADDRESS) or tearing the copy. */
+static void test_unmap_and_backup_wait_for_application_work(void **state)
+{
+    (void)state;
+    vram_backend *b = make_backend(MIB);
+    vram_buf buf;
+    assert_int_equal(vram__backend_reserve(b, 0, 4 * MIB, &buf), 0);
+    assert_int_equal(vram__backend_map(b, &buf), 0);
+    void *h;
+    assert_int_equal(vram__backend_host_alloc(b, 4 * MIB, &h), 0);
+    assert_int_equal(D.user_work(buf.addr, 4 * MIB), 0);
+    assert_int_equal(vram__backend_to_host(b, &buf, 0, h, 4 * MIB), 0);
+    assert_int_equal(stats().user_pending, 0); /* waited for before the copy */
+    assert_int_equal(D.user_work(buf.addr + MIB, MIB), 0);
+    assert_int_equal(vram__backend_unmap(b, &buf), 0);
+    assert_int_equal(stats().user_pending, 0); /* and before the unmap */
+    assert_int_equal(stats().violations, D.violations_at_start);
+    assert_int_equal(vram__backend_map(b, &buf), 0); /* the context is alive */
+    vram__backend_host_free(b, h, 4 * MIB);
+    vram__backend_unreserve(b, &buf);
+    vram__backend_destroy(b);
+}
+
+static vram_manager *cuda_manager(void)
+{
+    vram_config cfg;
+    vram_config_init(&cfg);
+    cfg.backend = VRAM_BACKEND_CUDA;
+    snprintf(cfg.cuda_library, sizeof cfg.cuda_library, "%s", D.path);
+    cfg.no_monitor_thread = 1;
+    cfg.idle_timeout = 0;
+    cfg.chunk_bytes = 256 * 1024;
+    cfg.log_level = VRAM_LOG_ERROR;
+    vram_manager *m = NULL;
+    assert_int_equal(vram_manager_create(&cfg, &m), 0);
+    return m;
+}
+
+/* Defect 1 through the manager: a lease ends with a kernel still queued
+ * (PyTorch returns before its kernels finish); offload and release wait. */
+static void test_offload_and_release_wait_for_queued_kernels(void **state)
+{
+    (void)state;
+    vram_manager *m = cuda_manager();
+    vram_model_opts o;
+    vram_model_opts_init(&o);
+    o.source = "synthetic:3145728:5";
+    vram_model *model = NULL;
+    assert_int_equal(vram_manager_register(m, "k", &o, &model), 0);
+    for (int cycle = 0; cycle < 2; cycle++) {
+        vram_lease *l = NULL;
+        assert_int_equal(vram_model_acquire(model, &l), 0);
+        assert_int_equal(D.user_work((uintptr_t)vram_lease_ptr(l), 3 * MIB), 0);
+        vram_lease_end(l);
+        assert_int_equal(vram_model_offload(model, VRAM_WAIT), 0);
+        assert_int_equal(stats().user_pending, 0);
+        uint64_t c = 0;
+        assert_int_equal(vram_model_checksum(model, &c), 0);
+        assert_int_equal(c, synthetic_checksum(5, 3 * MIB));
+    }
+    vram_lease *l = NULL;
+    assert_int_equal(vram_model_acquire(model, &l), 0);
+    assert_int_equal(D.user_work((uintptr_t)vram_lease_ptr(l), MIB), 0);
+    vram_lease_end(l);
+    assert_int_equal(vram_model_release(model, VRAM_WAIT), 0);
+    assert_int_equal(stats().user_pending, 0);
+    assert_int_equal(stats().violations, D.violations_at_start);
+    vram_manager_destroy(m);
+}
+
+/* Defect 3: after a sticky error the backend is latched unusable: calls
+ * fail at once with the driver's code and text, even if the driver were
+ * to answer again; cleanup still gives everything back. */
+static void test_sticky_error_latches_the_backend(void **state)
+{
+    (void)state;
+    vram_backend *b = make_backend(MIB);
+    vram_buf buf;
+    assert_int_equal(vram__backend_reserve(b, 0, 2 * MIB, &buf), 0);
+    assert_int_equal(vram__backend_map(b, &buf), 0);
+    void *h;
+    assert_int_equal(vram__backend_host_alloc(b, 2 * MIB, &h), 0);
+    assert_int_equal(D.set_sticky(0, CUDA_ERROR_ILLEGAL_ADDRESS), 0);
+    assert_int_equal(vram__backend_to_host(b, &buf, 0, h, 2 * MIB), VRAM_EBACKEND);
+    assert_msg_has("CUDA_ERROR_ILLEGAL_ADDRESS: an illegal memory access was encountered");
+    assert_msg_has("unusable");
+    assert_int_equal(D.set_sticky(0, 0), 0); /* the double forgets; vram must not */
+    long copies = D.calls("cuMemcpyDtoHAsync_v2"), syncs = D.calls("cuCtxSynchronize");
+    assert_int_equal(vram__backend_to_host(b, &buf, 0, h, 2 * MIB), VRAM_EBACKEND);
+    assert_msg_has("CUDA_ERROR_ILLEGAL_ADDRESS");
+    assert_int_equal(vram__backend_to_device(b, &buf, 0, h, 2 * MIB), VRAM_EBACKEND);
+    vram_buf other;
+    assert_int_equal(vram__backend_reserve(b, 1, 2 * MIB, &other), VRAM_EBACKEND);
+    void *h2 = NULL;
+    assert_int_equal(vram__backend_host_alloc(b, MIB, &h2), VRAM_EBACKEND);
+    assert_int_equal(D.calls("cuMemcpyDtoHAsync_v2"), copies);
+    assert_int_equal(D.calls("cuCtxSynchronize"), syncs);
+    vram__backend_host_free(b, h, 2 * MIB); /* cleanup still reaches the driver */
+    vram__backend_unreserve(b, &buf);
+    vram__backend_destroy(b);
+}
+
+/* Defect 3 through the manager: the latched error shows in the status
+ * (vram_manager_info and the status JSON), and offload fails clearly
+ * instead of claiming a backup. */
+static void test_sticky_error_shows_in_the_status(void **state)
+{
+    (void)state;
+    vram_manager *m = cuda_manager();
+    vram_model_opts o;
+    vram_model_opts_init(&o);
+    o.source = "synthetic:2097152:3";
+    vram_model *model = NULL;
+    assert_int_equal(vram_manager_register(m, "s", &o, &model), 0);
+    vram_lease *l = NULL;
+    assert_int_equal(vram_model_acquire(model, &l), 0);
+    vram_lease_end(l);
+    vram_manager_info info;
+    assert_int_equal(vram_manager_get_info(m, &info, sizeof info), 0);
+    assert_string_equal(info.backend_error, "");
+    assert_int_equal(D.set_sticky(0, CUDA_ERROR_LAUNCH_FAILED), 0);
+    assert_int_equal(vram_model_offload(model, VRAM_WAIT), VRAM_EBACKEND);
+    assert_msg_has("CUDA_ERROR_LAUNCH_FAILED");
+    assert_int_equal(vram_manager_get_info(m, &info, sizeof info), 0);
+    assert_non_null(strstr(info.backend_error, "CUDA_ERROR_LAUNCH_FAILED"));
+    char *js = vram_manager_status_json(m);
+    assert_non_null(js);
+    assert_non_null(strstr(js, "\"backend_error\""));
+    free(js);
+    assert_int_equal(D.set_sticky(0, 0), 0);
+    assert_int_equal(vram_model_release(model, VRAM_WAIT), 0);
+    vram_manager_destroy(m);
+}
+
+/* Defect 4: a device that cannot give a context (exclusive-process mode,
+ * failed) is skipped with its reason; the others work. */
+static void test_unusable_device_is_skipped(void **state)
+{
+    (void)state;
+    assert_int_equal(D.set_unusable(0, CUDA_ERROR_DEVICE_UNAVAILABLE), 0);
+    vram_backend *b = make_backend(MIB);
+    assert_int_equal(vram__backend_device_count(b), 2);
+    vram_buf buf;
+    assert_int_equal(vram__backend_reserve(b, 0, 2 * MIB, &buf), VRAM_ENODEV);
+    assert_msg_has("device 0");
+    assert_msg_has("CUDA_ERROR_DEVICE_UNAVAILABLE");
+    assert_int_equal(vram__backend_reserve(b, 1, 2 * MIB, &buf), 0);
+    assert_int_equal(vram__backend_map(b, &buf), 0);
+    void *h;
+    assert_int_equal(vram__backend_host_alloc(b, MIB, &h), 0); /* in device 1's context */
+    vram__backend_host_free(b, h, MIB);
+    vram__backend_unreserve(b, &buf);
+    assert_int_equal(stats().ctx_retained, 1);
+    vram__backend_destroy(b);
+}
+
+/* Defect 4: CUDA initialised first (PyTorch) ignores CUDA_VISIBLE_DEVICES
+ * set later; the configured UUID still selects the device. */
+static void test_visible_uuid_selects_after_cuda_init(void **state)
+{
+    (void)state;
+    assert_int_equal(D.configure(3, 256 * MIB), 0);
+    assert_int_equal(D.cu_init(0), CUDA_SUCCESS); /* someone else was first */
+    vram_config cfg;
+    vram_config_init(&cfg);
+    snprintf(cfg.cuda_library, sizeof cfg.cuda_library, "%s", D.path);
+    snprintf(cfg.visible_devices, sizeof cfg.visible_devices, "%s",
+             "GPU-d0b1e000-0000-4000-8000-000000000002");
+    vram_backend *b = NULL;
+    assert_int_equal(vram__backend_cuda_create(bcfg(&cfg), &b), 0);
+    unsetenv("CUDA_VISIBLE_DEVICES");
+    assert_int_equal(vram__backend_device_count(b), 1);
+    vram_dev_info info;
+    assert_int_equal(vram__backend_device_info(b, 0, &info), 0);
+    assert_string_equal(info.uuid, "GPU-d0b1e000-0000-4000-8000-000000000002");
+    vram_buf buf;
+    assert_int_equal(vram__backend_reserve(b, 0, 2 * MIB, &buf), 0);
+    assert_int_equal(vram__backend_map(b, &buf), 0);
+    assert_int_equal(stats().used[2], 2 * MIB); /* on physical device 2 */
+    vram__backend_unreserve(b, &buf);
+    vram__backend_destroy(b);
+}
+
+/* Defect 4: a MIG instance's UUID reads MIG-..., a GPU's GPU-... */
+static void test_mig_uuid_prefix(void **state)
+{
+    (void)state;
+    D.set_flag("mig", 2);
+    vram_backend *b = make_backend(MIB);
+    vram_dev_info info;
+    assert_int_equal(vram__backend_device_info(b, 0, &info), 0);
+    assert_string_equal(info.uuid, "GPU-d0b1e000-0000-4000-8000-000000000000");
+    assert_int_equal(vram__backend_device_info(b, 1, &info), 0);
+    assert_true(strncmp(info.uuid, "MIG-", 4) == 0);
+    D.set_flag("mig", 0);
+    vram__backend_destroy(b);
+}
+
+typedef struct ck_job {
+    vram_backend *b;
+    vram_buf *buf;
+    int rc;
+} ck_job;
+
+static void *checksum_main(void *arg)
+{
+    ck_job *j = arg;
+    uint64_t sum;
+    j->rc = vram__backend_checksum(j->b, j->buf, 0, MIB, &sum);
+    return NULL;
+}
+
+/* Defect 5: the checksum kernel's PTX JIT does not hold the device's copy
+ * lock: a copy on that device finishes while the JIT runs. */
+static void test_checksum_jit_does_not_stall_copies(void **state)
+{
+    (void)state;
+    vram_backend *b = make_backend(MIB);
+    vram_buf buf;
+    assert_int_equal(vram__backend_reserve(b, 0, 2 * MIB, &buf), 0);
+    assert_int_equal(vram__backend_map(b, &buf), 0);
+    void *h;
+    assert_int_equal(vram__backend_host_alloc(b, MIB, &h), 0);
+    assert_int_equal(vram__backend_to_host(b, &buf, 0, h, MIB), 0); /* streams exist */
+    D.set_flag("jit_ms", 600);
+    ck_job j = {b, &buf, -1};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, checksum_main, &j), 0);
+    usleep(100 * 1000); /* the JIT is running */
+    double t0 = vram__now();
+    assert_int_equal(vram__backend_to_host(b, &buf, 0, h, MIB), 0);
+    double took = vram__now() - t0;
+    pthread_join(t, NULL);
+    D.set_flag("jit_ms", 0);
+    assert_int_equal(j.rc, 0);
+    if (took > 0.3) fail_msg("a copy waited %.3f s for the checksum module's JIT", took);
+    vram__backend_host_free(b, h, MIB);
+    vram__backend_unreserve(b, &buf);
+    vram__backend_destroy(b);
+}
+
+/* Defect 5: a forked child is refused clearly instead of using the
+ * parent's CUDA state. */
+static void test_forked_child_is_refused(void **state)
+{
+    (void)state;
+    vram_backend *b = make_backend(MIB);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        vram_buf buf;
+        int rc = vram__backend_reserve(b, 0, 2 * MIB, &buf);
+        _exit(rc == VRAM_EBACKEND && strstr(vram__last_error(), "fork") ? 0 : 1);
+    }
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    vram__backend_destroy(b);
+}
+
+/* Issue 14's part: fresh device memory is poison, not zeros, so a restore
+ * or load that skips bytes shows. */
+static void test_fresh_device_memory_is_poisoned(void **state)
+{
+    (void)state;
+    vram_backend *b = make_backend(MIB);
+    vram_buf buf;
+    assert_int_equal(vram__backend_reserve(b, 0, 2 * MIB, &buf), 0);
+    assert_int_equal(vram__backend_map(b, &buf), 0);
+    uint64_t w[4];
+    assert_int_equal(vram__backend_to_host(b, &buf, 4096, w, sizeof w), 0);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(w[i], 0xdb0adb0adb0adb0aULL);
+    vram__backend_unreserve(b, &buf);
+    vram__backend_destroy(b);
+}
+
 int main(void)
 {
     if (open_doubles() != 0) {
@@ -976,7 +1346,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_map_oom_leaves_range_intact, setup, teardown),
         cmocka_unit_test_setup_teardown(test_map_failures_release_what_was_created, setup,
                                         teardown),
-        cmocka_unit_test_setup_teardown(test_host_alloc_pinned_and_oom, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_host_alloc_registers_and_pools, setup, teardown),
+        cmocka_unit_test(test_pinned_pool_is_bounded),
         cmocka_unit_test_setup_teardown(test_chunked_copies_are_pipelined, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pageable_upload_and_download, setup, teardown),
         cmocka_unit_test_setup_teardown(test_copy_errors_carry_driver_names, setup, teardown),
@@ -987,6 +1358,20 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_nvml_missing_is_a_clear_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_nvml_pin_selects_the_cuda_device, setup, teardown),
         cmocka_unit_test_setup_teardown(test_manager_cycles_on_cuda, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unmap_and_backup_wait_for_application_work, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_offload_and_release_wait_for_queued_kernels, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_sticky_error_latches_the_backend, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sticky_error_shows_in_the_status, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unusable_device_is_skipped, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_visible_uuid_selects_after_cuda_init, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_mig_uuid_prefix, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_checksum_jit_does_not_stall_copies, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_forked_child_is_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fresh_device_memory_is_poisoned, setup, teardown),
     };
+    const char *only = getenv("VRAM_TEST_FILTER"); /* one test by name (cmocka's glob) */
+    if (only && *only) cmocka_set_test_filter(only);
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
