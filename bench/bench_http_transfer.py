@@ -51,7 +51,9 @@ def memcpy_seconds():
 def main():
     t_memcpy = memcpy_seconds()
     host_memory = "%dM" % (size // (1 << 20) + 64)
-    with Vramd(models=["m=synthetic:%s:1" % args.size], host_memory=host_memory) as d:
+    # no test poison: a benchmark measures what users run
+    with Vramd(models=["m=synthetic:%s:1" % args.size], host_memory=host_memory,
+               env={"VRAM_HOST_POISON": "0"}) as d:
         st, _, r = d.post("/api/v1/models/m/load")
         if st != 200:
             sys.exit("load failed: %s %s" % (st, r))
