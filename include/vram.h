@@ -269,7 +269,12 @@ VRAM_API int vram_model_download(vram_model *model, void *dst, const void *dev_p
  * device only counts a lease. Concurrent callers share one load. Waits up to
  * VRAM_EVICT_WAIT for device memory, then VRAM_ENOMEM. On failure *out is
  * NULL and the model keeps its bytes (on the CPU after a failed restore,
- * unloaded after a failed load, with the reason in last_error). */
+ * unloaded after a failed load, with the reason in last_error). While an
+ * offload or release asked for under a lease (VRAM_WAIT or VRAM_DEFER) is
+ * pending, a new acquire does not overtake it: it waits for the last lease
+ * to carry it out, then restores or loads. A thread that holds a lease on
+ * the model and acquires it again while such work is pending waits for
+ * itself: end your lease first. */
 VRAM_API int vram_model_acquire(vram_model *model, vram_lease **out);
 
 /* Ends a lease. The last lease to end of a model with immediate_offload,
