@@ -330,16 +330,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (r->too_large || r->len + n > VRAM__HTTP_BODY_MAX) {
             r->too_large = 1;
             r->discarded += n;
-            if (r->discarded <= DISCARD_MAX) return MHD_YES;
-            /* a chunked body past the limit: the documented 413, then hang up */
-            char msg[120];
-            snprintf(msg, sizeof msg, "request body too large (limit %d bytes)",
-                     VRAM__HTTP_BODY_MAX);
-            vram__http_conn_phase(h, c, 1);
-            if (!r->status &&
-                vram__http_send_error(c, r, 413, "PAYLOAD_TOO_LARGE", msg, NULL, NULL) == MHD_YES)
-                return MHD_YES;
-            return MHD_NO;
+            /* a chunked body past the limit is read to its end (within the
+             * request deadline) and answered 413 below; only a flood past
+             * DISCARD_MAX is hung up on */
+            return r->discarded > DISCARD_MAX ? MHD_NO : MHD_YES;
         }
         if (r->len + n + 1 > r->cap) {
             size_t cap = r->cap ? r->cap : 1024;

@@ -36,7 +36,7 @@
  */
 
 #define MAX_JOBS 256           /* slow requests in flight at once; more get 503 */
-#define DISCARD_MAX (1u << 20) /* bytes of an oversized chunked body read before hanging up */
+#define DISCARD_MAX (64u << 20) /* bytes of an oversized chunked body read before hanging up */
 
 /* ---- routes (http_routes.c) ---- */
 
