@@ -122,13 +122,15 @@ typedef struct vram_config {
     /* daemon and CLI options share the table */
     int port;                    /* VRAM_PORT, default 7861 */
     char bind[VRAM_STR_MAX];     /* VRAM_BIND, default 127.0.0.1 */
-    char token[VRAM_STR_MAX];    /* VRAM_TOKEN, default empty = no auth */
+    char token[VRAM_STR_MAX];    /* VRAM_TOKEN (or the first line of VRAM_TOKEN_FILE), default
+                                    empty = no auth */
     char url[VRAM_STR_MAX];      /* VRAM_URL, default http://127.0.0.1:7861 */
     /* Tests: a clock in seconds (monotonic) replacing the real one, and the
      * monitor thread switched off (then vram_manager_tick drives it). */
     double (*clock)(void *user);
     void *clock_user;
     int no_monitor_thread;
+    char allowed_hosts[VRAM_STR_MAX]; /* VRAM_ALLOWED_HOSTS, default empty (at the end: added later) */
 } vram_config;
 
 /* Fills cfg with the built-in defaults. */

@@ -486,6 +486,7 @@ int main(int argc, char **argv)
     so.bind = s.cfg.bind;
     so.port = s.cfg.port;
     so.token = s.cfg.token;
+    so.allowed_hosts = s.cfg.allowed_hosts;
     vram_server *srv = NULL;
     if (vram_server_start(m, &so, &srv) < 0) {
         char why[600];
