@@ -136,6 +136,8 @@ static enum MHD_Result handle_mcp(vram__http *h, struct MHD_Connection *c, reque
         .body = r->body,
         .body_len = r->len,
     };
+    vram__conn *k = vram__http_conn_of(c);
+    q.client = k ? k->addr : NULL;
     if (vram__mcp_http_is_slow(&q)) {
         job *j = calloc(1, sizeof *j);
         if (!j) return vram__http_send_error(c, r, 503, "EHOSTMEM", "out of host memory", NULL, NULL);
@@ -154,6 +156,7 @@ static enum MHD_Result handle_mcp(vram__http *h, struct MHD_Connection *c, reque
         j->mreq.content_type = j->mcp_strings[3];
         j->mreq.body = j->mcp_strings[4] ? j->mcp_strings[4] : "";
         j->mreq.body_len = j->mcp_strings[4] ? r->len : 0;
+        j->mreq.client = NULL; /* tools/call only: it opens no session */
         return vram__http_start_job(h, c, r, j);
     }
     vram__mcp_http_resp resp;
