@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "vram.h"
@@ -468,6 +469,16 @@ static void settings_free(settings *s)
     free(s->gpu);
 }
 
+/* Room for the server's connection cap (1000) and the models' files. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 4096 && rl.rlim_max > rl.rlim_cur) {
+        rl.rlim_cur = rl.rlim_max < 4096 ? rl.rlim_max : 4096;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
 int main(int argc, char **argv)
 {
     settings s;
@@ -478,6 +489,7 @@ int main(int argc, char **argv)
     choose_gpu(&s);
     sigset_t stop;
     block_stop_signals(&stop);
+    raise_fd_limit();
 
     vram_set_log_callback(hold_line, NULL);
     vram_manager *m = start_manager(&s);
