@@ -29,6 +29,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static int g_port;
+static int g_head; /* the input holds a HEAD request: answers without bodies */
 static vram_manager *g_m;  /* reachable: they live as long as the process */
 static vram_server *g_srv;
 
@@ -103,8 +104,8 @@ static size_t check_one(const char *p, size_t len)
     if (head + body > len) return 0;
     if (!strcasestr(hdr, "\r\nContent-Type: application/json"))
         return 0; /* libmicrohttpd's own error page (HTML): the connection ends there */
-    if (body > 0 &&
-        strncmp(p + 9, "204", 3) != 0 && !strstr(hdr, "HEAD")) {
+    if (g_head) return 0; /* a HEAD answer announces a body it does not send */
+    if (body > 0 && strncmp(p + 9, "204", 3) != 0) {
         json_error_t je;
         json_t *o = json_loadb(p + head, body, 0, &je);
         CHECK(o != NULL);
@@ -142,6 +143,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)g_port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     CHECK(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    g_head = memmem(data, size, "HEAD", 4) != NULL;
     size_t off = 0;
     while (off < size) {
         ssize_t w = send(fd, data + off, size - off, MSG_NOSIGNAL);

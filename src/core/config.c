@@ -445,7 +445,7 @@ static int parse_secret_file(const option *o, const char *text, const char *show
                            "without blanks)", shown, VRAM_STR_MAX - 1);
         return -1;
     }
-    snprintf(v->s, sizeof v->s, "%s", p);
+    memcpy(v->s, p, strlen(p) + 1); /* shorter than VRAM_STR_MAX: checked above */
     return 0;
 }
 
