@@ -64,7 +64,12 @@ static void usage(FILE *f)
     vram_config_print_help(f);
     fprintf(f,
             "\n"
-            "Stop with SIGINT or SIGTERM: requests in flight finish (up to %.0f s), models are\n"
+            "Give the token with --token-file FILE or VRAM_TOKEN: --token is visible to every\n"
+            "user in /proc/PID/cmdline. With --bind 0.0.0.0 or ::, Host must name this machine\n"
+            "(its addresses, its host name) or one of --allowed-hosts.\n"
+            "\n"
+            "Stop with SIGINT or SIGTERM: requests in flight finish (up to %.0f s; later ones\n"
+            "get a 503 saying vramd is stopping), models are\n"
             "released and vramd exits 0. Exit codes: 0 stopped cleanly, 1 could not start\n"
             "(port taken, backend or model failure), 2 bad option or config file.\n",
             GRACE_SECONDS);
