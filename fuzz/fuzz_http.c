@@ -1,5 +1,6 @@
 /* fuzz_http.c - libFuzzer target: raw bytes as HTTP requests through the real server (libvram-server on a loopback port, host-backend manager), every answer checked. */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stddef.h>
@@ -142,7 +143,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(fd >= 0);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)g_port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    CHECK(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+    int rc = -1;
+    for (int i = 0; i < 50 && (rc = connect(fd, (struct sockaddr *)&sa, sizeof sa)) != 0; i++) {
+        if (errno != EINTR && errno != EAGAIN && errno != EADDRNOTAVAIL) break;
+        usleep(100 * 1000); /* local ports in TIME_WAIT: wait, don't fail the server */
+    }
+    if (rc != 0) fprintf(stderr, "fuzz_http: connect: %s\n", strerror(errno));
+    CHECK(rc == 0);
     g_head = memmem(data, size, "HEAD", 4) != NULL;
     size_t off = 0;
     while (off < size) {
