@@ -4,7 +4,7 @@ JOBS    ?= $(shell nproc 2>/dev/null || echo 2)
 MAKEFLAGS += --no-print-directory
 CMAKE_FLAGS ?=
 
-.PHONY: all build run test unit asan tsan bench fuzz clean format install
+.PHONY: all build run test unit asan tsan bench soak fuzz clean format install
 
 all: build
 
@@ -61,6 +61,13 @@ tsan:
 
 bench: build
 	scripts/run-bench
+
+# The soak run (not part of make test, a few minutes): offload/restore cycles
+# over HTTP and the C API, clean and then with injected faults; RSS, open
+# files and device memory must stay flat.
+soak: build
+	$(BUILD)/soak --cycles 4000
+	$(BUILD)/soak --cycles 4000 --faults 20
 
 fuzz:
 	cmake -S . -B $(BUILD)-fuzz -DCMAKE_C_COMPILER=clang -DVRAM_FUZZ=ON -DVRAM_BUILD_TESTS=OFF >/dev/null

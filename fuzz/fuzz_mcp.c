@@ -246,7 +246,7 @@ static void fuzz_http(const uint8_t *data, size_t size)
         static const char init[] = "{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"initialize\","
                                    "\"params\":{\"protocolVersion\":\"2025-06-18\"}}";
         vram__mcp_http_req q = {"POST", NULL, NULL, "application/json", "application/json",
-                                init, sizeof init - 1};
+                                init, sizeof init - 1, "127.0.0.1"};
         vram__mcp_http_resp r;
         vram__mcp_http(g_mcp, &q, &r);
         check_http(&r);
@@ -263,7 +263,7 @@ static void fuzz_http(const uint8_t *data, size_t size)
                             accepts[(b >> 3) & 3],
                             types[(b >> 5) & 3],
                             (const char *)data + 2,
-                            size - 2};
+                            size - 2, "127.0.0.1"};
     (void)vram__mcp_http_is_slow(&q);
     vram__mcp_http_resp r;
     vram__mcp_http(g_mcp, &q, &r);
@@ -272,7 +272,7 @@ static void fuzz_http(const uint8_t *data, size_t size)
     if (r.session_id[0]) {
         CHECK(r.status == 200 && after >= before);
         /* close the session it opened */
-        vram__mcp_http_req d = {"DELETE", r.session_id, NULL, NULL, NULL, NULL, 0};
+        vram__mcp_http_req d = {"DELETE", r.session_id, NULL, NULL, NULL, NULL, 0, NULL};
         vram__mcp_http_resp dr;
         vram__mcp_http(g_mcp, &d, &dr);
         check_http(&dr);
@@ -281,7 +281,7 @@ static void fuzz_http(const uint8_t *data, size_t size)
     }
     free(r.body);
     if (sid[0] && with_session != 2) { /* ours may be gone already (a DELETE) */
-        vram__mcp_http_req d = {"DELETE", sid, NULL, NULL, NULL, NULL, 0};
+        vram__mcp_http_req d = {"DELETE", sid, NULL, NULL, NULL, NULL, 0, NULL};
         vram__mcp_http_resp dr;
         vram__mcp_http(g_mcp, &d, &dr);
         check_http(&dr);

@@ -122,7 +122,8 @@ typedef struct vram_config {
     /* daemon and CLI options share the table */
     int port;                    /* VRAM_PORT, default 7861 */
     char bind[VRAM_STR_MAX];     /* VRAM_BIND, default 127.0.0.1 */
-    char token[VRAM_STR_MAX];    /* VRAM_TOKEN, default empty = no auth */
+    char token[VRAM_STR_MAX];    /* VRAM_TOKEN (or the first line of VRAM_TOKEN_FILE), default
+                                    empty = no auth */
     char url[VRAM_STR_MAX];      /* VRAM_URL, default http://127.0.0.1:7861 */
     /* Tests: a clock in seconds (monotonic) replacing the real one, the
      * monitor thread switched off (then vram_manager_tick drives it), and
@@ -132,6 +133,7 @@ typedef struct vram_config {
     void *clock_user;
     int no_monitor_thread;
     int fault_injection;
+    char allowed_hosts[VRAM_STR_MAX]; /* VRAM_ALLOWED_HOSTS, default empty (at the end: added later) */
 } vram_config;
 
 /* Fills cfg with the built-in defaults. */
@@ -289,7 +291,12 @@ VRAM_API int vram_model_download(vram_model *model, void *dst, const void *dev_p
  * device only counts a lease. Concurrent callers share one load. Waits up to
  * VRAM_EVICT_WAIT for device memory, then VRAM_ENOMEM. On failure *out is
  * NULL and the model keeps its bytes (on the CPU after a failed restore,
- * unloaded after a failed load, with the reason in last_error). */
+ * unloaded after a failed load, with the reason in last_error). While an
+ * offload or release asked for under a lease (VRAM_WAIT or VRAM_DEFER) is
+ * pending, a new acquire does not overtake it: it waits for the last lease
+ * to carry it out, then restores or loads. A thread that holds a lease on
+ * the model and acquires it again while such work is pending waits for
+ * itself: end your lease first. */
 VRAM_API int vram_model_acquire(vram_model *model, vram_lease **out);
 
 /* Ends a lease. The last lease to end of a model with immediate_offload,

@@ -37,9 +37,20 @@ typedef struct vram_server_opts {
     const char *allowed_hosts; /* comma-separated Host names accepted besides the bind
                                   address and the loopback names; NULL: none */
     int threads;               /* event threads; 0: one per CPU, at least 2 */
+    /* Hostile or idle clients (fields added at the end; 0 means the default): */
+    double request_timeout;    /* seconds a connection has to send a request's headers and
+                                  body (and an idle keep-alive connection waits for the
+                                  next); then it is closed. Default 10 */
+    int max_connections;       /* open connections in all; at the cap the oldest one that has
+                                  sent no complete request is closed. Default 1000 (each takes
+                                  a file descriptor: raise RLIMIT_NOFILE to match) */
+    int max_per_client;        /* per client address; at the cap the client's oldest idle
+                                  connection is closed, or the new one when all are busy.
+                                  Default 64 */
 } vram_server_opts;
 
-/* Fills o with the defaults (127.0.0.1:7861, no token, no extra hosts). */
+/* Fills o with the defaults (127.0.0.1:7861, no token, no extra hosts,
+ * limits 10 s, 1000 connections, 64 per client). */
 VRAM_API void vram_server_opts_init(vram_server_opts *o);
 
 /* Binds, listens and starts serving manager m (borrowed: it must outlive the

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "vram.h"
@@ -69,7 +70,12 @@ static void usage(FILE *f)
             "changed timeouts applied; a bad file changes nothing and the log says why.\n"
             "Port, bind, token, backend, devices and budgets change only with a restart.\n"
             "\n"
-            "Stop with SIGINT or SIGTERM: requests in flight finish (up to %.0f s), models are\n"
+            "Give the token with --token-file FILE or VRAM_TOKEN: --token is visible to every\n"
+            "user in /proc/PID/cmdline. With --bind 0.0.0.0 or ::, Host must name this machine\n"
+            "(its addresses, its host name) or one of --allowed-hosts.\n"
+            "\n"
+            "Stop with SIGINT or SIGTERM: requests in flight finish (up to %.0f s; later ones\n"
+            "get a 503 saying vramd is stopping), models are\n"
             "released and vramd exits 0. Exit codes: 0 stopped cleanly, 1 could not start\n"
             "(port taken, backend failure, a source that does not open), 2 bad option, model\n"
             "name or config file.\n",
@@ -504,6 +510,16 @@ static void settings_free(settings *s)
     memset(s, 0, sizeof *s);
 }
 
+/* Room for the server's connection cap (1000) and the models' files. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 4096 && rl.rlim_max > rl.rlim_cur) {
+        rl.rlim_cur = rl.rlim_max < 4096 ? rl.rlim_max : 4096;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
 int main(int argc, char **argv)
 {
     settings s;
@@ -514,6 +530,7 @@ int main(int argc, char **argv)
     choose_gpu(&s);
     sigset_t stop;
     block_stop_signals(&stop);
+    raise_fd_limit();
 
     vram_set_log_callback(hold_line, NULL);
     vram_manager *m = start_manager(&s);
@@ -522,6 +539,7 @@ int main(int argc, char **argv)
     so.bind = s.cfg.bind;
     so.port = s.cfg.port;
     so.token = s.cfg.token;
+    so.allowed_hosts = s.cfg.allowed_hosts;
     vram_server *srv = NULL;
     if (vram_server_start(m, &so, &srv) < 0) {
         char why[600];

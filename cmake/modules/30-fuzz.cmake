@@ -1,4 +1,4 @@
-# 30-fuzz.cmake - libFuzzer targets (VRAM_FUZZ=ON, clang only): fuzz_safetensors, fuzz_mcp and their CTest smoke runs.
+# 30-fuzz.cmake - libFuzzer targets (VRAM_FUZZ=ON, clang only): fuzz_safetensors, fuzz_mcp, fuzz_http and their CTest smoke runs.
 if(VRAM_FUZZ)
   if(NOT CMAKE_C_COMPILER_ID MATCHES "Clang")
     message(FATAL_ERROR "VRAM_FUZZ=ON needs clang: cmake -DCMAKE_C_COMPILER=clang -DVRAM_FUZZ=ON")
@@ -25,6 +25,17 @@ if(VRAM_FUZZ)
   target_link_options(fuzz_mcp PRIVATE ${VRAM_FUZZ_FLAGS})
   target_link_libraries(fuzz_mcp PRIVATE vram_static PkgConfig::JANSSON Threads::Threads)
 
+  # Raw HTTP through the real server: every server source compiled into the
+  # target (instrumented), over libmicrohttpd and the core library.
+  file(GLOB VRAM_FUZZ_SERVER_SOURCES CONFIGURE_DEPENDS src/server/*.c)
+  add_executable(fuzz_http fuzz/fuzz_http.c ${VRAM_FUZZ_SERVER_SOURCES})
+  target_include_directories(fuzz_http PRIVATE include src)
+  target_compile_definitions(fuzz_http PRIVATE _GNU_SOURCE= VRAM_BUILDING)
+  target_compile_options(fuzz_http PRIVATE ${VRAM_FUZZ_FLAGS})
+  target_link_options(fuzz_http PRIVATE ${VRAM_FUZZ_FLAGS})
+  target_link_libraries(fuzz_http PRIVATE vram_static PkgConfig::MHD PkgConfig::JANSSON
+    Threads::Threads)
+
   enable_testing()
   add_test(NAME fuzz/safetensors-smoke
     COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-smoke --target safetensors
@@ -35,4 +46,8 @@ if(VRAM_FUZZ)
     COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-smoke --target mcp --binary $<TARGET_FILE:fuzz_mcp>
             --seconds 30 --work ${CMAKE_BINARY_DIR}/fuzz-smoke-mcp)
   set_tests_properties(fuzz/mcp-smoke PROPERTIES LABELS fuzz TIMEOUT 300)
+  add_test(NAME fuzz/http-smoke
+    COMMAND ${CMAKE_SOURCE_DIR}/scripts/fuzz-smoke --target http --binary $<TARGET_FILE:fuzz_http>
+            --seconds 30 --work ${CMAKE_BINARY_DIR}/fuzz-smoke-http)
+  set_tests_properties(fuzz/http-smoke PROPERTIES LABELS fuzz TIMEOUT 300)
 endif()

@@ -146,6 +146,9 @@ class ServerOpts(ctypes.Structure):
         ("token", ctypes.c_char_p),
         ("allowed_hosts", ctypes.c_char_p),
         ("threads", ctypes.c_int),
+        ("request_timeout", ctypes.c_double),
+        ("max_connections", ctypes.c_int),
+        ("max_per_client", ctypes.c_int),
     ]
 
 

@@ -114,13 +114,16 @@ int vram__map_with_evict(vram_model *model, vram_alloc *a)
 {
     vram_manager *m = model->m;
     double deadline = -1;
+    pthread_mutex_lock(&m->lock);
+    uint64_t seq = ++m->charge_seq; /* one sequence: a victim that failed is not tried again */
+    pthread_mutex_unlock(&m->lock);
     for (;;) {
         int rc = vram__backend_map(m->backend, &a->buf);
         if (rc != VRAM_ENOMEM) return rc;
         char msg[VRAM_ERRMSG_MAX];
         snprintf(msg, sizeof msg, "%s", vram__last_error());
         pthread_mutex_lock(&m->lock);
-        int e = evict_one(m, a->buf.device, model, ++m->charge_seq);
+        int e = m->stopping ? 0 : evict_one(m, a->buf.device, model, seq);
         if (!e) {
             double now = vram__now();
             if (deadline < 0) deadline = now + m->cfg.evict_wait;

@@ -415,6 +415,40 @@ static int parse_string(const option *o, const char *text, const char *shown, op
     return 0;
 }
 
+/* A secret read from the file named by text: its first line, without the
+ * line end and surrounding blanks (VRAM_TOKEN_FILE). */
+static int parse_secret_file(const option *o, const char *text, const char *shown, optval *v,
+                             char *msg, size_t len)
+{
+    (void)o;
+    if (!text[0]) { /* the default: no file, no token */
+        v->s[0] = '\0';
+        return 0;
+    }
+    FILE *f = fopen(text, "r");
+    if (!f) {
+        snprintf(msg, len, "%s: %s", shown, strerror(errno));
+        return -1;
+    }
+    char line[VRAM_STR_MAX + 2] = "";
+    int got = fgets(line, sizeof line, f) != NULL;
+    fclose(f);
+    size_t n = got ? strlen(line) : 0;
+    while (n && (line[n - 1] == '\n' || line[n - 1] == '\r' || line[n - 1] == ' ' ||
+                 line[n - 1] == '\t'))
+        line[--n] = '\0';
+    char *p = line;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (!*p || strlen(p) >= VRAM_STR_MAX || has_control(p) || has_blank(p)) {
+        snprintf(msg, len, "%s: the file's first line must be the token (1 to %d characters "
+                           "without blanks)", shown, VRAM_STR_MAX - 1);
+        return -1;
+    }
+    memcpy(v->s, p, strlen(p) + 1); /* shorter than VRAM_STR_MAX: checked above */
+    return 0;
+}
+
 static void format_string(const option *o, const void *field, char *buf, size_t len)
 {
     char s[VRAM_STR_MAX];
@@ -490,6 +524,7 @@ static const opt_type t_enum = {parse_enum, format_enum};
 static const opt_type t_string = {parse_string, format_string};
 static const opt_type t_url = {parse_url, format_string};
 static const opt_type t_devices = {parse_devices, format_string};
+static const opt_type t_secret_file = {parse_secret_file, format_string};
 
 /* ------------------------------------------------------------------------ */
 /* The table                                                                 */
@@ -577,6 +612,17 @@ static const option g_options[] = {
      &t_string,
      FIELD(token),
      .flags = OPT_NOSPACE | OPT_SECRET},
+    {{"VRAM_TOKEN_FILE", NULL, "--token-file", "PATH", "",
+      "read the token from PATH's first line (recommended: --token is visible to every user "
+      "in /proc/PID/cmdline; or use VRAM_TOKEN)"},
+     &t_secret_file,
+     FIELD(token),
+     .flags = OPT_SECRET},
+    {{"VRAM_ALLOWED_HOSTS", NULL, "--allowed-hosts", "LIST", "",
+      "Host names accepted besides loopback and the bind address (comma-separated); with "
+      "--bind 0.0.0.0 or :: this machine's addresses and host name are accepted too"},
+     &t_string,
+     FIELD(allowed_hosts)},
     {{"VRAM_URL", NULL, "--url", "URL", "http://127.0.0.1:7861", "daemon URL the CLI talks to"},
      &t_url,
      FIELD(url)},

@@ -43,7 +43,15 @@
  *    m->lock. Signals are sent only when someone waits (counted), which keeps
  *    the hot acquire/end path free of system calls.
  *
- * 6. progress_done/progress_total are atomics (read without the lock).
+ * 6. A pending offload or release (model->pending, asked for under a lease)
+ *    goes first: new acquires wait on model->cond until the last lease has
+ *    carried it out, then restore or load. A background action that fails
+ *    (the monitor's offload, an eviction) is not retried at once: the
+ *    monitor waits model->retry_at (doubling back-off), an eviction skips
+ *    the model for the rest of its charge (evict_skip). Every loop that
+ *    drops and retakes the lock checks m->stopping.
+ *
+ * 7. progress_done/progress_total are atomics (read without the lock).
  *    The source (model->source) and its tensor table are fixed at register
  *    time; dev_ptr fields of the table change only under the lock.
  */
@@ -82,6 +90,9 @@ struct vram_model {
     int last_load_rc;
     pthread_t owner;       /* the thread in a transitional state (LOADING: the loader) */
     uint64_t evict_skip;   /* charge sequence in which evicting it failed */
+    double retry_at;       /* clock before which the monitor does not retry a failed offload */
+    double retry_delay;    /* back-off after the last failed background offload; 0: none */
+    int offload_failing;   /* its last offload failed (a repeat of the same error logs quietly) */
 
     vram_alloc *allocs;
     size_t nallocs, cap;

@@ -259,10 +259,16 @@ static void offload_done_locked(vram_model *model, int rc, uint64_t host_charged
     if (rc < 0) {
         m->host_used -= host_charged;
         model->failures++;
+        char before[sizeof model->last_error];
+        memcpy(before, model->last_error, sizeof before);
         set_last_error(model, rc, "offload");
         model->state = VRAM_STATE_GPU;
-        vram__log(VRAM_LOG_ERROR, "offload-failed model=%s error=%s: %s (model stays on GPU)",
-                  model->name, vram_err_name(rc), vram__last_error());
+        /* the same failure again (a retry, another eviction) is logged once */
+        int again = model->offload_failing && strcmp(before, model->last_error) == 0;
+        model->offload_failing = 1;
+        vram__log(again ? VRAM_LOG_DEBUG : VRAM_LOG_ERROR,
+                  "offload-failed model=%s error=%s: %s (model stays on GPU)", model->name,
+                  vram_err_name(rc), vram__last_error());
         note_idle(model);
         return;
     }
@@ -274,6 +280,9 @@ static void offload_done_locked(vram_model *model, int rc, uint64_t host_charged
         }
     }
     model->has_backup = 1;
+    model->retry_at = 0;
+    model->retry_delay = 0;
+    model->offload_failing = 0;
     model->offloads++;
     if (evicting) model->evictions++;
     model->last_offload_s = secs;
@@ -437,6 +446,17 @@ int vram_model_acquire(vram_model *model, vram_lease **out)
             rc = vram__errorf(VRAM_ECANCELED, "manager is shutting down");
             break;
         }
+        if (model->state == VRAM_STATE_GPU && model->pending) {
+            /* an offload or release asked for goes first (rule 6): the last
+             * lease carries it out, then this acquire restores or loads */
+            if (model->leases > 0)
+                model_wait(model);
+            else if (model->pending & PENDING_RELEASE)
+                vram__release_locked(model);
+            else
+                vram__offload_locked(model, 0); /* a failure clears pending */
+            continue;
+        }
         if (model->state == VRAM_STATE_GPU) {
             model->leases++;
             if (now > model->last_used) model->last_used = now;
@@ -520,8 +540,8 @@ static int settle(vram_model *model, unsigned flags, unsigned pending, int *rc)
                            model->leases == 1 ? "" : "s");
         return 0;
     }
+    model->pending |= pending; /* new acquires wait for it (rule 6) */
     if (flags & VRAM_DEFER) {
-        model->pending |= pending;
         *rc = VRAM_DEFERRED;
         return 0;
     }

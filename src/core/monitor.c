@@ -5,48 +5,65 @@
 
 #include "core/core.h"
 
+#define RETRY_FIRST 1.0 /* seconds before the first retry of a failed background offload */
+#define RETRY_MAX 300.0 /* the longest back-off */
+
+/* The next model due for an offload (*release 0) or a release (*release 1),
+ * or NULL; lowers *next to the earliest later deadline. A model whose last
+ * background offload failed waits for its retry_at. Lock held. */
+static vram_model *pick_due(vram_manager *m, double now, double *next, int *release)
+{
+    for (size_t i = 0; i < m->nmodels; i++) {
+        vram_model *c = m->models[i];
+        if (c->state == VRAM_STATE_GPU && c->leases == 0) {
+            if (c->pending) {
+                *release = (c->pending & PENDING_RELEASE) != 0;
+                return c;
+            }
+            double it = vram__idle_timeout(c);
+            if (it <= 0) continue;
+            double dl = c->last_used + it;
+            if (c->retry_at > dl) dl = c->retry_at;
+            if (dl <= now) {
+                *release = 0;
+                return c;
+            }
+            if (dl < *next) *next = dl;
+        } else if (c->state == VRAM_STATE_CPU && c->readers == 0) {
+            double rt = vram__release_timeout(c);
+            double dl = (c->pending & PENDING_RELEASE) ? now : rt > 0 ? c->cpu_since + rt : INFINITY;
+            if (dl <= now) {
+                *release = 1;
+                return c;
+            }
+            if (dl < *next) *next = dl;
+        }
+    }
+    return NULL;
+}
+
+/* After a failed background offload: the next try waits, doubling. */
+static void back_off(vram_model *model, double now)
+{
+    double d = model->retry_delay > 0 ? model->retry_delay * 2 : RETRY_FIRST;
+    model->retry_delay = d > RETRY_MAX ? RETRY_MAX : d;
+    model->retry_at = now + model->retry_delay;
+    vram__log(VRAM_LOG_DEBUG, "monitor: offload model=%s failed; next try in %.0f s", model->name,
+              model->retry_delay);
+}
+
 /* Does every due offload and release; returns how many, and leaves the
- * next deadline in m->monitor_next. Lock held; dropped while working. */
+ * next deadline in m->monitor_next. Lock held; dropped while working. A
+ * failure backs off that model and goes on with the others; a stopping
+ * manager ends the round. */
 static int tick_locked(vram_manager *m)
 {
     int done = 0;
-    for (;;) {
+    while (!m->stopping) {
         double now = vram__clock(m);
         double next = INFINITY;
-        vram_model *victim = NULL;
         int release = 0;
-        for (size_t i = 0; i < m->nmodels && !victim; i++) {
-            vram_model *c = m->models[i];
-            if (c->state == VRAM_STATE_GPU && c->leases == 0) {
-                if (c->pending) {
-                    victim = c;
-                    release = (c->pending & PENDING_RELEASE) != 0;
-                    break;
-                }
-                double it = vram__idle_timeout(c);
-                if (it > 0) {
-                    double dl = c->last_used + it;
-                    if (dl <= now)
-                        victim = c;
-                    else if (dl < next)
-                        next = dl;
-                }
-            } else if (c->state == VRAM_STATE_CPU && c->readers == 0) {
-                double rt = vram__release_timeout(c);
-                if (c->pending & PENDING_RELEASE) {
-                    victim = c;
-                    release = 1;
-                } else if (rt > 0) {
-                    double dl = c->cpu_since + rt;
-                    if (dl <= now) {
-                        victim = c;
-                        release = 1;
-                    } else if (dl < next) {
-                        next = dl;
-                    }
-                }
-            }
-        }
+        vram_model *victim = pick_due(m, now, &next, &release);
         if (!victim) {
             m->monitor_next = next;
             return done;
@@ -56,12 +73,15 @@ static int tick_locked(vram_manager *m)
                       vram_state_location(victim->state));
             vram__release_locked(victim);
         } else {
-            vram__log(VRAM_LOG_INFO, "monitor: offload model=%s idle %.1f s (timeout %.1f s)",
-                      victim->name, now - victim->last_used, vram__idle_timeout(victim));
-            vram__offload_locked(victim, 0);
+            vram__log(victim->retry_delay > 0 ? VRAM_LOG_DEBUG : VRAM_LOG_INFO,
+                      "monitor: offload model=%s idle %.1f s (timeout %.1f s)", victim->name,
+                      now - victim->last_used, vram__idle_timeout(victim));
+            if (vram__offload_locked(victim, 0) < 0) back_off(victim, vram__clock(m));
         }
         done++;
     }
+    m->monitor_next = INFINITY;
+    return done;
 }
 
 void *vram__monitor_main(void *arg)

@@ -190,6 +190,8 @@ static enum MHD_Result handle_mcp(vram__http *h, struct MHD_Connection *c, reque
         .body = r->body,
         .body_len = r->len,
     };
+    vram__conn *k = vram__http_conn_of(c);
+    q.client = k ? k->addr : NULL;
     if (vram__mcp_http_is_slow(&q)) {
         job *j = calloc(1, sizeof *j);
         if (!j) return vram__http_send_error(c, r, 503, "EHOSTMEM", "out of host memory", NULL, NULL);
@@ -197,6 +199,8 @@ static enum MHD_Result handle_mcp(vram__http *h, struct MHD_Connection *c, reque
         const char *src[4] = {q.session_id, q.protocol_version, q.accept, q.content_type};
         for (int i = 0; i < 4; i++)
             j->mcp_strings[i] = src[i] ? strdup(src[i]) : NULL;
+        j->mcp_strings[4] = malloc(r->len + 1); /* the job may outlive the request (stop) */
+        if (j->mcp_strings[4]) memcpy(j->mcp_strings[4], r->body ? r->body : "", r->len), j->mcp_strings[4][r->len] = 0;
         j->is_mcp = 1;
         j->mreq = q;
         j->mreq.method = "POST";
@@ -204,7 +208,10 @@ static enum MHD_Result handle_mcp(vram__http *h, struct MHD_Connection *c, reque
         j->mreq.protocol_version = j->mcp_strings[1];
         j->mreq.accept = j->mcp_strings[2];
         j->mreq.content_type = j->mcp_strings[3];
-        return vram__http_start_job(h, c, r, j); /* r->body stays alive until the request completes */
+        j->mreq.body = j->mcp_strings[4] ? j->mcp_strings[4] : "";
+        j->mreq.body_len = j->mcp_strings[4] ? r->len : 0;
+        j->mreq.client = NULL; /* tools/call only: it opens no session */
+        return vram__http_start_job(h, c, r, j);
     }
     vram__mcp_http_resp resp;
     vram__mcp_http(h->mcp, &q, &resp);
@@ -220,13 +227,58 @@ static enum MHD_Result handle_mcp(vram__http *h, struct MHD_Connection *c, reque
                      resp.body ? "application/json" : NULL, h1, v1);
 }
 
+/* Counts of the headers that must come once, and names that are not tokens. */
+typedef struct header_scan {
+    int host, auth, length, te;
+    int bad_name;
+} header_scan;
+
+static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   const char *value)
+{
+    header_scan *st = cls;
+    (void)kind;
+    (void)value;
+    if (!key || !*key || strpbrk(key, " \t\r\n")) st->bad_name = 1;
+    else if (!strcasecmp(key, MHD_HTTP_HEADER_HOST)) st->host++;
+    else if (!strcasecmp(key, MHD_HTTP_HEADER_AUTHORIZATION)) st->auth++;
+    else if (!strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH)) st->length++;
+    else if (!strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING)) st->te++;
+    return MHD_YES;
+}
+
+/* Why the request's head is ambiguous (a smuggling or check-bypass risk),
+ * or NULL: duplicate Host, Authorization or Content-Length, a header name
+ * with white space ("Host :"), Content-Length with Transfer-Encoding, a
+ * %00 in the path, an HTTP/1.1 request without Host. */
+static const char *head_problem(struct MHD_Connection *c, const char *version)
+{
+    header_scan st = {0};
+    MHD_get_connection_values(c, MHD_HEADER_KIND, scan_header, &st);
+    if (st.bad_name) return "malformed header name (white space before ':'?)";
+    if (st.host > 1) return "duplicate Host header";
+    if (st.auth > 1) return "duplicate Authorization header";
+    if (st.length > 1) return "duplicate Content-Length header";
+    if (st.te > 1) return "duplicate Transfer-Encoding header";
+    if (st.length && st.te) return "Content-Length together with Transfer-Encoding";
+    if (st.host == 0 && version && strcmp(version, MHD_HTTP_VERSION_1_0) != 0)
+        return "HTTP/1.1 request without a Host header";
+    vram__conn *k = vram__http_conn_of(c);
+    if (k && k->bad_path) return "the path holds a NUL byte (%00)";
+    return NULL;
+}
+
 /* First call of a request, its headers read: everything that can be
  * refused before reading a body is refused here. Returns 1 when an answer
  * was queued (*ret set). */
 static int first_call(vram__http *h, struct MHD_Connection *c, request *r, const char *url,
-                      const char *method, enum MHD_Result *ret)
+                      const char *method, const char *version, enum MHD_Result *ret)
 {
-    const char *why = NULL;
+    const char *why = head_problem(c, version);
+    if (why) {
+        *ret = vram__http_send_error(c, r, 400, "BAD_REQUEST", why, NULL, NULL);
+        return 1;
+    }
     const char *name = NULL;
     size_t name_len = 0;
     char msg[320];
@@ -251,6 +303,13 @@ static int first_call(vram__http *h, struct MHD_Connection *c, request *r, const
         }
         memcpy(r->name, name, name_len);
         r->name[name_len] = '\0';
+        if (!vram__utf8_valid(r->name)) {
+            *ret = vram__http_send_error(c, r, 400, "BAD_REQUEST",
+                                         "the model name in the path is not valid UTF-8 (send "
+                                         "it percent-encoded as UTF-8)",
+                                         NULL, NULL);
+            return 1;
+        }
     }
     int allowed = r->route == R_MCP ? 1 : vram__http_route_command(r->route, r->method) != NULL;
     if (!allowed) {
@@ -310,7 +369,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             if (asprintf(&r->log_url, "%.16s %.256s", method, url) < 0) r->log_url = NULL;
         }
         enum MHD_Result ret;
-        if (first_call(h, c, r, url, method, &ret)) return ret;
+        if (first_call(h, c, r, url, method, version, &ret)) {
+            vram__http_conn_phase(h, c, 1);
+            return ret;
+        }
         r->started = 1;
         /* answer on a later call, once the whole request is in: an answer
          * queued now would make libmicrohttpd close the connection */
@@ -326,6 +388,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (r->too_large || r->len + n > VRAM__HTTP_BODY_MAX) {
             r->too_large = 1;
             r->discarded += n;
+            /* a chunked body past the limit is read to its end (within the
+             * request deadline) and answered 413 below; only a flood past
+             * DISCARD_MAX is hung up on */
             return r->discarded > DISCARD_MAX ? MHD_NO : MHD_YES;
         }
         if (r->len + n + 1 > r->cap) {
@@ -343,12 +408,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return MHD_YES;
     }
     if (r->status) return MHD_YES; /* answered already */
+    vram__http_conn_phase(h, c, 1); /* the whole request is in */
     if (r->too_large) {
         char msg[120];
         snprintf(msg, sizeof msg, "request body too large (limit %d bytes)", VRAM__HTTP_BODY_MAX);
         return vram__http_send_error(c, r, 413, "PAYLOAD_TOO_LARGE", msg, NULL, NULL);
     }
-    (void)version;
     return dispatch(h, c, r, method);
 }
 
@@ -357,8 +422,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
 {
     vram__http *h = cls;
     request *r = *con_cls;
-    (void)c;
     if (!r) return;
+    vram__http_conn_phase(h, c, 0); /* waits for its next request */
     double dt = vram__now() - r->t0;
     vram__metrics_count(h->mx, (size_t)r->route, r->status, dt);
     if (r->log_url)
@@ -478,6 +543,9 @@ int vram__http_listen(const vram__http_opts *o, vram__http **out, char *err, siz
     }
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     h->threads = o->threads > 0 ? o->threads : (int)(ncpu < 2 ? 2 : ncpu > 16 ? 16 : ncpu);
+    h->request_timeout = o->request_timeout > 0 ? o->request_timeout : 10.0;
+    h->max_conns = o->max_connections > 0 ? o->max_connections : 1000;
+    h->max_per_client = o->max_per_client > 0 ? o->max_per_client : 64;
     pthread_mutex_init(&h->lock, NULL);
     pthread_cond_init(&h->cond, NULL);
     *out = h;
@@ -501,14 +569,23 @@ int vram__http_start(vram__http *h, vram_manager *m, char *err, size_t errlen)
         snprintf(err, errlen, "out of host memory");
         return VRAM_EHOSTMEM;
     }
+    if (vram__http_conns_start(h) < 0) {
+        snprintf(err, errlen, "cannot start the connection watchdog thread");
+        return VRAM_EHOSTMEM;
+    }
     MHD_set_panic_func(on_mhd_panic, NULL);
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                      MHD_USE_ERROR_LOG;
     h->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER,
                                  on_mhd_log, h, MHD_OPTION_LISTEN_SOCKET, (MHD_socket)h->listen_fd,
                                  MHD_OPTION_THREAD_POOL_SIZE, (unsigned int)h->threads,
-                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned int)1000,
+                                 /* our own caps come first (http_conns.c); this one
+                                    only bounds a burst between two of its checks */
+                                 MHD_OPTION_CONNECTION_LIMIT, (unsigned int)h->max_conns + 64,
                                  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)60,
+                                 MHD_OPTION_STRICT_FOR_CLIENT, (int)1,
+                                 MHD_OPTION_UNESCAPE_CALLBACK, vram__http_unescape, h,
+                                 MHD_OPTION_NOTIFY_CONNECTION, vram__http_on_connection, h,
                                  MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_END);
     if (!h->daemon) {
         snprintf(err, errlen, "libmicrohttpd could not start on port %d", h->port);
@@ -540,8 +617,21 @@ int vram__http_stop(vram__http *h, double grace)
         if (pthread_cond_timedwait(&h->cond, &h->lock, &until) == ETIMEDOUT) break;
     int left = h->jobs;
     pthread_mutex_unlock(&h->lock);
-    if (left > 0) return left; /* suspended connections: stopping MHD now is not allowed */
+    if (left > 0) {
+        /* past the grace: those clients get a 503 saying so, not an empty
+         * reply; the jobs go on (they hold h), their results dropped */
+        vram__http_jobs_abandon(h);
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 2;
+        pthread_mutex_lock(&h->lock);
+        while (h->stop_answers > 0)
+            if (pthread_cond_timedwait(&h->cond, &h->lock, &until) == ETIMEDOUT) break;
+        pthread_mutex_unlock(&h->lock);
+        return left;
+    }
+    vram__http_conns_stop(h);
     if (h->daemon) MHD_stop_daemon(h->daemon);
+    vram__http_conns_free(h);
     if (h->listen_fd >= 0) close(h->listen_fd);
     vram__mcp_destroy(h->mcp);
     vram__metrics_destroy(h->mx);

@@ -15,6 +15,9 @@ typedef struct vram__http_opts {
     const char *token; /* "" or NULL: no authentication */
     const char *allowed_hosts; /* comma-separated Host names accepted besides loopback and bind */
     int threads;       /* event threads; 0: one per CPU, at least 2 */
+    double request_timeout; /* seconds for a request's headers and body; <= 0: 10 */
+    int max_connections;    /* in all; <= 0: 1000 */
+    int max_per_client;     /* per client address; <= 0: 64 */
 } vram__http_opts;
 
 typedef struct vram__http vram__http;

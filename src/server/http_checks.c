@@ -1,9 +1,14 @@
 /* http_checks.c - the HTTP server's request checks: bearer token, Host and Origin (DNS rebinding). */
 #include "server/http_checks.h"
 
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 static int token_ok(const char *given, const char *want)
 {
@@ -53,7 +58,9 @@ static int host_allowed(const vram__http_guard *g, const char *host, size_t len)
     }
     for (size_t i = 0; i < g->nhosts; i++)
         if (same(host, len, g->hosts[i])) return 1;
-    return same(host, len, g->bind);
+    for (size_t i = 0; i < g->nlocal; i++)
+        if (same(host, len, g->local[i])) return 1;
+    return !g->wildcard && same(host, len, g->bind);
 }
 
 /* Splits "host:port", "[v6]:port" or "host" into the host part. */
@@ -76,11 +83,11 @@ int vram__http_origin_ok(const vram__http_guard *g, const char *host, const char
 {
     const char *hn = NULL;
     size_t hl = 0;
-    int any_host = g->wildcard && g->nhosts == 0;
     if (host) {
         host_part(host, &hn, &hl);
-        if (!any_host && !host_allowed(g, hn, hl)) {
-            *why = "Forbidden: the Host header does not name this server (DNS rebinding?)";
+        if (!host_allowed(g, hn, hl)) {
+            *why = "Forbidden: the Host header does not name this server (DNS rebinding?); "
+                   "add the name to --allowed-hosts (VRAM_ALLOWED_HOSTS)";
             return 0;
         }
     }
@@ -95,9 +102,37 @@ int vram__http_origin_ok(const vram__http_guard *g, const char *host, const char
     host_part(p + 3, &on, &ol);
     if (ol && on[ol - 1] == '/') ol--;
     if (host_allowed(g, on, ol)) return 1;
-    if (any_host && hn && hl == ol && strncasecmp(hn, on, ol) == 0) return 1; /* same origin */
     *why = "Forbidden: requests from this Origin are not accepted";
     return 0;
+}
+
+static void add_local(vram__http_guard *g, const char *name)
+{
+    if (!*name || g->nlocal == VRAM__HTTP_LOCAL_MAX || strlen(name) >= sizeof g->local[0]) return;
+    snprintf(g->local[g->nlocal++], sizeof g->local[0], "%s", name);
+}
+
+/* A wildcard bind answers on every address of the machine: those (as
+ * getifaddrs has them now, without an IPv6 zone) and the host name. */
+static void add_local_names(vram__http_guard *g)
+{
+    char name[256];
+    if (gethostname(name, sizeof name) == 0) {
+        name[sizeof name - 1] = '\0';
+        add_local(g, name);
+    }
+    struct ifaddrs *ifa = NULL;
+    if (getifaddrs(&ifa) != 0) return;
+    for (struct ifaddrs *i = ifa; i; i = i->ifa_next) {
+        if (!i->ifa_addr) continue;
+        char text[INET6_ADDRSTRLEN] = "";
+        if (i->ifa_addr->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((struct sockaddr_in *)i->ifa_addr)->sin_addr, text, sizeof text);
+        else if (i->ifa_addr->sa_family == AF_INET6)
+            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)i->ifa_addr)->sin6_addr, text, sizeof text);
+        add_local(g, text);
+    }
+    freeifaddrs(ifa);
 }
 
 static int host_char_ok(char c)
@@ -137,6 +172,7 @@ int vram__http_guard_init(vram__http_guard *g, const char *bind, int wildcard, c
     memset(g, 0, sizeof *g);
     snprintf(g->bind, sizeof g->bind, "%s", bind ? bind : "");
     g->wildcard = wildcard;
+    if (wildcard) add_local_names(g);
     if (token && strlen(token) >= sizeof g->token) {
         snprintf(err, errlen, "the token is longer than %d bytes", VRAM_STR_MAX - 1);
         return VRAM_EINVAL;

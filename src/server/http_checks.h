@@ -7,6 +7,7 @@
 #include "vram.h"
 
 #define VRAM__HTTP_HOSTS_MAX 16
+#define VRAM__HTTP_LOCAL_MAX 32
 
 /* What a request is checked against; fixed once the server starts (read
  * from any event thread without a lock). */
@@ -16,6 +17,8 @@ typedef struct vram__http_guard {
     char token[VRAM_STR_MAX]; /* "" = no authentication */
     char hosts[VRAM__HTTP_HOSTS_MAX][128]; /* allowed Host names besides loopback and bind */
     size_t nhosts;
+    char local[VRAM__HTTP_LOCAL_MAX][64]; /* wildcard bind: this machine's addresses and names */
+    size_t nlocal;
 } vram__http_guard;
 
 /* Fills g. allowed_hosts is a comma-separated list of names or addresses
@@ -31,8 +34,9 @@ int vram__http_authorized(const vram__http_guard *g, const char *authorization);
 
 /* DNS-rebinding and cross-site protection: Host (NULL: absent) must name
  * this machine's loopback, the bound address or an allowed host, and
- * Origin (NULL: absent), when sent, too. On a wildcard bind without
- * allowed hosts any Host passes and an Origin equal to Host is accepted.
+ * Origin (NULL: absent), when sent, too. On a wildcard bind the bound
+ * address is every address of this machine (getifaddrs) and its host
+ * name, as found when the guard was made; any other name is refused.
  * Returns 1 when the request may go on, else 0 with *why set. */
 int vram__http_origin_ok(const vram__http_guard *g, const char *host, const char *origin,
                          const char **why);

@@ -25,12 +25,19 @@
  * its request only before MHD_resume_connection; after that the event
  * thread owns it again (and frees it when the request completes).
  *
- * One mutex, h->lock, guards h->jobs and h->stopping and nothing else; it
- * is never held while a command runs or an MHD function is called.
+ * One mutex, h->lock, guards h->jobs, h->job_list and h->stopping and
+ * nothing else; it is never held while a command runs or an MHD function is
+ * called (MHD_resume_connection excepted: it only flags the connection).
+ *
+ * A second one, h->conn_lock, guards the connection table (h->conns, each
+ * connection's deadline) and the limit counters; the watchdog thread holds
+ * it while it shuts overdue sockets down. libmicrohttpd tells us a
+ * connection closed before it closes the socket, so a socket in the table
+ * is always still open.
  */
 
 #define MAX_JOBS 256           /* slow requests in flight at once; more get 503 */
-#define DISCARD_MAX (1u << 20) /* bytes of an oversized chunked body read before hanging up */
+#define DISCARD_MAX (64u << 20) /* bytes of an oversized chunked body read before hanging up */
 
 /* ---- routes (http_routes.c) ---- */
 
@@ -82,6 +89,17 @@ const char *vram__http_route_command(int r, int method);
 
 /* ---- server and request state ---- */
 
+/* One client connection (the socket context of libmicrohttpd). */
+typedef struct vram__conn {
+    struct vram__conn *prev, *next;
+    int fd;
+    char addr[64];   /* the client's address as text */
+    double since;    /* when it started waiting for its request, or its handling */
+    double deadline; /* its request must be in by then; INFINITY while handled */
+    int killed;      /* shut down by us (limits, deadline) */
+    int bad_path;    /* the request's path held a %00 */
+} vram__conn;
+
 struct vram__http {
     int listen_fd;
     int port;
@@ -96,7 +114,20 @@ struct vram__http {
     pthread_mutex_t lock;
     pthread_cond_t cond;
     int jobs;
+    struct job *job_list; /* the jobs still running (h->lock) */
     int stopping;
+    int stop_answers;     /* 503s sent at stop still to complete (h->lock) */
+    /* connections (http_conns.c; h->conn_lock) */
+    double request_timeout; /* seconds for a request's headers and body to arrive */
+    int max_conns, max_per_client;
+    pthread_mutex_t conn_lock;
+    pthread_cond_t watchdog_cond;
+    pthread_t watchdog;
+    int conns_inited, watchdog_started, watchdog_stop;
+    vram__conn *conns;
+    size_t nconns;
+    unsigned long long limit_hits[4];
+    double limit_logged[4];
 };
 
 typedef struct job job;
@@ -118,6 +149,10 @@ typedef struct request {
 
 struct job {
     vram__http *h;
+    struct job *next_running; /* h->job_list */
+    int refs;                 /* the job thread and the request (h->lock) */
+    int answered;             /* its answer is in (by the job, or a 503 at stop) */
+    int abandoned;            /* answered 503 by a stop */
     struct MHD_Connection *conn;
     /* a command ... */
     const vram__command *cmd;
@@ -125,7 +160,7 @@ struct job {
     /* ... or an MCP message */
     int is_mcp;
     vram__mcp_http_req mreq;
-    char *mcp_strings[4];
+    char *mcp_strings[5]; /* the four headers and the body, copied */
     /* the answer */
     int done;
     unsigned status;
@@ -160,5 +195,24 @@ void vram__http_job_free(job *j);
 enum MHD_Result vram__http_start_job(vram__http *h, struct MHD_Connection *c, request *r, job *j);
 /* Sends the answer of r's finished job. */
 enum MHD_Result vram__http_finish_job(struct MHD_Connection *c, request *r);
+
+/* Answers every job still running with a 503 "stopping" (they go on,
+ * their result dropped); returns how many. */
+int vram__http_jobs_abandon(vram__http *h);
+
+/* ---- connections (http_conns.c) ---- */
+
+/* MHD_OPTION_NOTIFY_CONNECTION: adds and drops table entries, enforcing the caps. */
+void vram__http_on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                              enum MHD_ConnectionNotificationCode code);
+vram__conn *vram__http_conn_of(struct MHD_Connection *c);
+/* A request's headers and body are in (handling 1), or it completed and
+ * the connection waits for the next one (handling 0). */
+void vram__http_conn_phase(vram__http *h, struct MHD_Connection *c, int handling);
+/* MHD_OPTION_UNESCAPE_CALLBACK: %XX decoding that flags a %00. */
+size_t vram__http_unescape(void *cls, struct MHD_Connection *c, char *uri);
+int vram__http_conns_start(vram__http *h);
+void vram__http_conns_stop(vram__http *h);
+void vram__http_conns_free(vram__http *h);
 
 #endif /* VRAM_SERVER_HTTP_INTERNAL_H */

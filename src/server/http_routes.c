@@ -59,7 +59,7 @@ int vram__http_match_route(const char *url, const char **name, size_t *name_len)
                    {"/reopen", R_MODEL_REOPEN}};
     for (size_t i = 0; i < sizeof actions / sizeof actions[0]; i++) {
         size_t sl = strlen(actions[i].suffix);
-        if (len > sl && strcmp(rest + len - sl, actions[i].suffix) == 0) {
+        if (len >= sl && strcmp(rest + len - sl, actions[i].suffix) == 0) { /* "/load" alone: no name, 404 */
             *name = rest;
             *name_len = len - sl;
             return actions[i].r;

@@ -31,6 +31,8 @@ const char *const vram__mcp_versions[] = {"2025-11-25", "2025-06-18", "2025-03-2
 #define JSONRPC_NO_SESSION -32001
 
 #define MAX_SESSIONS 1024
+#define SESSION_IDLE_MAX 1800.0 /* seconds unused before a session expires */
+#define SESSIONS_PER_CLIENT 32  /* per client address */
 
 typedef struct tool {
     const char *name;
@@ -130,7 +132,9 @@ static const tool tools[] = {
 
 typedef struct session {
     char id[40];
+    char client[64]; /* the address it was opened from */
     double last_used;
+    int used;        /* used since its initialize: an active session, never pushed out */
 } session;
 
 struct vram__mcp {
@@ -140,6 +144,8 @@ struct vram__mcp {
     pthread_mutex_t lock;
     session *sessions; /* MAX_SESSIONS slots; id[0] == 0 when free */
     size_t nsessions;
+    double idle_max;   /* SESSION_IDLE_MAX, tests change it */
+    size_t per_client; /* SESSIONS_PER_CLIENT */
 };
 
 /* ---- construction ---- */
@@ -163,6 +169,8 @@ vram__mcp *vram__mcp_create(vram_manager *m)
     mcp->m = m;
     pthread_mutex_init(&mcp->lock, NULL);
     mcp->sessions = calloc(MAX_SESSIONS, sizeof *mcp->sessions);
+    mcp->idle_max = SESSION_IDLE_MAX;
+    mcp->per_client = SESSIONS_PER_CLIENT;
     mcp->tool_list = json_array();
     if (!mcp->sessions || !mcp->tool_list) goto fail;
     for (size_t i = 0; i < NTOOLS; i++) {
@@ -406,26 +414,81 @@ static void new_session_id(char out[40])
              r[14], r[15]);
 }
 
-static void session_add(vram__mcp *mcp, char out[40])
+/* Drops sessions idle past idle_max. Lock held. */
+static void sessions_expire(vram__mcp *mcp, double now)
+{
+    for (size_t i = 0; i < MAX_SESSIONS; i++) {
+        session *s = &mcp->sessions[i];
+        if (s->id[0] && now - s->last_used > mcp->idle_max) {
+            s->id[0] = '\0';
+            mcp->nsessions--;
+        }
+    }
+}
+
+/* The oldest session never used since its initialize (of client, or of
+ * anyone when client is NULL), or NULL. Lock held. */
+static session *oldest_unused(vram__mcp *mcp, const char *client)
+{
+    session *best = NULL;
+    for (size_t i = 0; i < MAX_SESSIONS; i++) {
+        session *s = &mcp->sessions[i];
+        if (s->id[0] && !s->used && (!client || strcmp(s->client, client) == 0) &&
+            (!best || s->last_used < best->last_used))
+            best = s;
+    }
+    return best;
+}
+
+/* Opens a session for client (NULL: unknown). Expired sessions go first;
+ * at the per-client cap or with the table full, only a session that was
+ * never used may make room; an active one never does. Returns 0, or -1
+ * when refused. */
+static int session_add(vram__mcp *mcp, const char *client, char out[40])
 {
     new_session_id(out);
+    if (!client) client = "";
+    double now = vram__now();
+    int rc = 0;
     pthread_mutex_lock(&mcp->lock);
-    session *slot = NULL, *oldest = NULL;
+    sessions_expire(mcp, now);
+    size_t mine = 0;
+    session *slot = NULL;
     for (size_t i = 0; i < MAX_SESSIONS; i++) {
         session *s = &mcp->sessions[i];
         if (!s->id[0]) {
-            slot = s;
-            break;
+            if (!slot) slot = s;
+        } else if (strcmp(s->client, client) == 0) {
+            mine++;
         }
-        if (!oldest || s->last_used < oldest->last_used) oldest = s;
     }
-    if (!slot) { /* full: the least recently used session goes */
-        slot = oldest;
-        mcp->nsessions--;
+    session *gone = NULL;
+    if (mine >= mcp->per_client) gone = oldest_unused(mcp, client);
+    else if (!slot) gone = oldest_unused(mcp, NULL);
+    if ((mine >= mcp->per_client || !slot) && !gone) {
+        rc = -1;
+    } else {
+        if (gone) {
+            gone->id[0] = '\0';
+            mcp->nsessions--;
+            slot = gone;
+        }
+        memcpy(slot->id, out, 40);
+        snprintf(slot->client, sizeof slot->client, "%s", client);
+        slot->last_used = now;
+        slot->used = 0;
+        mcp->nsessions++;
     }
-    memcpy(slot->id, out, 40);
-    slot->last_used = vram__now();
-    mcp->nsessions++;
+    pthread_mutex_unlock(&mcp->lock);
+    if (rc < 0) out[0] = '\0';
+    return rc;
+}
+
+void vram__mcp_set_session_limits(vram__mcp *mcp, double idle_max, size_t per_client)
+{
+    pthread_mutex_lock(&mcp->lock);
+    if (idle_max > 0) mcp->idle_max = idle_max;
+    if (per_client > 0) mcp->per_client = per_client;
     pthread_mutex_unlock(&mcp->lock);
 }
 
@@ -434,7 +497,9 @@ static int session_use(vram__mcp *mcp, const char *id, int drop)
 {
     int found = 0;
     if (!id || strlen(id) >= 40) return 0;
+    double now = vram__now();
     pthread_mutex_lock(&mcp->lock);
+    sessions_expire(mcp, now);
     for (size_t i = 0; i < MAX_SESSIONS; i++) {
         session *s = &mcp->sessions[i];
         if (s->id[0] && strcmp(s->id, id) == 0) {
@@ -443,7 +508,8 @@ static int session_use(vram__mcp *mcp, const char *id, int drop)
                 s->id[0] = '\0';
                 mcp->nsessions--;
             } else {
-                s->last_used = vram__now();
+                s->last_used = now;
+                s->used = 1;
             }
             break;
         }
@@ -579,15 +645,20 @@ static int http_bad_session(vram__mcp *mcp, const vram__mcp_http_req *req, json_
 }
 
 /* The dispatcher's answer as the HTTP response (202 when there is none). */
-static void http_answer(vram__mcp *mcp, json_t *answer, int is_init, const char *negotiated,
-                        vram__mcp_http_resp *resp)
+static void http_answer(vram__mcp *mcp, const char *client, json_t *answer, int is_init,
+                        const char *negotiated, vram__mcp_http_resp *resp)
 {
     if (!answer) {
         resp->status = 202; /* a notification or response: accepted, no body */
         return;
     }
-    if (is_init && negotiated && json_object_get(answer, "result"))
-        session_add(mcp, resp->session_id);
+    if (is_init && negotiated && json_object_get(answer, "result") &&
+        session_add(mcp, client, resp->session_id) < 0) {
+        http_error(resp, 503, json_object_get(answer, "id"), JSONRPC_SERVER,
+                   "Service Unavailable: too many MCP sessions from this client (end one with "
+                   "DELETE /mcp, or wait until idle ones expire)");
+        return;
+    }
     json_t *err = json_object_get(answer, "error");
     int invalid = err && json_integer_value(json_object_get(err, "code")) == JSONRPC_INVALID_REQUEST;
     resp->status = invalid ? 400 : 200;
@@ -625,6 +696,6 @@ void vram__mcp_http(vram__mcp *mcp, const vram__mcp_http_req *req, vram__mcp_htt
     const char *negotiated = NULL;
     json_t *answer = vram__mcp_dispatch(mcp, msg, &negotiated);
     json_decref(msg);
-    http_answer(mcp, answer, is_init, negotiated, resp);
+    http_answer(mcp, req->client, answer, is_init, negotiated, resp);
     json_decref(answer);
 }

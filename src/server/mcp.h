@@ -19,6 +19,12 @@ void vram__mcp_destroy(vram__mcp *mcp);
 /* Live Streamable HTTP sessions. */
 size_t vram__mcp_session_count(vram__mcp *mcp);
 
+/* Sessions unused for idle_max seconds expire (default 1800); a client
+ * address holds at most per_client (default 32). At a cap, or with the
+ * table full, an initialize may push out only a session never used since
+ * its own initialize, else it is refused with 503. 0 keeps a value. */
+void vram__mcp_set_session_limits(vram__mcp *mcp, double idle_max, size_t per_client);
+
 /* Handles one parsed JSON-RPC message (any JSON value). Returns the answer
  * (a new object) or NULL when none is due (notifications, responses). For
  * an accepted initialize, *negotiated (when not NULL) gets the version. */
@@ -37,6 +43,7 @@ typedef struct vram__mcp_http_req {
     const char *content_type;     /* Content-Type, or NULL */
     const char *body;
     size_t body_len;
+    const char *client;           /* the client's address (sessions are capped per client), or NULL */
 } vram__mcp_http_req;
 
 typedef struct vram__mcp_http_resp {

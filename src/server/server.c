@@ -17,6 +17,9 @@ void vram_server_opts_init(vram_server_opts *o)
     o->token = NULL;
     o->allowed_hosts = NULL;
     o->threads = 0;
+    o->request_timeout = 10.0;
+    o->max_connections = 1000;
+    o->max_per_client = 64;
 }
 
 int vram_server_start(vram_manager *m, const vram_server_opts *o, vram_server **out)
@@ -31,12 +34,18 @@ int vram_server_start(vram_manager *m, const vram_server_opts *o, vram_server **
     if (o->threads < 0 || o->threads > 256)
         return vram_set_error(VRAM_EINVAL, "server threads must be between 0 (one per CPU) and "
                                            "256, got %d", o->threads);
+    if (!(o->request_timeout >= 0) || o->request_timeout > 86400 || o->max_connections < 0 ||
+        o->max_per_client < 0)
+        return vram_set_error(VRAM_EINVAL, "server limits: request_timeout must be 0..86400 s "
+                                           "and the connection caps >= 0");
     vram_server *s = calloc(1, sizeof *s);
     if (!s) return vram_set_error(VRAM_EHOSTMEM, "vram_server_start: out of host memory");
     char err[512] = "";
     vram__http_opts ho = {
         .bind = o->bind, .port = o->port, .token = o->token,
         .allowed_hosts = o->allowed_hosts, .threads = o->threads,
+        .request_timeout = o->request_timeout, .max_connections = o->max_connections,
+        .max_per_client = o->max_per_client,
     };
     int rc = vram__http_listen(&ho, &s->http, err, sizeof err);
     if (rc == 0) {

@@ -1,4 +1,5 @@
 /* test_config.c - unit tests of the option table, vram_config_set/load and printing. */
+#include <fcntl.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -126,11 +127,40 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.no_monitor_thread, 0);
 }
 
+/* Issue 11.8: the token from a file (not the command line), first line only. */
+static void test_token_file(void **state)
+{
+    (void)state;
+    vram_config cfg;
+    vram_config_init(&cfg);
+    char err[512], path[] = "/tmp/vram-token-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    const char text[] = "  s3cret-token \nsecond line\n";
+    assert_int_equal(write(fd, text, sizeof text - 1), (ssize_t)(sizeof text - 1));
+    close(fd);
+    assert_int_equal(vram_config_set_flag(&cfg, "--token-file", path, err, sizeof err), 0);
+    assert_string_equal(cfg.token, "s3cret-token");
+    char shown[64];
+    assert_int_equal(vram__config_format(&cfg, "VRAM_TOKEN_FILE", shown, sizeof shown), 0);
+    assert_null(strstr(shown, "s3cret"));
+    fd = open(path, O_WRONLY | O_TRUNC);
+    assert_int_equal(write(fd, "two words\n", 10), 10);
+    close(fd);
+    assert_int_equal(vram_config_set(&cfg, "VRAM_TOKEN_FILE", path, err, sizeof err), VRAM_ECONFIG);
+    assert_non_null(strstr(err, "first line"));
+    unlink(path);
+    assert_int_equal(vram_config_set(&cfg, "VRAM_TOKEN_FILE", path, err, sizeof err), VRAM_ECONFIG);
+    assert_non_null(strstr(err, "No such file"));
+    assert_int_equal(vram_config_set(&cfg, "VRAM_ALLOWED_HOSTS", "gpu1.lan,10.0.0.5", err, sizeof err), 0);
+    assert_string_equal(cfg.allowed_hosts, "gpu1.lan,10.0.0.5");
+}
+
 static void test_table_is_consistent(void **state)
 {
     (void)state;
     size_t n = vram__config_option_count();
-    assert_int_equal(n, 16);
+    assert_int_equal(n, 18);
     assert_null(vram__config_option(n));
     for (size_t i = 0; i < n; i++) {
         const vram__option_desc *d = vram__config_option(i);
@@ -187,7 +217,8 @@ static void test_format_round_trips(void **state)
         const vram__option_desc *d = vram__config_option(i);
         char buf[512];
         assert_int_equal(vram__config_format(&cfg, d->name, buf, sizeof buf), 0);
-        if (strcmp(d->name, "VRAM_TOKEN") == 0) continue;
+        if (strcmp(d->name, "VRAM_TOKEN") == 0 || strcmp(d->name, "VRAM_TOKEN_FILE") == 0)
+            continue; /* secrets are not shown; the file option names a file */
         assert_int_equal(vram_config_set(&copy, d->name, buf, err, sizeof err), 0);
     }
     assert_memory_equal(&cfg, &copy, sizeof cfg);
@@ -1004,6 +1035,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_defaults, setup),
         cmocka_unit_test_setup(test_table_is_consistent, setup),
+        cmocka_unit_test_setup(test_token_file, setup),
         cmocka_unit_test_setup(test_format_round_trips, setup),
         cmocka_unit_test_setup(test_parse_size_good, setup),
         cmocka_unit_test_setup(test_parse_size_bad, setup),

@@ -108,10 +108,21 @@ static void test_host_and_origin(void **state)
     assert_true(vram__http_origin_ok(&g, "10.0.0.5:7861", NULL, &why));
     assert_false(vram__http_origin_ok(&g, "gpu2.lan", NULL, &why));
 
-    /* a wildcard bind without allowed hosts: any Host, Origin equal to Host */
+    /* issue 11.4: a wildcard bind without allowed hosts accepts this
+     * machine's names and addresses only; a rebinding name with an Origin
+     * equal to its Host is refused */
     assert_int_equal(vram__http_guard_init(&g, "0.0.0.0", 1, "", NULL, err, sizeof err), 0);
-    assert_true(vram__http_origin_ok(&g, "gpu1.lan:7861", "http://gpu1.lan:7861", &why));
-    assert_false(vram__http_origin_ok(&g, "gpu1.lan:7861", "http://other.lan", &why));
+    assert_false(vram__http_origin_ok(&g, "gpu1.lan:7861", "http://gpu1.lan:7861", &why));
+    assert_false(vram__http_origin_ok(&g, "rebind.evil:7861", "http://rebind.evil:7861", &why));
+    assert_false(vram__http_origin_ok(&g, "0.0.0.0:7861", NULL, &why));
+    assert_true(vram__http_origin_ok(&g, "127.0.0.1:7861", "http://localhost:7861", &why));
+    char hn[256];
+    assert_int_equal(gethostname(hn, sizeof hn), 0);
+    assert_true(vram__http_origin_ok(&g, hn, NULL, &why));
+    assert_int_equal(vram__http_guard_init(&g, "::", 1, "", NULL, err, sizeof err), 0);
+    assert_true(vram__http_origin_ok(&g, "[::1]:7861", NULL, &why));
+    assert_false(vram__http_origin_ok(&g, "[::]:7861", NULL, &why));
+    assert_false(vram__http_origin_ok(&g, "rebind.evil", NULL, &why));
     /* a wildcard bind with allowed hosts checks Host against them */
     assert_int_equal(vram__http_guard_init(&g, "0.0.0.0", 1, "", "gpu1.lan", err, sizeof err), 0);
     assert_true(vram__http_origin_ok(&g, "gpu1.lan:7861", NULL, &why));

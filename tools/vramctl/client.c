@@ -72,6 +72,9 @@ CURL *client_easy(const char *method, const char *path, const char *body, buf *o
     curl_easy_setopt(e, CURLOPT_WRITEDATA, out);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
+    /* an overall deadline: a vramd that accepts but never answers is "not reachable" */
+    double t = client_opt.timeout > 0 ? client_opt.timeout : 120;
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(t * 1000));
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_USERAGENT, "vramctl/" VRAM_VERSION);
     return e;

@@ -13,6 +13,7 @@ typedef struct client_opts {
     char url[VRAM_STR_MAX];   /* vramd's address, "http://127.0.0.1:7861" */
     char token[VRAM_STR_MAX]; /* bearer token, "" for none */
     int json;                 /* --json: print vramd's answers as they are */
+    double timeout;           /* --timeout: seconds for a whole request (connect + answer) */
 } client_opts;
 extern client_opts client_opt;
 

@@ -66,7 +66,7 @@ static const command commands[] = {
 
 static void usage(FILE *f)
 {
-    fputs("usage: vramctl [--url URL] [--token TOKEN] [--json] COMMAND [ARGS]\n"
+    fputs("usage: vramctl [--url URL] [--token-file PATH] [--timeout S] [--json] COMMAND [ARGS]\n"
           "\n"
           "Talks to a running vramd (default http://127.0.0.1:7861).\n"
           "\n"
@@ -87,6 +87,11 @@ static void usage(FILE *f)
         "  --url URL      vramd's address (VRAM_URL, else ./.env; else VRAM_PORT and VRAM_BIND\n"
         "                 as vramd reads them; default http://127.0.0.1:7861)\n"
         "  --token TOKEN  bearer token when vramd runs with one (VRAM_TOKEN)\n"
+        "  --token-file PATH  read the bearer token from PATH's first line (VRAM_TOKEN_FILE);\n"
+        "                 recommended, or VRAM_TOKEN: --token TOKEN shows it to every user\n"
+        "                 in /proc/PID/cmdline\n"
+        "  --timeout S    give up on a request after S seconds, exit 2 (VRAMCTL_TIMEOUT,\n"
+        "                 default 120)\n"
         "  --json         print vramd's JSON answer as it is\n"
         "\n"
         "Exit codes: 0 success, 1 vramd answered with an error, 2 vramd not reachable,\n"
@@ -123,7 +128,7 @@ static const command *find_command(const char *name)
 /* The command line: options may come anywhere; the other words are packed,
  * in place, into argv + 1 (the command and its arguments). */
 typedef struct cli {
-    const char *url, *token; /* NULL: not given */
+    const char *url, *token, *token_file, *timeout; /* NULL: not given */
     char **rest;
     int nrest;
 } cli;
@@ -142,12 +147,18 @@ static int parse_cli(int argc, char **argv, cli *c)
             return 0;
         } else if (!strcmp(a, "--json")) {
             client_opt.json = 1;
-        } else if (!strcmp(a, "--url") || !strcmp(a, "--token")) {
+        } else if (!strcmp(a, "--url") || !strcmp(a, "--token") || !strcmp(a, "--token-file") ||
+                   !strcmp(a, "--timeout")) {
             if (i + 1 >= argc) die(EXIT_USAGE, "%s needs a value", a);
-            if (!strcmp(a, "--url"))
-                c->url = argv[++i];
-            else
-                c->token = argv[++i];
+            const char **to = !strcmp(a, "--url")        ? &c->url
+                              : !strcmp(a, "--token")    ? &c->token
+                              : !strcmp(a, "--timeout")  ? &c->timeout
+                                                         : &c->token_file;
+            *to = argv[++i];
+        } else if (!strncmp(a, "--token-file=", 13)) {
+            c->token_file = a + 13;
+        } else if (!strncmp(a, "--timeout=", 10)) {
+            c->timeout = a + 10;
         } else if (!strncmp(a, "--url=", 6)) {
             c->url = a + 6;
         } else if (!strncmp(a, "--token=", 8)) {
@@ -171,6 +182,15 @@ static void configure_client(const cli *c)
         die(EXIT_USAGE, "%s", err);
     if (c->token && vram_config_set_flag(&cfg, "--token", c->token, err, sizeof err) < 0)
         die(EXIT_USAGE, "%s", err);
+    if (c->token_file && vram_config_set_flag(&cfg, "--token-file", c->token_file, err, sizeof err) < 0)
+        die(EXIT_USAGE, "%s", err);
+    const char *t = c->timeout ? c->timeout : getenv("VRAMCTL_TIMEOUT");
+    if (t) {
+        char *end = NULL;
+        client_opt.timeout = strtod(t, &end);
+        if (end == t || *end || !(client_opt.timeout > 0) || client_opt.timeout > 86400)
+            die(EXIT_USAGE, "--timeout '%s' is not a number of seconds (0 < S <= 86400)", t);
+    }
     snprintf(client_opt.url, sizeof client_opt.url, "%s", cfg.url);
     /* no URL given but a port (VRAM_PORT in the environment or ./.env, as
      * vramd reads it): vramd is on that port */
