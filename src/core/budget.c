@@ -53,9 +53,10 @@ static int evict_one(vram_manager *m, int dev, vram_model *self, uint64_t seq)
     return 1;
 }
 
-/* Describes who holds a device's memory, for an out-of-memory message. */
-static void describe_holders(vram_manager *m, int dev, const vram_model *self, char *buf,
-                             size_t len)
+/* Describes who holds a device's memory, for an out-of-memory message; an
+ * idle model whose eviction failed in charge sequence seq says why. */
+static void describe_holders(vram_manager *m, int dev, const vram_model *self, uint64_t seq,
+                             char *buf, size_t len)
 {
     size_t n = 0;
     buf[0] = '\0';
@@ -64,7 +65,12 @@ static void describe_holders(vram_manager *m, int dev, const vram_model *self, c
         if (c == self || c->device != dev || c->state == VRAM_STATE_UNLOADED ||
             c->state == VRAM_STATE_CPU)
             continue;
-        int w = snprintf(buf + n, len - n, "%s%s (%s, %d lease%s)", n ? ", " : "", c->name,
+        int w;
+        if (c->evict_skip == seq && c->leases == 0 && c->last_error[0])
+            w = snprintf(buf + n, len - n, "%s%s (idle, but evicting it failed: %s)",
+                         n ? ", " : "", c->name, c->last_error);
+        else
+            w = snprintf(buf + n, len - n, "%s%s (%s, %d lease%s)", n ? ", " : "", c->name,
                          vram_state_name(c->state), c->leases, c->leases == 1 ? "" : "s");
         if (w < 0) break;
         n += (size_t)w;
@@ -92,8 +98,8 @@ int vram__charge(vram_manager *m, int dev, uint64_t bytes, vram_model *self)
         double now = vram__now();
         if (deadline < 0) deadline = now + m->cfg.evict_wait;
         if (now >= deadline) {
-            char holders[256];
-            describe_holders(m, dev, self, holders, sizeof holders);
+            char holders[512];
+            describe_holders(m, dev, self, seq, holders, sizeof holders);
             return vram__errorf(VRAM_ENOMEM,
                                 "model '%s' needs %s on device %d: %s of the %s budget in "
                                 "use by %s; nothing idle to evict after waiting %.1f s",

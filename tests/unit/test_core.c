@@ -750,6 +750,35 @@ static int load_says_why(vram_model *model, void *user)
     return vram_set_error(VRAM_ELOAD, "checkpoint %s: tensor 'lm_head' is missing", "x.safetensors");
 }
 
+/* When an idle model could not be evicted (its offload failed: here the
+ * host budget has no room for its backup), the out-of-memory message says
+ * so and why, rather than "nothing idle". */
+static void test_enomem_says_why_idle_model_stayed(void **state)
+{
+    (void)state;
+    vram_config cfg;
+    test_config(&cfg, 64 * MiB);
+    cfg.clock = fake_clock;
+    cfg.no_monitor_thread = 1;
+    cfg.host_budget.bytes = 8 * MiB;
+    fake_now = 1000.0;
+    vram_manager *m = NULL;
+    assert_int_equal(vram_manager_create(&cfg, &m), 0);
+    vram_model *a = add_synthetic(m, "a", "synthetic:40M:1");
+    vram_model *b = add_synthetic(m, "b", "synthetic:40M:2");
+    vram_lease *l = NULL;
+    assert_int_equal(vram_model_acquire(a, &l), 0);
+    vram_lease_end(l);
+    l = NULL;
+    assert_int_equal(vram_model_acquire(b, &l), VRAM_ENOMEM);
+    assert_null(l);
+    const char *why = vram_last_error();
+    assert_non_null(strstr(why, "a (idle, but evicting it failed: offload failed"));
+    assert_non_null(strstr(why, "VRAM_HOST_BUDGET"));
+    assert_int_equal(vram_model_state(a), VRAM_STATE_GPU); /* nothing lost */
+    vram_manager_destroy(m);
+}
+
 /* A load callback's own message (vram_set_error) becomes the model's last_error. */
 static void test_load_callback_message(void **state)
 {
@@ -1061,6 +1090,7 @@ int main(void)
         cmocka_unit_test(test_monitor_thread_real_clock),
         cmocka_unit_test(test_status_structs),
         cmocka_unit_test(test_load_callback_message),
+        cmocka_unit_test(test_enomem_says_why_idle_model_stayed),
         cmocka_unit_test(test_status_json),
         cmocka_unit_test(test_registry_and_bad_arguments),
         cmocka_unit_test(test_status_survives_invalid_utf8),
