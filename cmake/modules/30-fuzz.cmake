@@ -18,7 +18,8 @@ if(VRAM_FUZZ)
   # vram_server: that one carries HTTP and is built without the fuzz flags),
   # over the core library's host backend.
   add_executable(fuzz_mcp fuzz/fuzz_mcp.c src/server/mcp.c src/server/commands.c
-    src/server/status_json.c)
+    src/server/status_json.c src/server/commands_models.c src/server/models.c
+    src/server/model_spec.c src/server/events.c)
   target_include_directories(fuzz_mcp PRIVATE include src)
   target_compile_definitions(fuzz_mcp PRIVATE _GNU_SOURCE=)
   target_compile_options(fuzz_mcp PRIVATE ${VRAM_FUZZ_FLAGS})
@@ -28,7 +29,7 @@ if(VRAM_FUZZ)
   # Raw HTTP through the real server: every server source compiled into the
   # target (instrumented), over libmicrohttpd and the core library.
   file(GLOB VRAM_FUZZ_SERVER_SOURCES CONFIGURE_DEPENDS src/server/*.c)
-  add_executable(fuzz_http fuzz/fuzz_http.c ${VRAM_FUZZ_SERVER_SOURCES})
+  add_executable(fuzz_http fuzz/fuzz_http.c ${VRAM_FUZZ_SERVER_SOURCES} ${VRAM_DASHBOARD_C})
   target_include_directories(fuzz_http PRIVATE include src)
   target_compile_definitions(fuzz_http PRIVATE _GNU_SOURCE= VRAM_BUILDING)
   target_compile_options(fuzz_http PRIVATE ${VRAM_FUZZ_FLAGS})
