@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include "server/mcp.h"
+#include "../support/fixtures.h"
 #include "vram.h"
 #include "vram_server.h"
 
@@ -37,16 +38,7 @@ static vram_manager *host_manager(void)
     signal(SIGALRM, on_alarm);
     signal(SIGPIPE, SIG_IGN);
     alarm(240);
-    vram_config cfg;
-    vram_config_init(&cfg);
-    cfg.backend = VRAM_BACKEND_HOST;
-    cfg.host_memory = 64 * MiB;
-    cfg.host_devices = 1;
-    cfg.evict_wait = 0;
-    cfg.log_level = VRAM_LOG_ERROR;
-    cfg.no_monitor_thread = 1;
-    vram_manager *m = NULL;
-    assert_int_equal(vram_manager_create(&cfg, &m), 0);
+    vram_manager *m = fx_host_manager(64 * MiB);
     vram_model_opts o;
     vram_model_opts_init(&o);
     o.source = "synthetic:1M:1";

@@ -14,6 +14,7 @@
 #include "base/base.h"
 #include "server/events.h"
 #include "server/models.h"
+#include "../support/fixtures.h"
 #include "vram.h"
 #include "vram_server.h"
 
@@ -21,17 +22,7 @@
 
 static vram_manager *host_manager(void)
 {
-    vram_config cfg;
-    vram_config_init(&cfg);
-    cfg.backend = VRAM_BACKEND_HOST;
-    cfg.host_memory = 64 * MiB;
-    cfg.host_devices = 1;
-    cfg.evict_wait = 0;
-    cfg.log_level = VRAM_LOG_ERROR;
-    cfg.no_monitor_thread = 1;
-    vram_manager *m = NULL;
-    assert_int_equal(vram_manager_create(&cfg, &m), 0);
-    return m;
+    return fx_host_manager(64 * MiB);
 }
 
 static void test_spec_parse(void **state)

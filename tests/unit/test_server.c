@@ -19,6 +19,7 @@
 #include "server/http_internal.h"
 #include "server/metrics.h"
 #include "server/status_json.h"
+#include "../support/fixtures.h"
 #include "vram.h"
 #include "vram_server.h"
 
@@ -26,27 +27,7 @@
 
 static vram_manager *host_manager(void)
 {
-    vram_config cfg;
-    vram_config_init(&cfg);
-    cfg.backend = VRAM_BACKEND_HOST;
-    cfg.host_memory = 64 * MiB;
-    cfg.host_devices = 1;
-    cfg.evict_wait = 0;
-    cfg.log_level = VRAM_LOG_ERROR;
-    cfg.no_monitor_thread = 1;
-    vram_manager *m = NULL;
-    assert_int_equal(vram_manager_create(&cfg, &m), 0);
-    return m;
-}
-
-static vram_model *add(vram_manager *m, const char *name, const char *spec)
-{
-    vram_model_opts o;
-    vram_model_opts_init(&o);
-    o.source = spec;
-    vram_model *model = NULL;
-    assert_int_equal(vram_manager_register(m, name, &o, &model), 0);
-    return model;
+    return fx_host_manager(64 * MiB);
 }
 
 /* ---- request checks ---- */
@@ -185,8 +166,8 @@ static void test_status_json_matches_structs(void **state)
 {
     (void)state;
     vram_manager *m = host_manager();
-    vram_model *a = add(m, "Llasa-8B", "synthetic:4M:1");
-    add(m, "XCodec2", "synthetic:1M:2");
+    vram_model *a = fx_add(m, "Llasa-8B", "synthetic:4M:1");
+    fx_add(m, "XCodec2", "synthetic:1M:2");
     vram_lease *l = NULL;
     assert_int_equal(vram_model_acquire(a, &l), 0);
     vram_lease_end(l);
@@ -244,8 +225,8 @@ static void test_commands(void **state)
 {
     (void)state;
     vram_manager *m = host_manager();
-    add(m, "a", "synthetic:2M:1");
-    add(m, "b", "synthetic:1M:2");
+    fx_add(m, "a", "synthetic:2M:1");
+    fx_add(m, "b", "synthetic:1M:2");
     vram__cmd_result res = {0};
     assert_int_equal(run(m, "load", "{\"model\": \"a\"}", &res), 0);
     json_t *o = vram__cmd_result_object(&res);
@@ -283,7 +264,7 @@ static void test_metrics(void **state)
 {
     (void)state;
     vram_manager *m = host_manager();
-    vram_model *a = add(m, "Llasa-8B 语音", "synthetic:1M:1");
+    vram_model *a = fx_add(m, "Llasa-8B 语音", "synthetic:1M:1");
     vram_lease *l = NULL;
     assert_int_equal(vram_model_acquire(a, &l), 0);
     vram_lease_end(l);
@@ -331,7 +312,7 @@ static void test_server_life_cycle(void **state)
 {
     (void)state;
     vram_manager *m = host_manager();
-    add(m, "Llasa-8B", "synthetic:1M:1");
+    fx_add(m, "Llasa-8B", "synthetic:1M:1");
     vram_server_opts o;
     vram_server_opts_init(&o);
     assert_int_equal(o.port, 7861);
