@@ -134,6 +134,16 @@ typedef struct vram_config {
     int no_monitor_thread;
     int fault_injection;
     char allowed_hosts[VRAM_STR_MAX]; /* VRAM_ALLOWED_HOSTS, default empty (at the end: added later) */
+    /* The node (fields added later, at the end): */
+    char node_socket[VRAM_STR_MAX]; /* VRAM_NODE_SOCKET, default /run/vram/node.sock; "off" =
+                                       none. vramd listens there; every other manager joins
+                                       it when it exists */
+    char node_name[VRAM_STR_MAX];   /* VRAM_NODE_NAME: how this process is named in the node's
+                                       view, default "" = the program's name */
+    char host_shared[VRAM_STR_MAX]; /* VRAM_HOST_SHARED: "" = this process's own emulated
+                                       devices; NAME = emulated devices shared by every
+                                       process that names them (the host backend's stand-in
+                                       for one GPU shared by several processes) */
 } vram_config;
 
 /* Fills cfg with the built-in defaults. */

@@ -154,13 +154,25 @@ static void test_token_file(void **state)
     assert_non_null(strstr(err, "No such file"));
     assert_int_equal(vram_config_set(&cfg, "VRAM_ALLOWED_HOSTS", "gpu1.lan,10.0.0.5", err, sizeof err), 0);
     assert_string_equal(cfg.allowed_hosts, "gpu1.lan,10.0.0.5");
+    /* the node options */
+    vram_config_init(&cfg);
+    assert_string_equal(cfg.node_socket, "/run/vram/node.sock");
+    assert_string_equal(cfg.node_name, "");
+    assert_string_equal(cfg.host_shared, "");
+    assert_int_equal(vram_config_set(&cfg, "VRAM_NODE_SOCKET", "", err, sizeof err), VRAM_ECONFIG);
+    assert_int_equal(vram_config_set(&cfg, "VRAM_NODE_SOCKET", "off", err, sizeof err), 0);
+    assert_string_equal(cfg.node_socket, "off");
+    assert_int_equal(vram_config_set(&cfg, "VRAM_NODE_NAME", "tts service", err, sizeof err),
+                     VRAM_ECONFIG);
+    assert_int_equal(vram_config_set(&cfg, "VRAM_HOST_SHARED", "gpu0", err, sizeof err), 0);
+    assert_string_equal(cfg.host_shared, "gpu0");
 }
 
 static void test_table_is_consistent(void **state)
 {
     (void)state;
     size_t n = vram__config_option_count();
-    assert_int_equal(n, 18);
+    assert_int_equal(n, 21);
     assert_null(vram__config_option(n));
     for (size_t i = 0; i < n; i++) {
         const vram__option_desc *d = vram__config_option(i);
