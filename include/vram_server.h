@@ -137,6 +137,30 @@ VRAM_API int vram_server_apply(vram_manager *m, const vram_model_spec *s, const 
  * under a lease; VRAM_EINVAL for a model with a load function. */
 VRAM_API int vram_server_reopen(vram_manager *m, const char *name);
 
+/* ------------------------------------------------------------------------ */
+/* The node: vramd's Unix socket that every manager on the machine joins   */
+/* (VRAM_NODE_SOCKET), for one view of the node and least-recently-used     */
+/* eviction across processes. Protocol: src/base/wire.h.                    */
+/* ------------------------------------------------------------------------ */
+typedef struct vram_node vram_node;
+
+/* Listens on the Unix socket at path: creates its directory (mode 0755)
+ * when missing, replaces a stale socket that no one listens on, and sets
+ * the socket's mode to 0660, so that the file's owner, group and mode
+ * decide who may join (chown/chgrp it to widen that). VRAM_EEXIST when a
+ * live vramd listens there already, VRAM_EIO for other failures, with the
+ * detail in vram_last_error(). A server started in this process shows the
+ * node (GET /api/v1/node, /metrics, the MCP tools) and carries out
+ * offload, release and timeout changes of other processes' models, named
+ * "NAME@PID", through their owners. One node per process. */
+VRAM_API int vram_node_start(const char *path, vram_node **out);
+/* Closes every member's connection, removes the socket and frees n. Stop
+ * servers that show it first. NULL does nothing. */
+VRAM_API void vram_node_stop(vram_node *n);
+/* The node's view as JSON text (what GET /api/v1/node answers). Caller
+ * frees. NULL when out of host memory. */
+VRAM_API char *vram_node_json(vram_node *n);
+
 #ifdef __cplusplus
 }
 #endif

@@ -368,6 +368,20 @@ static void release_held(int print)
     g_held.n = 0;
 }
 
+/* The node socket (VRAM_NODE_SOCKET), unless it is off. A vramd that
+ * cannot listen there runs without it (its manager then joins the vramd
+ * that does, if one listens). */
+static vram_node *start_node(const settings *s)
+{
+    if (strcmp(s->cfg.node_socket, "off") == 0) return NULL;
+    vram_node *n = NULL;
+    vram_set_error(VRAM_OK, "%s", "");
+    if (vram_node_start(s->cfg.node_socket, &n) < 0)
+        vram_log(VRAM_LOG_WARN, "%s; running without a node socket (--node-socket PATH or off)",
+                 vram_last_error());
+    return n;
+}
+
 /* The manager with every --model registered; exits on failure. */
 static vram_manager *start_manager(settings *s)
 {
@@ -533,7 +547,8 @@ int main(int argc, char **argv)
     raise_fd_limit();
 
     vram_set_log_callback(hold_line, NULL);
-    vram_manager *m = start_manager(&s);
+    vram_node *node = start_node(&s);
+    vram_manager *m = start_manager(&s); /* joins the node like any other manager */
     vram_server_opts so;
     vram_server_opts_init(&so);
     so.bind = s.cfg.bind;
@@ -545,6 +560,7 @@ int main(int argc, char **argv)
         char why[600];
         snprintf(why, sizeof why, "%s", vram_last_error());
         vram_manager_destroy(m);
+        vram_node_stop(node);
         release_held(0);
         die(EXIT_RUNTIME, "%s", why);
     }
@@ -568,6 +584,7 @@ int main(int argc, char **argv)
         _exit(0);
     }
     vram_manager_destroy(m);
+    vram_node_stop(node);
     settings_free(&s);
     vram_log(VRAM_LOG_INFO, "vramd: stopped");
     return 0;

@@ -15,7 +15,8 @@ add_custom_command(OUTPUT ${VRAM_DASHBOARD_C}
   DEPENDS ${CMAKE_SOURCE_DIR}/src/server/dashboard.html ${CMAKE_SOURCE_DIR}/cmake/scripts/embed.cmake
   COMMENT "Embedding the dashboard")
 list(APPEND VRAM_SERVER_SOURCES ${VRAM_DASHBOARD_C})
-set(VRAM_BASE_PURE ${CMAKE_SOURCE_DIR}/src/base/text.c ${CMAKE_SOURCE_DIR}/src/base/clock.c)
+set(VRAM_BASE_PURE ${CMAKE_SOURCE_DIR}/src/base/text.c ${CMAKE_SOURCE_DIR}/src/base/clock.c
+  ${CMAKE_SOURCE_DIR}/src/base/wire.c)
 add_library(vram_server STATIC ${VRAM_SERVER_SOURCES})
 set_target_properties(vram_server PROPERTIES OUTPUT_NAME vram-server)
 target_include_directories(vram_server PUBLIC include src)

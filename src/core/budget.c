@@ -114,7 +114,8 @@ int vram__charge(vram_manager *m, int dev, uint64_t bytes, vram_model *self)
 
 /* Maps a's range. When the backend itself reports no memory (full,
  * or other processes on a real GPU) it evicts idle models, least recently
- * used first, and retries; with nothing idle it waits for memory up to
+ * used first, and retries; with nothing idle it asks the node (vramd) once
+ * to free memory in other processes, then waits for memory up to
  * evict_wait seconds like a budget charge does. Lock NOT held. */
 int vram__map_with_evict(vram_model *model, vram_alloc *a)
 {
@@ -123,6 +124,7 @@ int vram__map_with_evict(vram_model *model, vram_alloc *a)
     pthread_mutex_lock(&m->lock);
     uint64_t seq = ++m->charge_seq; /* one sequence: a victim that failed is not tried again */
     pthread_mutex_unlock(&m->lock);
+    int asked = 0;
     for (;;) {
         int rc = vram__backend_map(m->backend, &a->buf);
         if (rc != VRAM_ENOMEM) return rc;
@@ -130,6 +132,14 @@ int vram__map_with_evict(vram_model *model, vram_alloc *a)
         snprintf(msg, sizeof msg, "%s", vram__last_error());
         pthread_mutex_lock(&m->lock);
         int e = m->stopping ? 0 : evict_one(m, a->buf.device, model, seq);
+        if (!e && !asked && !m->stopping) {
+            /* nothing of ours is idle: ask the node to free memory in other
+             * processes (once per map), then map again */
+            asked = 1;
+            pthread_mutex_unlock(&m->lock);
+            if (vram__node_ask(m, a->buf.device, a->buf.reserved, model->name) > 0) continue;
+            pthread_mutex_lock(&m->lock);
+        }
         if (!e) {
             double now = vram__now();
             if (deadline < 0) deadline = now + m->cfg.evict_wait;

@@ -93,6 +93,7 @@ struct vram_model {
     double retry_at;       /* clock before which the monitor does not retry a failed offload */
     double retry_delay;    /* back-off after the last failed background offload; 0: none */
     int offload_failing;   /* its last offload failed (a repeat of the same error logs quietly) */
+    int node_refs;         /* holds by the node thread carrying out an order (unregister waits) */
 
     vram_alloc *allocs;
     size_t nallocs, cap;
@@ -143,6 +144,8 @@ struct vram_manager {
     pthread_cond_t monitor_cond;
     double monitor_next;  /* the monitor's planned wake-up (clock), INFINITY when none */
     int monitor_waiting;
+
+    struct vram__node *node; /* the node socket's member side (node.c); NULL when off */
 };
 
 struct vram_lease {
@@ -200,5 +203,27 @@ void vram__free_all(vram_model *model);
 /* Makes room for need bytes of backups under the host budget by releasing
  * least recently used CPU copies (never self). */
 int vram__make_host_room(vram_manager *m, uint64_t need, vram_model *self);
+
+/* Registry (registry.c): a model by name, held against unregister until
+ * unhold (for the node thread, which acts on names). Lock NOT held. */
+vram_model *vram__model_hold(vram_manager *m, const char *name);
+void vram__model_unhold(vram_model *model);
+
+/* The node socket's member side (node.c). Its own lock, n->lock, is never
+ * taken with m->lock held, nor m->lock with n->lock held: the node thread
+ * uses only the public API on the manager.
+ *
+ * start: joins VRAM_NODE_SOCKET (retrying while it is absent) unless it is
+ * "off"; a thread reports the models. stop: leaves and joins the thread.
+ * notify: a model changed (a registration, a final state): report soon;
+ * any thread, with or without m->lock (one write to an eventfd, only
+ * while joined). ask: an acquire of model cannot map bytes on dev; asks
+ * vramd to free that much in other processes and waits for the answer
+ * (bounded). Lock NOT held. Returns the bytes vramd freed (0: none, not
+ * joined, or the device is not shared). */
+int vram__node_start(vram_manager *m);
+void vram__node_stop(vram_manager *m);
+void vram__node_notify(vram_manager *m);
+uint64_t vram__node_ask(vram_manager *m, int dev, uint64_t bytes, const char *model);
 
 #endif /* VRAM_CORE_H */

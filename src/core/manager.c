@@ -117,6 +117,7 @@ int vram_manager_create(const vram_config *cfg, vram_manager **out)
     m->monitor_next = INFINITY;
     init_sync(m);
     start_monitor(m);
+    vram__node_start(m);
     for (int i = 0; i < m->ndev; i++)
         vram__log(VRAM_LOG_INFO,
                   "device=%d name=\"%s\" total=%s budget=%s backend=%s idle_timeout=%g", i,
@@ -135,6 +136,7 @@ fail:
 void vram_manager_destroy(vram_manager *m)
 {
     if (!m) return;
+    vram__node_stop(m); /* leave the node first: no order runs during the teardown */
     pthread_mutex_lock(&m->lock);
     for (size_t i = 0; i < m->nmodels; i++) {
         vram_model *model = m->models[i];
@@ -197,8 +199,9 @@ static void global_destroy(void)
     pthread_mutex_unlock(&m->lock);
     if (!busy) {
         vram_manager_destroy(m);
-    } else if (m->monitor_started) {
-        pthread_join(m->monitor, NULL);
+    } else {
+        vram__node_stop(m);
+        if (m->monitor_started) pthread_join(m->monitor, NULL);
     }
 }
 

@@ -125,6 +125,7 @@ static int load_locked(vram_model *model)
     }
     vram__mem_broadcast(m);
     model_broadcast(model);
+    vram__node_notify(m); /* a final state: the node hears of it soon */
     return rc;
 }
 
@@ -321,6 +322,7 @@ int vram__offload_locked(vram_model *model, int evicting)
     offload_done_locked(model, rc, host_charged, secs, evicting);
     vram__mem_broadcast(m);
     model_broadcast(model);
+    vram__node_notify(m); /* a final state: the node hears of it soon */
     return rc;
 }
 
@@ -394,6 +396,7 @@ static int restore_locked(vram_model *model)
     free(mapped_here);
     vram__mem_broadcast(m);
     model_broadcast(model);
+    vram__node_notify(m); /* a final state: the node hears of it soon */
     return rc;
 }
 
@@ -422,6 +425,7 @@ int vram__release_locked(vram_model *model)
               (unsigned long long)bytes, vram_state_location(from), secs);
     vram__mem_broadcast(m);
     model_broadcast(model);
+    vram__node_notify(m); /* a final state: the node hears of it soon */
     return 0;
 }
 

@@ -116,6 +116,7 @@ int vram_manager_register(vram_manager *m, const char *name, const vram_model_op
               opts->source ? opts->source : "(load function)",
               (unsigned long long)(src ? src->bytes : 0), dev);
     if (out) *out = model;
+    vram__node_notify(m);
     return 0;
 }
 
@@ -136,7 +137,7 @@ int vram_manager_unregister(vram_manager *m, const char *name)
     int rc = 0;
     while (model && rc == 0) {
         vram_state s = model->state;
-        if (s == VRAM_STATE_UNLOADED && model->waiters == 0) break;
+        if (s == VRAM_STATE_UNLOADED && model->waiters == 0 && model->node_refs == 0) break;
         if (model->leases > 0 || s == VRAM_STATE_LOADING || s == VRAM_STATE_RESTORING) {
             rc = vram__errorf(VRAM_EBUSY, "model '%s' is in use", name);
         } else if ((s == VRAM_STATE_GPU) || (s == VRAM_STATE_CPU && model->readers == 0)) {
@@ -157,14 +158,34 @@ int vram_manager_unregister(vram_manager *m, const char *name)
     if (!model) rc = vram__errorf(VRAM_ENOENT, "no model named '%s'", name);
     if (rc == 0) {
         for (size_t i = 0; i < m->nmodels; i++)
-            if (m->models[i] == model) {
-                m->models[i] = m->models[--m->nmodels];
+            if (m->models[i] == model) { /* keep registration order */
+                memmove(&m->models[i], &m->models[i + 1], (m->nmodels - i - 1) * sizeof *m->models);
+                m->nmodels--;
                 break;
             }
     }
     pthread_mutex_unlock(&m->lock);
-    if (rc == 0) vram__model_free(model);
+    if (rc == 0) {
+        vram__model_free(model);
+        vram__node_notify(m);
+    }
     return rc;
+}
+
+vram_model *vram__model_hold(vram_manager *m, const char *name)
+{
+    pthread_mutex_lock(&m->lock);
+    vram_model *model = find_locked(m, name);
+    if (model) model->node_refs++;
+    pthread_mutex_unlock(&m->lock);
+    return model;
+}
+
+void vram__model_unhold(vram_model *model)
+{
+    pthread_mutex_lock(&model->m->lock);
+    model->node_refs--;
+    pthread_mutex_unlock(&model->m->lock);
 }
 
 /* ---- all models ---- */

@@ -171,7 +171,7 @@ static int check_fields(json_t *args, const char *const *allowed, vram__cmd_resu
 }
 
 /* A number of seconds: finite, >= 0, at most VRAM_SECONDS_MAX. */
-static int get_seconds(json_t *v, const char *field, double *out, vram__cmd_result *res)
+int vram__cmd_get_seconds(json_t *v, const char *field, double *out, vram__cmd_result *res)
 {
     if (!json_is_number(v))
         return vram__cmd_fail(res, VRAM_EINVAL, "'%s' must be a number of seconds, not %s", field,
@@ -551,7 +551,10 @@ static int offload_or_release(vram_manager *m, json_t *args, int release, vram__
 {
     static const char *const fields[] = {"model", "nowait", NULL};
     vram_model *model;
-    if (check_fields(args, fields, res) || get_model(m, args, 0, &model, res)) return res->code;
+    if (check_fields(args, fields, res)) return res->code;
+    int remote = vram__cmd_remote(args, release ? "release" : "offload", res);
+    if (remote != 1) return remote; /* another process's model: done by its owner */
+    if (get_model(m, args, 0, &model, res)) return res->code;
     /* a model under a lease: by default the work is deferred to the end of
      * its last lease (202); with "nowait": true it is refused (409) */
     unsigned flags = VRAM_DEFER;
@@ -642,10 +645,13 @@ static int cmd_timeout(vram_manager *m, json_t *args, vram__cmd_result *res)
     static const char *const fields[] = {"timeout", "model", NULL};
     vram_model *model;
     double s = 0;
-    if (check_fields(args, fields, res) || get_model(m, args, 0, &model, res)) return res->code;
+    if (check_fields(args, fields, res)) return res->code;
+    int remote = vram__cmd_remote(args, "timeout", res);
+    if (remote != 1) return remote;
+    if (get_model(m, args, 0, &model, res)) return res->code;
     json_t *v = args ? json_object_get(args, "timeout") : NULL;
     if (!v) return vram__cmd_fail(res, VRAM_EINVAL, "'timeout' is required (seconds, >= 0)");
-    if (get_seconds(v, "timeout", &s, res)) return res->code;
+    if (vram__cmd_get_seconds(v, "timeout", &s, res)) return res->code;
     vram_set_error(VRAM_OK, "%s", "");
     int rc = model ? vram_model_set_idle_timeout(model, s) : vram_manager_set_idle_timeout(m, s);
     if (rc < 0)
@@ -666,7 +672,10 @@ static int cmd_configure(vram_manager *m, json_t *args, vram__cmd_result *res)
     static const char *const fields[] = {"model", "idle_timeout", "release_timeout",
                                          "immediate_offload", NULL};
     vram_model *model;
-    if (check_fields(args, fields, res) || get_model(m, args, 1, &model, res)) return res->code;
+    if (check_fields(args, fields, res)) return res->code;
+    int remote = vram__cmd_remote(args, "configure", res);
+    if (remote != 1) return remote;
+    if (get_model(m, args, 1, &model, res)) return res->code;
     json_t *vi = json_object_get(args, "idle_timeout");
     json_t *vr = json_object_get(args, "release_timeout");
     json_t *vo = json_object_get(args, "immediate_offload");
@@ -677,8 +686,8 @@ static int cmd_configure(vram_manager *m, json_t *args, vram__cmd_result *res)
                               "nothing to change: give idle_timeout, release_timeout "
                               "(seconds) or immediate_offload (true/false)");
     /* check everything before changing anything */
-    if (vi && get_seconds(vi, "idle_timeout", &idle, res)) return res->code;
-    if (vr && get_seconds(vr, "release_timeout", &rel, res)) return res->code;
+    if (vi && vram__cmd_get_seconds(vi, "idle_timeout", &idle, res)) return res->code;
+    if (vr && vram__cmd_get_seconds(vr, "release_timeout", &rel, res)) return res->code;
     if (vo) {
         if (json_is_boolean(vo))
             imm = json_is_true(vo);
@@ -712,6 +721,8 @@ static const vram__command commands[] = {
     {"models", "list models with their status", 0, 0, cmd_models, 0},
     {"show", "one model's status (with load_progress while loading)", 0, 0, cmd_show, 0},
     {"devices", "devices with their memory", 0, 0, cmd_devices, 0},
+    {"node", "every process on the node that has joined vramd, with its models", 0, 0,
+     vram__cmd_node, 0},
     {"health", "liveness and a summary", 0, 0, cmd_health, 0},
     {"load", "load or restore a model onto the GPU and wait", 1, 1, cmd_load, 0},
     {"run", "acquire, checksum on the device, end the lease", 1, 1, cmd_run, 0},

@@ -61,4 +61,15 @@ int vram__cmd_fail(vram__cmd_result *res, int code, const char *fmt, ...)
  * 409, 503 or 500. */
 unsigned vram__cmd_http_status(int code);
 
+/* A number of seconds from a JSON value, as every command reads one. */
+int vram__cmd_get_seconds(json_t *v, const char *field, double *out, vram__cmd_result *res);
+
+/* The node (commands_node.c). "node": the node's view. remote: when
+ * args.model names another process's model ("NAME@PID"), has its owner
+ * carry out op ("offload", "release", "timeout" or "configure", with the
+ * command's own arguments) and returns the result's code; returns 1 when
+ * the model is not remote (the caller goes on locally). */
+int vram__cmd_node(vram_manager *m, json_t *args, vram__cmd_result *res);
+int vram__cmd_remote(json_t *args, const char *op, vram__cmd_result *res);
+
 #endif /* VRAM_SERVER_COMMANDS_H */

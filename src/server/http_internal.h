@@ -59,6 +59,7 @@ enum {
     R_MODEL_REOPEN,
     R_DEVICES,
     R_EVENTS,
+    R_NODE,
     R_MCP,
     NROUTES
 };

@@ -22,6 +22,7 @@ const route vram__http_routes[NROUTES] = {
     [R_MODEL_REOPEN] = {"/api/v1/models/{name}/reopen", NULL, "reopen", NULL, NULL, "POST"},
     [R_DEVICES] = {"/api/v1/devices", "devices", NULL, NULL, NULL, "GET, HEAD"},
     [R_EVENTS] = {"/api/v1/events", "", NULL, NULL, NULL, "GET, HEAD"},
+    [R_NODE] = {"/api/v1/node", "node", NULL, NULL, NULL, "GET, HEAD"},
     [R_MCP] = {"/mcp", NULL, NULL, NULL, NULL, "POST, DELETE"},
 };
 
@@ -42,6 +43,7 @@ int vram__http_match_route(const char *url, const char **name, size_t *name_len)
         {"/api/v1/models/", R_MODELS},
         {"/api/v1/devices", R_DEVICES},
         {"/api/v1/events", R_EVENTS},
+        {"/api/v1/node", R_NODE},
         {"/mcp", R_MCP},
     };
     for (size_t i = 0; i < sizeof exact / sizeof exact[0]; i++)
