@@ -56,7 +56,12 @@ install(TARGETS vramd vramctl RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 if(VRAM_BUILD_TESTS)
   enable_testing()
   find_program(VRAM_PYTHON3 NAMES python3)
+  # a manager driven by stdin lines: the node tests' member processes
+  add_executable(node_member tests/support/node_member.c)
+  target_link_libraries(node_member PRIVATE vram_static)
+  target_compile_definitions(node_member PRIVATE _GNU_SOURCE=)
   set(VRAM_TOOL_ENV "VRAMD=$<TARGET_FILE:vramd>" "VRAMCTL=$<TARGET_FILE:vramctl>"
+      "NODE_MEMBER=$<TARGET_FILE:node_member>"
       "EMBED_SERVER=$<TARGET_FILE:embed_server>"
       "VRAM_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
 

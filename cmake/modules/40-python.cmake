@@ -49,7 +49,7 @@ if(VRAM_BUILD_TESTS)
                      --rootdir=${CMAKE_SOURCE_DIR}/tests/python ${src}
              WORKING_DIRECTORY ${CMAKE_BINARY_DIR}/python-tests)
     set_tests_properties(python/${name} PROPERTIES LABELS python TIMEOUT 300
-      ENVIRONMENT "PYTHONPATH=${CMAKE_SOURCE_DIR}/python;VRAM_LIBRARY=$<TARGET_FILE:vram_shared>;VRAM_SERVER_LIBRARY=$<TARGET_FILE:vram_server_shared>;VRAM_BACKEND=host;VRAM_HOST_MEMORY=256M;VRAM_HOST_DEVICES=1;VRAM_LOG_LEVEL=warn;VRAM_EVICT_WAIT=5;PYTHONDONTWRITEBYTECODE=1")
+      ENVIRONMENT "PYTHONPATH=${CMAKE_SOURCE_DIR}/python;VRAMD=$<TARGET_FILE:vramd>;NODE_MEMBER=$<TARGET_FILE:node_member>;VRAM_LIBRARY=$<TARGET_FILE:vram_shared>;VRAM_SERVER_LIBRARY=$<TARGET_FILE:vram_server_shared>;VRAM_BACKEND=host;VRAM_HOST_MEMORY=256M;VRAM_HOST_DEVICES=1;VRAM_LOG_LEVEL=warn;VRAM_EVICT_WAIT=5;PYTHONDONTWRITEBYTECODE=1")
   endforeach()
   # the golden vectors of the checksum and the synthetic source match their
   # independent generator (written from include/vram.h, numpy for speed)

@@ -20,7 +20,7 @@ const check = (ok, what, detail = "") => {
 // vramd on a free port, host backend, a token; its log collected
 function startVramd() {
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("VRAM_") && k !== "GPU_IDLE_TIMEOUT"));
-  Object.assign(env, { VRAM_HOST_MEMORY: "1G", VRAM_LOG_LEVEL: "info" });
+  Object.assign(env, { VRAM_HOST_MEMORY: "1G", VRAM_LOG_LEVEL: "info", VRAM_NODE_SOCKET: process.env.VRAM_NODE_SOCKET || "off" });
   const cwd = mkdtempSync(join(tmpdir(), "vramd-browser-"));
   const p = spawn(VRAMD, ["--port", "0", "--backend", "host", "--token", TOKEN,
     "--model", "small=synthetic:32M:1", "--model", "big=synthetic:512M:2"], { cwd, env, stdio: ["ignore", "ignore", "pipe"] });

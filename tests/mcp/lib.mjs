@@ -34,7 +34,8 @@ export function cleanEnv(extra = {}) {
   const env = {};
   for (const [k, v] of Object.entries(process.env))
     if (!k.startsWith('VRAM_') && k !== 'GPU_IDLE_TIMEOUT') env[k] = v;
-  return { ...env, VRAM_LOG_LEVEL: 'info', ...extra };
+  // no test joins or listens on the machine's node socket unless it names one
+  return { ...env, VRAM_LOG_LEVEL: 'info', VRAM_NODE_SOCKET: process.env.VRAM_NODE_SOCKET || 'off', ...extra };
 }
 
 // Starts vramd on a free port; resolves to { url, port, proc, log, stop() }.
