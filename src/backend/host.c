@@ -307,7 +307,7 @@ static void shared_uuid(const char *name, int dev, char *out, size_t len)
     uint64_t h = VRAM_GOLDEN;
     for (size_t i = 0; i < n; i++)
         h = vram__mix64(h ^ (unsigned char)name[i]);
-    snprintf(out, len, "HOST-%.*s~%016llx-%d", (int)(len > 40 ? len - 40 : 1), name,
+    snprintf(out, len, "HOST-%.*s~%016llx-%d", (int)(len > 40 ? len - 26 : 1), name,
              (unsigned long long)h, dev);
 }
 

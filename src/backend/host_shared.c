@@ -211,12 +211,22 @@ static void log_reclaimed(const vram_host_shared *s, int dev, const hs_reclaimed
               s->name, vram__human(r->bytes).s, r->procs, r->procs == 1 ? "" : "es");
 }
 
+/* This handle's slot in record dev while it is still its own (not
+ * reclaimed as a dead process's), else NULL. Caller holds the lock. */
+static hs_slot *my_slot(const vram_host_shared *s, int dev)
+{
+    if (s->slot[dev] < 0) return NULL;
+    hs_slot *sl = &s->shm->dev[dev].slot[s->slot[dev]];
+    return sl->pid == (int32_t)s->pid && sl->start == s->start ? sl : NULL;
+}
+
 static void usage_of(const vram_host_shared *s, int dev, vram_host_shared_usage *out)
 {
     const hs_dev *d = &s->shm->dev[dev];
+    const hs_slot *sl = my_slot(s, dev);
     out->capacity = d->capacity;
     out->used = d->used;
-    out->mine = s->slot[dev] >= 0 ? d->slot[s->slot[dev]].held : 0;
+    out->mine = sl ? sl->held : 0;
 }
 
 /* ---- charges ---- */
@@ -230,9 +240,10 @@ int vram__host_shared_charge(vram_host_shared *s, int dev, uint64_t bytes,
     if (rc) return rc;
     reclaim(d, s->pid, s->start, 0, &r);
     if (bytes > d->capacity - d->used) reclaim(d, s->pid, s->start, 1, &r);
-    int fits = s->slot[dev] >= 0 && bytes <= d->capacity - d->used;
+    hs_slot *sl = my_slot(s, dev);
+    int fits = sl && bytes <= d->capacity - d->used;
     if (fits) {
-        d->slot[s->slot[dev]].held += bytes;
+        sl->held += bytes;
         d->used += bytes;
     } else if (why) {
         usage_of(s, dev, why);
@@ -252,8 +263,8 @@ void vram__host_shared_uncharge(vram_host_shared *s, int dev, uint64_t bytes)
         return;
     }
     reclaim(d, s->pid, s->start, 0, &r);
-    if (s->slot[dev] >= 0) {
-        hs_slot *sl = &d->slot[s->slot[dev]];
+    hs_slot *sl = my_slot(s, dev);
+    if (sl) {
         uint64_t give = bytes <= sl->held ? bytes : sl->held;
         sl->held -= give;
         d->used = d->used >= give ? d->used - give : 0;
@@ -279,6 +290,15 @@ int vram__host_shared_hold_lock(vram_host_shared *s, int dev)
 {
     if (!s || dev < 0 || dev >= s->ndev) return VRAM_EINVAL;
     return dev_lock(s, dev);
+}
+
+void vram__host_shared_fake_reuse(vram_host_shared *s)
+{
+    for (int dev = 0; s && dev < s->ndev; dev++) {
+        if (s->slot[dev] < 0 || dev_lock(s, dev)) continue;
+        s->shm->dev[dev].slot[s->slot[dev]].start = s->start + 1;
+        pthread_mutex_unlock(&s->shm->dev[dev].lock);
+    }
 }
 
 /* ---- slots ---- */
@@ -321,8 +341,8 @@ static void give_slots(vram_host_shared *s)
             vram__log(VRAM_LOG_ERROR, "%s (slot not given back)", vram__last_error());
             continue;
         }
-        hs_slot *sl = &d->slot[s->slot[dev]];
-        if (sl->pid == (int32_t)s->pid) {
+        hs_slot *sl = my_slot(s, dev);
+        if (sl) {
             d->used = d->used >= sl->held ? d->used - sl->held : 0;
             sl->held = 0;
             sl->start = 0;
@@ -494,7 +514,7 @@ int vram__host_shared_open(const char *name, int *ndev, uint64_t *capacity,
     if (!vram__host_shared_name_ok(name)) {
         char q[128];
         return vram__errorf(VRAM_ECONFIG,
-                            "VRAM_HOST_SHARED: %s is not a share name (1 to 64 of A-Z a-z 0-9 . "
+                            "VRAM_HOST_SHARED: '%s' is not a share name (1 to 64 of A-Z a-z 0-9 . "
                             "_ -)",
                             vram__quote(name ? name : "", q, sizeof q));
     }

@@ -55,4 +55,8 @@ const char *vram__host_shared_name(const vram_host_shared *s);
  * process) can die holding it. Returns 0 or a VRAM error. */
 int vram__host_shared_hold_lock(vram_host_shared *s, int dev);
 
+/* Tests: makes this handle's slots look like those of an earlier process
+ * that had the same pid (another start time), as after pid reuse. */
+void vram__host_shared_fake_reuse(vram_host_shared *s);
+
 #endif /* VRAM_HOST_SHARED_H */
