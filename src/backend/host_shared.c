@@ -90,8 +90,8 @@ typedef struct hs_shm {
 struct vram_host_shared {
     hs_shm *shm;
     int ndev;
-    pid_t pid;       /* the process that took the slots */
-    uint64_t start;  /* its start time */
+    pid_t pid;                          /* the process that took the slots */
+    uint64_t start;                     /* its start time */
     int slot[VRAM_HOST_SHARED_DEVICES]; /* this handle's slot in each record; -1: none */
     char name[HS_NAME_MAX + 1];
 };
@@ -145,6 +145,7 @@ static uint64_t proc_start(pid_t pid)
  * used by a process that started at another time. */
 static int slot_dead(const hs_slot *sl, int full)
 {
+    if (sl->pid < 0) return 1; /* not a pid: a damaged record */
     if (kill((pid_t)sl->pid, 0) == -1 && errno == ESRCH) return 1;
     if (!full || sl->start == 0) return 0;
     uint64_t now = proc_start((pid_t)sl->pid);
@@ -152,6 +153,12 @@ static int slot_dead(const hs_slot *sl, int full)
 }
 
 /* ---- records (caller holds the record's lock) ---- */
+
+/* Bytes no process holds (0 when a damaged record counts more than all). */
+static uint64_t room(const hs_dev *d)
+{
+    return d->used < d->capacity ? d->capacity - d->used : 0;
+}
 
 typedef struct hs_reclaimed {
     int procs;
@@ -199,8 +206,8 @@ static int dev_lock(const vram_host_shared *s, int dev)
     }
     if (e == 0) return 0;
     char eb[128];
-    return vram__errorf(VRAM_EBACKEND, "host device %d (shared '%s'): its lock: %s", dev,
-                        s->name, strerror_r(e, eb, sizeof eb));
+    return vram__errorf(VRAM_EBACKEND, "host device %d (shared '%s'): its lock: %s", dev, s->name,
+                        strerror_r(e, eb, sizeof eb));
 }
 
 static void log_reclaimed(const vram_host_shared *s, int dev, const hs_reclaimed *r)
@@ -239,9 +246,9 @@ int vram__host_shared_charge(vram_host_shared *s, int dev, uint64_t bytes,
     int rc = dev_lock(s, dev);
     if (rc) return rc;
     reclaim(d, s->pid, s->start, 0, &r);
-    if (bytes > d->capacity - d->used) reclaim(d, s->pid, s->start, 1, &r);
+    if (bytes > room(d)) reclaim(d, s->pid, s->start, 1, &r);
     hs_slot *sl = my_slot(s, dev);
-    int fits = sl && bytes <= d->capacity - d->used;
+    int fits = sl && bytes <= room(d);
     if (fits) {
         sl->held += bytes;
         d->used += bytes;
@@ -402,8 +409,7 @@ static int shm_fail(const char *name, const char *what, int e)
 
 /* Creates the object: 1 and *m when this process made it, 0 when it
  * exists already, or a VRAM error. */
-static int shm_create(const char *path, const char *name, int ndev, uint64_t capacity,
-                      hs_shm **m)
+static int shm_create(const char *path, const char *name, int ndev, uint64_t capacity, hs_shm **m)
 {
     int fd = shm_open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) return errno == EEXIST ? 0 : shm_fail(name, "shm_open", errno);
@@ -432,10 +438,15 @@ static int shm_join(const char *path, const char *name, hs_shm **m)
     int fd = shm_open(path, O_RDWR | O_CLOEXEC, 0);
     if (fd < 0) return errno == ENOENT ? 0 : shm_fail(name, "shm_open", errno);
     struct stat st;
-    int waited = 0;
-    while (fstat(fd, &st) == 0 && st.st_size == 0 && waited < HS_WAIT_MS) {
+    memset(&st, 0, sizeof st);
+    int waited = 0, e = 0;
+    while ((e = fstat(fd, &st) == 0 ? 0 : errno) == 0 && st.st_size == 0 && waited < HS_WAIT_MS) {
         sleep_ms(1);
         waited++;
+    }
+    if (e) {
+        close(fd);
+        return shm_fail(name, "fstat", e);
     }
     if (st.st_size != (off_t)sizeof(hs_shm)) {
         close(fd);
@@ -445,7 +456,7 @@ static int shm_join(const char *path, const char *name, hs_shm **m)
                             name, name, (long long)st.st_size, sizeof(hs_shm));
     }
     void *p = mmap(NULL, sizeof(hs_shm), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    int e = p == MAP_FAILED ? errno : 0;
+    e = p == MAP_FAILED ? errno : 0;
     close(fd);
     if (e) return shm_fail(name, "mmap", e);
     hs_shm *h = p;
@@ -506,8 +517,7 @@ static int shm_attach(const char *name, int ndev, uint64_t capacity, hs_shm **m)
                         "VRAM_HOST_SHARED '%s': /dev/shm/vram-host-%s keeps vanishing", name, name);
 }
 
-int vram__host_shared_open(const char *name, int *ndev, uint64_t *capacity,
-                           vram_host_shared **out)
+int vram__host_shared_open(const char *name, int *ndev, uint64_t *capacity, vram_host_shared **out)
 {
     if (!out || !ndev || !capacity) return vram__errorf(VRAM_EINVAL, "host_shared_open: NULL");
     *out = NULL;

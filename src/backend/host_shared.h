@@ -27,8 +27,7 @@ int vram__host_shared_name_ok(const char *name);
  * figures on return (a warning is logged when they differ). Returns 0, or
  * VRAM_ECONFIG for a bad name, VRAM_EBACKEND when the share cannot be
  * opened, is malformed or has no free slot; *out is NULL on failure. */
-int vram__host_shared_open(const char *name, int *ndev, uint64_t *capacity,
-                           vram_host_shared **out);
+int vram__host_shared_open(const char *name, int *ndev, uint64_t *capacity, vram_host_shared **out);
 
 /* Gives the slots back (their bytes become free) and unmaps the share; the
  * share itself stays for the other processes. NULL does nothing. */

@@ -315,8 +315,7 @@ static int g_warned;
 static void hear_warning(vram_log_level level, const char *line, void *user)
 {
     (void)user;
-    if (level == VRAM_LOG_WARN && strstr(line, "shared") && strstr(line, "using those"))
-        g_warned++;
+    if (level == VRAM_LOG_WARN && strstr(line, "shared") && strstr(line, "using those")) g_warned++;
 }
 
 static void test_mismatch_uses_the_share(void **state)
@@ -349,8 +348,7 @@ static void lock_holder_main(int in, int out)
     uint64_t cap = 64 * MiB;
     vram_host_shared *s = NULL;
     if (vram__host_shared_open(g_name, &ndev, &cap, &s) ||
-        vram__host_shared_charge(s, 0, 8 * MiB, NULL) ||
-        vram__host_shared_hold_lock(s, 0)) {
+        vram__host_shared_charge(s, 0, 8 * MiB, NULL) || vram__host_shared_hold_lock(s, 0)) {
         put_byte(out, 'e');
         _exit(1);
     }
@@ -442,8 +440,10 @@ static void manager_b_main(int in, int out)
     if (rc == 0) vram_lease_end(l);
     if (get_byte(in) != 'g') _exit(3);
     rc = vram_model_acquire(model, &l);
-    if (rc == 0) vram_lease_end(l);
-    else fprintf(stderr, "process B: %s\n", vram_last_error());
+    if (rc == 0)
+        vram_lease_end(l);
+    else
+        fprintf(stderr, "process B: %s\n", vram_last_error());
     put_byte(out, rc == 0 ? 'k' : 'e');
     vram_manager_destroy(m);
     _exit(0);
