@@ -42,6 +42,7 @@ typedef struct vram_backend_config {
     char visible_devices[VRAM_STR_MAX]; /* cuda: "" (all), "none" or a list */
     char cuda_library[VRAM_STR_MAX];    /* cuda: driver library ("": default) */
     int fault_injection;            /* test-only: wrap in the fault decorator */
+    char host_shared[VRAM_STR_MAX]; /* host: "" own devices; NAME: shared (host_shared.c) */
 } vram_backend_config;
 
 /* The interface of a backend: one static const table per implementation

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "backend/backend.h"
+#include "backend/host_shared.h"
 #include "base/base.h"
 
 /*
@@ -39,6 +40,12 @@
  *   (scatter) and maps each piece at its place in the range, so a map fails
  *   for lack of memory only when fewer free bytes than it needs are left.
  * - One mutex guards the allocators; copies run without it.
+ * - Shared devices (VRAM_HOST_SHARED=NAME, host_shared.c): the bytes stay
+ *   in this process's memfds, but every growth of a device's `used` is
+ *   first charged in the share's ledger, and every shrink uncharged, so
+ *   that the processes naming NAME see one device of `capacity` between
+ *   them (pooled memory is free there too). The ledger's lock is taken
+ *   under c->lock, innermost. Without a share the cost is one branch.
  * - Poison (tests): with VRAM_HOST_POISON=1 in the environment when the
  *   backend is created, every map fills the whole range with a poison
  *   pattern and every host_alloc fills its memory, as real VRAM and pinned
@@ -79,6 +86,7 @@ typedef struct host_ctx {
     int populate_fallback; /* kernel without MADV_POPULATE_*: use MAP_POPULATE */
     int no_pool;           /* kernel without MREMAP_DONTUNMAP for shmem: unmap drops */
     int poison;            /* VRAM_HOST_POISON: fill fresh memory with HOST_POISON */
+    vram_host_shared *shared; /* VRAM_HOST_SHARED: the share's ledger; NULL = not shared */
 } host_ctx;
 
 /* The poison byte: not 0 (fresh pages) and not 0xff, so neither reads as
@@ -286,6 +294,36 @@ static int check_dev(host_ctx *c, int dev)
     return 0;
 }
 
+/* The uuid of shared device dev: "HOST-NAME-dev", the same in every
+ * process; a name too long for it is cut and followed by a hash of it
+ * all, so that two names never give one uuid. */
+static void shared_uuid(const char *name, int dev, char *out, size_t len)
+{
+    size_t n = strlen(name);
+    if (n + 12 <= len) {
+        snprintf(out, len, "HOST-%s-%d", name, dev);
+        return;
+    }
+    uint64_t h = VRAM_GOLDEN;
+    for (size_t i = 0; i < n; i++)
+        h = vram__mix64(h ^ (unsigned char)name[i]);
+    snprintf(out, len, "HOST-%.*s~%016llx-%d", (int)(len > 40 ? len - 26 : 1), name,
+             (unsigned long long)h, dev);
+}
+
+/* A shared device's figures: free is what no process holds. */
+static int shared_info(host_ctx *c, int dev, vram_dev_info *out)
+{
+    vram_host_shared_usage u;
+    int rc = vram__host_shared_usage(c->shared, dev, &u);
+    if (rc) return rc;
+    shared_uuid(vram__host_shared_name(c->shared), dev, out->uuid, sizeof out->uuid);
+    out->total = u.capacity;
+    out->free = u.used < u.capacity ? u.capacity - u.used : 0;
+    out->granularity = HOST_GRANULARITY;
+    return 0;
+}
+
 static int host_device_info(vram_backend *b, int dev, vram_dev_info *out)
 {
     host_ctx *c = b->ctx;
@@ -294,6 +332,7 @@ static int host_device_info(vram_backend *b, int dev, vram_dev_info *out)
     if (!out) return vram__errorf(VRAM_EINVAL, "host backend: device_info: out is NULL");
     memset(out, 0, sizeof *out);
     snprintf(out->name, sizeof out->name, "host-emulated device %d", dev);
+    if (c->shared) return shared_info(c, dev, out);
     snprintf(out->uuid, sizeof out->uuid, "HOST-%d", dev);
     pthread_mutex_lock(&c->lock);
     out->total = c->devs[dev].capacity;
@@ -369,9 +408,13 @@ static void range_release(host_ctx *c, vram_buf *buf, host_range *r)
 {
     if (r->npieces && buf->device >= 0 && buf->device < c->ndev) {
         host_dev *d = &c->devs[buf->device];
+        uint64_t bytes = 0;
         pthread_mutex_lock(&c->lock);
-        for (size_t i = 0; i < r->npieces; i++)
+        for (size_t i = 0; i < r->npieces; i++) {
             extent_free(d, r->pieces[i].off, r->pieces[i].len);
+            bytes += r->pieces[i].len;
+        }
+        if (c->shared) vram__host_shared_uncharge(c->shared, buf->device, bytes);
         pthread_mutex_unlock(&c->lock);
     }
     if (r->pieces != &r->one) free(r->pieces);
@@ -379,20 +422,70 @@ static void range_release(host_ctx *c, vram_buf *buf, host_range *r)
     r->npieces = 0;
 }
 
+/* Why a take found no memory: the share's ledger said no (shared = 1,
+ * its figures in u), or its lock failed (shared < 0, message set). */
+typedef struct take_why {
+    int shared;
+    vram_host_shared_usage u;
+} take_why;
+
+/* extent_take on device dev (caller holds c->lock), the bytes charged
+ * first in the share's ledger when there is one. Returns n, or 0 having
+ * taken nothing (the ledger's refusal in *why). */
+static size_t dev_take(host_ctx *c, int dev, uint64_t len, host_extent *out, size_t max,
+                       take_why *why)
+{
+    host_dev *d = &c->devs[dev];
+    if (!c->shared) return extent_take(d, len, out, max);
+    if (max == 0 || len == 0 || d->capacity - d->used < len) return 0;
+    why->shared = vram__host_shared_charge(c->shared, dev, len, &why->u);
+    if (why->shared) return 0;
+    size_t n = extent_take(d, len, out, max);
+    if (n == 0) vram__host_shared_uncharge(c->shared, dev, len);
+    return n;
+}
+
+/* The error of a map that found too few free bytes. */
+static int take_fail(host_ctx *c, const vram_buf *buf, uint64_t free_now, const take_why *why)
+{
+    host_dev *d = &c->devs[buf->device];
+    if (why->shared < 0) return why->shared;
+    if (why->shared) {
+        const vram_host_shared_usage *u = &why->u;
+        uint64_t left = u->used < u->capacity ? u->capacity - u->used : 0;
+        uint64_t others = u->used > u->mine ? u->used - u->mine : 0;
+        return vram__errorf(VRAM_ENOMEM,
+                            "host device %d (shared '%s'): out of device memory: asked %s, %s "
+                            "free of %s; other processes hold %s, this one %s",
+                            buf->device, vram__host_shared_name(c->shared),
+                            vram__human(buf->reserved).s, vram__human(left).s,
+                            vram__human(u->capacity).s, vram__human(others).s,
+                            vram__human(u->mine).s);
+    }
+    return vram__errorf(VRAM_ENOMEM,
+                        "host device %d: out of device memory: asked %zu bytes (%.1f MiB), "
+                        "%llu bytes (%.1f MiB) free of %llu (%.1f MiB)",
+                        buf->device, buf->reserved, mib(buf->reserved),
+                        (unsigned long long)free_now, mib(free_now),
+                        (unsigned long long)d->capacity, mib(d->capacity));
+}
+
 /* Takes device memory for the whole range into r->pieces: one extent into
  * r->one when one is large enough, else an array allocated (without the
  * lock) before anything is taken. Returns 0, VRAM_ENOMEM when fewer free
- * bytes than the range needs are left, or VRAM_EHOSTMEM; on failure
- * nothing is taken and r->pieces stays NULL. */
+ * bytes than the range needs are left (on this device, or of a shared one
+ * between all its processes), or VRAM_EHOSTMEM; on failure nothing is
+ * taken and r->pieces stays NULL. */
 static int range_take(host_ctx *c, vram_buf *buf, host_range *r)
 {
     host_dev *d = &c->devs[buf->device];
+    take_why why = {0, {0, 0, 0}};
     pthread_mutex_lock(&c->lock);
-    size_t n = extent_take(d, buf->reserved, &r->one, 1);
+    size_t n = dev_take(c, buf->device, buf->reserved, &r->one, 1, &why);
     uint64_t free_now = d->capacity - d->used;
     pthread_mutex_unlock(&c->lock);
     host_extent *arr = NULL;
-    if (n == 0 && free_now >= buf->reserved) {
+    if (n == 0 && !why.shared && free_now >= buf->reserved) {
         /* scattered: room for the most pieces the range can need */
         size_t max = buf->reserved / HOST_GRANULARITY;
         if (max > d->free_cap) max = d->free_cap;
@@ -403,7 +496,7 @@ static int range_take(host_ctx *c, vram_buf *buf, host_range *r)
                                 "list of %zu pieces",
                                 buf->device, buf->reserved, max);
         pthread_mutex_lock(&c->lock);
-        n = extent_take(d, buf->reserved, arr, max); /* 0 only if memory went meanwhile */
+        n = dev_take(c, buf->device, buf->reserved, arr, max, &why); /* 0: memory went */
         free_now = d->capacity - d->used;
         pthread_mutex_unlock(&c->lock);
         if (n == 1) { /* memory came back meanwhile: one extent after all */
@@ -414,12 +507,7 @@ static int range_take(host_ctx *c, vram_buf *buf, host_range *r)
     }
     if (n == 0) {
         free(arr);
-        return vram__errorf(VRAM_ENOMEM,
-                            "host device %d: out of device memory: asked %zu bytes (%.1f MiB), "
-                            "%llu bytes (%.1f MiB) free of %llu (%.1f MiB)",
-                            buf->device, buf->reserved, mib(buf->reserved),
-                            (unsigned long long)free_now, mib(free_now),
-                            (unsigned long long)d->capacity, mib(d->capacity));
+        return take_fail(c, buf, free_now, &why);
     }
     r->pieces = arr ? arr : &r->one;
     r->npieces = n;
@@ -785,6 +873,7 @@ static void host_ctx_free(host_ctx *c)
         free(d->warm);
         free(d->free_ext);
     }
+    vram__host_shared_close(c->shared); /* gives back this process's slots */
     pthread_mutex_destroy(&c->lock);
     free(c);
 }
@@ -845,27 +934,54 @@ static const struct vram_backend_iface host_iface = {
     .host_ptr = host_host_ptr,
 };
 
+/* The devices' capacity from cfg, in whole granules. Returns 0 or
+ * VRAM_ECONFIG. */
+static int host_capacity(const vram_backend_config *cfg, uint64_t *capacity)
+{
+    if (cfg->host_devices < 1 || cfg->host_devices > HOST_MAX_DEVICES)
+        return vram__errorf(VRAM_ECONFIG, "VRAM_HOST_DEVICES: %d is not between 1 and %d",
+                            cfg->host_devices, HOST_MAX_DEVICES);
+    *capacity = cfg->host_memory / HOST_GRANULARITY * HOST_GRANULARITY;
+    if (*capacity == 0)
+        return vram__errorf(VRAM_ECONFIG,
+                            "VRAM_HOST_MEMORY: %llu bytes is less than one 2 MiB granule",
+                            (unsigned long long)cfg->host_memory);
+    if (*capacity > (uint64_t)INT64_MAX / 2)
+        return vram__errorf(VRAM_ECONFIG, "VRAM_HOST_MEMORY: %llu bytes is too large",
+                            (unsigned long long)cfg->host_memory);
+    if (*capacity != cfg->host_memory)
+        vram__log(VRAM_LOG_WARN,
+                  "host backend: VRAM_HOST_MEMORY %llu rounded down to %llu (2 MiB granules)",
+                  (unsigned long long)cfg->host_memory, (unsigned long long)*capacity);
+    return 0;
+}
+
+/* VRAM_HOST_SHARED: opens the share into c->shared, whose device count
+ * and capacity replace *ndev and *capacity. Returns 0 or a VRAM error. */
+static int host_share(host_ctx *c, const char *name, int *ndev, uint64_t *capacity)
+{
+    int rc = vram__host_shared_open(name, ndev, capacity, &c->shared);
+    if (rc) return rc;
+    if (*ndev > HOST_MAX_DEVICES || *capacity % HOST_GRANULARITY != 0 ||
+        *capacity > (uint64_t)INT64_MAX / 2)
+        return vram__errorf(VRAM_EBACKEND,
+                            "VRAM_HOST_SHARED '%s': its %d devices of %llu bytes are not whole "
+                            "2 MiB granules (a share of another build? remove "
+                            "/dev/shm/vram-host-%s)",
+                            name, *ndev, (unsigned long long)*capacity, name);
+    vram__log(VRAM_LOG_DEBUG, "host backend: shared '%s': %d device%s of %s", name, *ndev,
+              *ndev == 1 ? "" : "s", vram__human(*capacity).s);
+    return 0;
+}
+
 int vram__backend_host_create(const vram_backend_config *cfg, vram_backend **out)
 {
     if (!out) return vram__errorf(VRAM_EINVAL, "host backend: out is NULL");
     *out = NULL;
     if (!cfg) return vram__errorf(VRAM_EINVAL, "host backend: cfg is NULL");
-    if (cfg->host_devices < 1 || cfg->host_devices > HOST_MAX_DEVICES)
-        return vram__errorf(VRAM_ECONFIG, "VRAM_HOST_DEVICES: %d is not between 1 and %d",
-                            cfg->host_devices, HOST_MAX_DEVICES);
-    /* capacity in whole granules */
-    uint64_t capacity = cfg->host_memory / HOST_GRANULARITY * HOST_GRANULARITY;
-    if (capacity == 0)
-        return vram__errorf(VRAM_ECONFIG,
-                            "VRAM_HOST_MEMORY: %llu bytes is less than one 2 MiB granule",
-                            (unsigned long long)cfg->host_memory);
-    if (capacity > (uint64_t)INT64_MAX / 2)
-        return vram__errorf(VRAM_ECONFIG, "VRAM_HOST_MEMORY: %llu bytes is too large",
-                            (unsigned long long)cfg->host_memory);
-    if (capacity != cfg->host_memory)
-        vram__log(VRAM_LOG_WARN,
-                  "host backend: VRAM_HOST_MEMORY %llu rounded down to %llu (2 MiB granules)",
-                  (unsigned long long)cfg->host_memory, (unsigned long long)capacity);
+    uint64_t capacity = 0;
+    int rc = host_capacity(cfg, &capacity);
+    if (rc) return rc;
 
     host_ctx *c = calloc(1, sizeof *c);
     vram_backend *b = calloc(1, sizeof *b);
@@ -886,8 +1002,9 @@ int vram__backend_host_create(const vram_backend_config *cfg, vram_backend **out
     for (int i = 0; i < HOST_MAX_DEVICES; i++)
         c->devs[i].fd = -1;
 
-    int rc = 0;
-    for (int i = 0; i < cfg->host_devices; i++) {
+    int ndev = cfg->host_devices;
+    if (cfg->host_shared[0] && (rc = host_share(c, cfg->host_shared, &ndev, &capacity))) goto fail;
+    for (int i = 0; i < ndev; i++) {
         c->ndev = i + 1; /* so that host_ctx_free cleans this one up */
         if ((rc = dev_init(&c->devs[i], i, capacity))) goto fail;
     }

@@ -38,6 +38,7 @@ static const vram_backend_config *backend_config(const vram_config *cfg, vram_ba
     snprintf(out->visible_devices, sizeof out->visible_devices, "%s", cfg->visible_devices);
     snprintf(out->cuda_library, sizeof out->cuda_library, "%s", cfg->cuda_library);
     out->fault_injection = cfg->fault_injection;
+    snprintf(out->host_shared, sizeof out->host_shared, "%s", cfg->host_shared);
     return out;
 }
 
