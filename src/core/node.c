@@ -112,13 +112,22 @@ static void disconnect(struct vram__node *n, const char *why)
                   n->path, why);
 }
 
+/* The device's uuid as the node sees it: "" for a device of this process
+ * alone (an unshared host-emulated one, whose "HOST-i" every process
+ * has), so that no eviction elsewhere is ever done for it. */
+static const char *node_uuid(const vram_manager *m, int dev)
+{
+    if (strcmp(m->backend->name, "host") == 0 && !m->cfg.host_shared[0]) return "";
+    return m->devs[dev].info.uuid;
+}
+
 static int send_hello(struct vram__node *n)
 {
     vram_manager *m = n->m;
     char uuids[1024] = "", totals[512] = "";
     size_t ul = 0, tl = 0;
     for (int i = 0; i < m->ndev; i++) {
-        int a = snprintf(uuids + ul, sizeof uuids - ul, "%s%s", i ? "," : "", m->devs[i].info.uuid);
+        int a = snprintf(uuids + ul, sizeof uuids - ul, "%s%s", i ? "," : "", node_uuid(m, i));
         int b = snprintf(totals + tl, sizeof totals - tl, "%s%llu", i ? "," : "",
                          (unsigned long long)m->devs[i].info.total);
         if (a < 0 || b < 0 || (size_t)a >= sizeof uuids - ul || (size_t)b >= sizeof totals - tl)
@@ -454,7 +463,7 @@ static void deadline_ts(struct timespec *ts, double seconds)
 uint64_t vram__node_ask(vram_manager *m, int dev, uint64_t bytes, const char *model)
 {
     struct vram__node *n = m->node;
-    if (!n || dev < 0 || dev >= m->ndev || !m->devs[dev].info.uuid[0]) return 0;
+    if (!n || dev < 0 || dev >= m->ndev || !node_uuid(m, dev)[0]) return 0;
     node_ask ask = {0, 0, 0};
     pthread_mutex_lock(&n->lock);
     int slot = -1;

@@ -313,8 +313,12 @@ static int was_tried(const tried *t, int nt, long mid, const char *name)
 }
 
 /* The least recently used model that may go: on the device uuid, of a
- * member other than the asker, on the device, no lease, not kept resident
- * (idle timeout 0), not tried yet. Lock held. */
+ * member other than the asker, on the device, not kept resident (idle
+ * timeout 0), not tried yet; models reported without a lease first. A
+ * member reports lease changes only every half second (its hot path never
+ * touches the socket), so a model reported under a lease may be idle by
+ * now: it is asked last, and its owner refuses it (VRAM_NOWAIT) if a lease
+ * still holds it. Lock held. */
 static const nmodel *pick_victim(vram_node *n, const evict_job *j, const tried *t, int nt,
                                  member **owner)
 {
@@ -325,10 +329,11 @@ static const nmodel *pick_victim(vram_node *n, const evict_job *j, const tried *
         for (size_t k = 0; k < mb->nmodels; k++) {
             const nmodel *c = &mb->models[k];
             if (c->dev < 0 || c->dev >= mb->ndev || strcmp(mb->uuid[c->dev], j->uuid) != 0 ||
-                strcmp(c->state, "gpu") != 0 || c->leases > 0 || c->idle_timeout == 0 ||
+                strcmp(c->state, "gpu") != 0 || c->idle_timeout == 0 ||
                 was_tried(t, nt, mb->id, c->name))
                 continue;
-            if (!best || c->last_used < best->last_used) {
+            if (!best || (c->leases == 0) > (best->leases == 0) ||
+                ((c->leases == 0) == (best->leases == 0) && c->last_used < best->last_used)) {
                 best = c;
                 *owner = mb;
             }

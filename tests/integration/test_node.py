@@ -261,8 +261,10 @@ def test_hostile_clients(d, b):
             cut = True
     check(cut, "vramd cuts off a client that floods it")
     flood.close()
-    check(any("node cut off" in l and "lines a second" in l for l in d.log),
-          "vramd logs why it cut the flooding client off")
+    check(d.wait_for(lambda: any("node cut off" in l and "lines a second" in l for l in d.log),
+                     timeout=30),
+          "vramd logs why it cut the flooding client off",
+          "\n".join(l for l in d.log if "cut off" in l or "leave" in l))
     check(member_view(d, b.pid) is not None, "B is still in the view after the hostile clients")
     s, _, _ = d.get("/api/v1/node")
     eq(s, 200, "vramd still answers")
