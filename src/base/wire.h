@@ -29,6 +29,9 @@
  *   drop name=M                    a model was unregistered
  *   need id=K dev=I bytes=B for=M  an acquire of M cannot map B bytes on
  *                                  device I: free that much elsewhere
+ *   ack id=K                       an order arrived (sent at once, before the
+ *                                  work: an owner that does not ack within
+ *                                  2 s is skipped as unresponsive)
  *   done id=K rc=R msg=TEXT        the answer to an order (rc 0 or VRAM_E*)
  *
  * vramd -> member

@@ -30,7 +30,7 @@
 
 #define NODE_PERIOD_MS 500
 #define NODE_RETRY_MS 1000
-#define NODE_ASK_WAIT 15.0 /* vramd answers within its own bound (10 s) */
+#define NODE_ASK_WAIT 35.0 /* vramd answers within its own bound (30 s) */
 #define NODE_ASKS_MAX 16
 
 typedef struct node_ask {
@@ -328,8 +328,14 @@ static int handle_line(struct vram__node *n, char *line)
         pthread_mutex_unlock(&n->lock);
         return 0;
     }
-    if (!strcmp(msg.verb, "offload") || !strcmp(msg.verb, "release") || !strcmp(msg.verb, "set"))
-        return id ? do_order(n, &msg, id) : -1;
+    if (!strcmp(msg.verb, "offload") || !strcmp(msg.verb, "release") || !strcmp(msg.verb, "set")) {
+        if (!id) return -1;
+        vram__wire_out o; /* received: the work itself may take seconds */
+        vram__wire_begin(&o, "ack");
+        vram__wire_str(&o, "id", id);
+        if (send_line(n, &o) < 0) return -1;
+        return do_order(n, &msg, id);
+    }
     return -1;
 }
 

@@ -43,8 +43,8 @@
 #define NODE_DEVICES_MAX 16
 #define NODE_OUT_MAX (1u << 20) /* queued bytes for a member that does not read */
 #define NODE_HELLO_WAIT 5.0
-#define NODE_ORDER_WAIT 8.0    /* an eviction's order to one owner */
-#define NODE_EVICT_BOUND 12.0  /* one need, in all (members wait 15 s) */
+#define NODE_ACK_WAIT 2.0      /* an owner acknowledges an order within this, or is skipped */
+#define NODE_EVICT_BOUND 30.0  /* one need, in all (members wait 35 s): copies of large models */
 #define NODE_JOBS_MAX 8
 #define NODE_RATE 1000.0       /* lines per second a member may send, */
 #define NODE_BURST 4000.0      /* in bursts of this many */
@@ -91,7 +91,7 @@ typedef struct member {
 typedef struct order {
     uint64_t id;
     long member;
-    int done, rc;
+    int acked, done, rc;
     char msg[VRAM_ERRMSG_MAX];
 } order;
 
@@ -234,7 +234,7 @@ static int order_locked(vram_node *n, long id, const char *verb, const char *nam
         snprintf(msg, len, "%s", !mb ? "the process has left the node" : "vramd is busy");
         return !mb ? VRAM_ENOENT : VRAM_EBUSY;
     }
-    order od = {++n->next_order, id, 0, 0, ""};
+    order od = {++n->next_order, id, 0, 0, 0, ""};
     vram__wire_out o;
     vram__wire_begin(&o, verb);
     vram__wire_uint(&o, "id", od.id);
@@ -245,18 +245,22 @@ static int order_locked(vram_node *n, long id, const char *verb, const char *nam
         return VRAM_EIO;
     }
     n->orders[slot] = &od;
-    struct timespec ts;
-    deadline_ts(&ts, timeout);
+    /* the owner acknowledges at once (then carries it out, which may take
+     * seconds): no ack within NODE_ACK_WAIT means it does not answer */
+    struct timespec ack_ts, done_ts;
+    deadline_ts(&ack_ts, timeout < NODE_ACK_WAIT ? timeout : NODE_ACK_WAIT);
+    deadline_ts(&done_ts, timeout);
     int rc = 0;
     while (!od.done && !n->stopping && member_by_id(n, id) && rc != ETIMEDOUT)
-        rc = pthread_cond_timedwait(&n->cond, &n->lock, &ts);
+        rc = pthread_cond_timedwait(&n->cond, &n->lock, od.acked ? &done_ts : &ack_ts);
     n->orders[slot] = NULL;
     if (od.done) {
         snprintf(msg, len, "%s", od.msg);
         return od.rc;
     }
-    snprintf(msg, len, "%s", rc == ETIMEDOUT ? "the process did not answer in time"
-                                             : "the process left the node");
+    snprintf(msg, len, "%s", rc != ETIMEDOUT ? "the process left the node"
+                             : od.acked      ? "the process did not finish in time"
+                                             : "the process did not answer in time");
     return rc == ETIMEDOUT ? VRAM_ETIMEDOUT : VRAM_ENOENT;
 }
 
@@ -371,8 +375,7 @@ static uint64_t evict_victim(vram_node *n, const evict_job *j, member *owner, co
     long oid = owner->id, opid = owner->pid;
     uint64_t bytes = v->bytes;
     double t0 = vram__now(), left = deadline - t0;
-    int rc = order_locked(n, oid, "offload", name, NULL, NULL,
-                          left < NODE_ORDER_WAIT ? left : NODE_ORDER_WAIT, msg, sizeof msg);
+    int rc = order_locked(n, oid, "offload", name, NULL, NULL, left, msg, sizeof msg);
     double secs = vram__now() - t0;
     member *asker = member_by_id(n, j->asker);
     if (rc == 0) {
@@ -589,6 +592,18 @@ static int on_need(vram_node *n, member *mb, const vram__wire_msg *msg)
     return 0;
 }
 
+static int on_ack(vram_node *n, member *mb, const vram__wire_msg *msg)
+{
+    uint64_t id = 0;
+    if (vram__wire_u64(msg, "id", &id) < 0) return -1;
+    for (int i = 0; i < 64; i++)
+        if (n->orders[i] && n->orders[i]->id == id && n->orders[i]->member == mb->id) {
+            n->orders[i]->acked = 1;
+            pthread_cond_broadcast(&n->cond);
+        }
+    return 0;
+}
+
 static int on_done(vram_node *n, member *mb, const vram__wire_msg *msg)
 {
     uint64_t id = 0;
@@ -641,6 +656,8 @@ static int on_line(vram_node *n, member *mb, char *line)
         rc = on_need(n, mb, &msg);
     else if (strcmp(msg.verb, "done") == 0)
         rc = on_done(n, mb, &msg);
+    else if (strcmp(msg.verb, "ack") == 0)
+        rc = on_ack(n, mb, &msg);
     else
         rc = -1;
     if (rc < 0) {
