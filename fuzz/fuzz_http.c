@@ -22,8 +22,9 @@
  * pipelined or not, well-formed or not). The fuzzer waits briefly for an
  * answer, half-closes, and reads to the end. Every answer must start with a
  * status line; every answer the server wrote itself (application/json)
- * must carry a JSON body of the length it announces. The server must never
- * crash, leak, hang past the request deadline or trip a sanitizer.
+ * must carry a JSON body of the length it announces and is never a 500. The
+ * server must never crash, leak, hang past the request deadline or trip a
+ * sanitizer.
  */
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -105,6 +106,8 @@ static size_t check_one(const char *p, size_t len)
     if (head + body > len) return 0;
     if (!strcasestr(hdr, "\r\nContent-Type: application/json"))
         return 0; /* libmicrohttpd's own error page (HTML): the connection ends there */
+    /* a 500 the server wrote itself is a bug on any input */
+    CHECK(strncmp(p + 9, "500", 3) != 0);
     if (g_head) return 0; /* a HEAD answer announces a body it does not send */
     if (body > 0 && strncmp(p + 9, "204", 3) != 0) {
         json_error_t je;

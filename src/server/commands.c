@@ -117,7 +117,8 @@ unsigned vram__cmd_http_status(int code)
     switch (code) {
     case VRAM_EINVAL:
     case VRAM_ECONFIG:
-    case VRAM_EFORMAT: return 400;
+    case VRAM_EFORMAT:
+    case VRAM_ENODEV: return 400; /* a model placed on a device that does not exist */
     case VRAM_ENOENT: return 404;
     case VRAM_EBUSY:
     case VRAM_ESTATE:

@@ -110,6 +110,9 @@ int vram__cmd_register(vram_manager *m, json_t *args, vram__cmd_result *res)
     if (spec_from_args(args, &s, res)) return res->code;
     vram_set_error(VRAM_OK, "%s", "");
     int rc = vram_server_register(m, &s);
+    /* a source the request names that cannot be opened (no such file, not
+     * readable) is the request's mistake, not the server's: 400, not 500 */
+    if (rc == VRAM_EIO) rc = VRAM_EINVAL;
     if (rc < 0) return fail_detail(res, rc, "registering", s.name);
     char msg[VRAM_SOURCE_MAX + 200];
     snprintf(msg, sizeof msg, "registered %s (%s); nothing is loaded before its first use", s.name,

@@ -18,7 +18,7 @@ DEADLINE = 280.0  # only against a hang
 # a device that holds every model (48M of 64M): the storm is about the state machine, not budgets
 with Vramd("--evict-wait", "20", models=models, host_memory="64M") as d:
     errors = []
-    counts = {"read": 0, "write": 0}
+    counts = {"read": 0, "write": 0, "sent": 0}
     lock = threading.Lock()
     done = threading.Event()
     give_up = time.time() + DEADLINE
@@ -41,6 +41,8 @@ with Vramd("--evict-wait", "20", models=models, host_memory="64M") as d:
             n = rnd.choice(NAMES)
             op = rnd.choice(["run", "run", "load", "offload", "release", "offload_all",
                              "release_all", "timeout", "patch"])
+            with lock:
+                counts["sent"] += 1
             try:
                 if op in ("run", "load", "offload", "release"):
                     s, _, b = d.post(f"/api/v1/models/{n}/{op}")
@@ -65,6 +67,8 @@ with Vramd("--evict-wait", "20", models=models, host_memory="64M") as d:
     def reader(seed):
         rnd = random.Random(seed)
         while going():
+            with lock:
+                counts["sent"] += 1
             try:
                 path = rnd.choice(["/api/gpu/status", "/api/v1/models", "/metrics",
                                    f"/api/v1/models/{rnd.choice(NAMES)}", "/api/v1/devices"])
@@ -90,15 +94,26 @@ with Vramd("--evict-wait", "20", models=models, host_memory="64M") as d:
         t.join(120)
     check(not any(t.is_alive() for t in threads), "every client finished (no hang)")
     eq(errors[:10], [], "no errors from concurrent clients")
-    check(done.is_set(), f"the storm did its {WRITES} writes and {READS} reads", counts)
+    # behaviour, not speed: every request sent was answered, and answered correctly
+    # (the checks above), and the storm did all its work
+    eq(counts["sent"], counts["write"] + counts["read"] + len(errors),
+       "every request sent got an answer")
+    check(counts["write"] >= WRITES and counts["read"] >= READS,
+          f"the storm did its {WRITES} writes and {READS} reads", counts)
     print(f"concurrency: {counts['write']} writes, {counts['read']} reads in "
           f"{time.time() - t0:.1f} s")
 
-    # final state: consistent and quiet
+    # final state: consistent and quiet, and the counters add up
     st = d.status()
     for n, m in st.items():
         eq(m["leases"], 0, f"{n}: no lease left")
         check(m["state"] in ("gpu", "cpu", "unloaded"), f"{n}: settled state", m["state"])
+        eq(m["failures"], 0, f"{n}: no failed transition")
+        eq(m["loads"] - m["releases"], 0 if m["state"] == "unloaded" else 1,
+           f"{n}: every load but the live one was released ({m['loads']} loads, "
+           f"{m['releases']} releases, {m['state']})")
+        check(m["restores"] <= m["offloads"], f"{n}: no restore without an offload",
+              (m["restores"], m["offloads"]))
     used = sum(m["bytes"] for m in st.values() if m["location"] == "GPU")
     check(used <= 64 << 20, "models on the GPU fit the device", used)
     for n in NAMES:

@@ -18,34 +18,60 @@ def run_vramd(*args, env=None, cwd=None, timeout=20):
                           capture_output=True, text=True, timeout=timeout)
 
 
-# --- signals: SIGTERM and SIGINT stop it cleanly, at once ---
+# --- signals: SIGTERM and SIGINT stop it cleanly (no upper bound on the time: a loaded
+# machine may be slow; the behaviour is the clean path, exit 0 and its last line) ---
 for sig in (signal.SIGTERM, signal.SIGINT):
     d = Vramd(models=["a=synthetic:8M"])
-    d.post("/api/v1/models/a/load")
+    s, _, _ = d.post("/api/v1/models/a/load")
+    eq(s, 200, f"{sig.name}: a model loaded before the signal")
     rc, took = d.stop(sig)
     eq(rc, 0, f"{sig.name}: exit code 0")
-    check(took < 8, f"{sig.name}: stopped within a few seconds", f"{took:.2f} s")
-    check(any("stopped" in l for l in d.log), f"{sig.name}: logs that it stopped", d.log[-3:])
+    check(any(f"{sig.name} received, stopping" in l for l in d.log),
+          f"{sig.name}: logs that it received the signal", d.log[-3:])
+    check(d.log and d.log[-1].endswith("vramd: stopped"),
+          f"{sig.name}: the clean path to the end: 'stopped' is the last line", d.log[-3:])
 
-# --- SIGTERM with a slow request in flight still exits 0 within a few seconds ---
-d = Vramd(models=["big=synthetic:384M"], host_memory="512M")
+# --- SIGTERM with a request demonstrably in flight still exits 0 ---
+# 'hold' is on the GPU and cannot be evicted (its host backup does not fit the
+# 1M host budget), so the load of 'big' waits for device memory (evict-wait 600 s):
+# it stays in flight, in state "loading", until the signal comes.
+d = Vramd("--evict-wait", "600", "--host-budget", "1M",
+          models=["hold=synthetic:40M", "big=synthetic:40M:1"], host_memory="64M")
+s, _, _ = d.post("/api/v1/models/hold/load")
+eq(s, 200, "in flight: the holder is loaded")
 out = []
 
 
 def slow():
     try:
-        out.append(d.post("/api/v1/models/big/load", timeout=30))
+        out.append(d.post("/api/v1/models/big/load", timeout=120))
     except Exception as e:  # the daemon may end the connection
         out.append(e)
 
 
 t = threading.Thread(target=slow)
 t.start()
-d.wait_for(lambda: d.model("big")["state"] in ("loading", "gpu"), timeout=5, step=0.005)
+check(d.wait_for(lambda: d.model("big")["state"] == "loading", timeout=60),
+      "in flight: the load of big is under way", d.model("big"))
+check(d.wait_for(lambda: any("offload-failed model=hold" in l for l in d.log), timeout=60),
+      "in flight: it tried to evict the holder and could not", d.log[-5:])
+eq(d.model("big")["state"], "loading", "in flight: still loading (waiting for memory)")
+eq(d.model("hold")["location"], "GPU", "in flight: the holder stays on the GPU")
+eq(out, [], "in flight: no answer yet")
 rc, took = d.stop(signal.SIGTERM)
-t.join(30)
+t.join(120)
 eq(rc, 0, "SIGTERM during a load: exit 0")
-check(took < 8, "SIGTERM during a load: stopped within 8 s", f"{took:.2f} s")
+check(any("SIGTERM received, stopping" in l for l in d.log), "SIGTERM during a load: logged",
+      d.log[-5:])
+# the load still waits when the grace period (5 s) ends: vramd answers it 503 ECANCELED,
+# says so, and exits 0 without it
+check(any("1 slow request still running" in l for l in d.log),
+      "SIGTERM during a load: the request in flight is accounted for", d.log[-5:])
+check(not t.is_alive() and len(out) == 1 and isinstance(out[0], tuple),
+      "the client of the load got an answer", out)
+if out and isinstance(out[0], tuple):
+    eq((out[0][0], (out[0][2] or {}).get("error", {}).get("code")), (503, "ECANCELED"),
+       "the load in flight is answered 503 ECANCELED at the stop")
 
 # --- a second vramd on a taken port: one clear message, non-zero exit ---
 with Vramd(models=["a=synthetic:4M"]) as d:

@@ -3,6 +3,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
 
 from vramtest import VRAMCTL, Vramd, check, clean_env, eq, expected_checksum, finish, free_port
@@ -70,8 +71,22 @@ with Vramd(models=["Llasa-8B=synthetic:48M", "XCodec2=synthetic:8M:3,immediate_o
     r = d.ctl("release")
     eq(r.returncode, 0, "release all")
     check(all(v["location"] == "未加载" for v in d.status().values()), "release all applied")
+    # release MODEL acts on a loaded model, and on that one only: Llasa-8B on the GPU,
+    # XCodec2 (immediate offload) on the CPU after a run
+    eq(d.ctl("load", "Llasa-8B").returncode, 0, "load before release MODEL")
+    eq(d.ctl("run", "XCodec2").returncode, 0, "run before release MODEL")
+    eq((d.model("Llasa-8B")["location"], d.model("XCodec2")["location"]), ("GPU", "CPU"),
+       "before release MODEL: one model on the GPU, one on the CPU")
     r = d.ctl("release", "XCodec2")
     eq(r.returncode, 0, "release MODEL")
+    check("XCodec2" in r.stdout and "released 1 model" in r.stdout,
+          "release MODEL says it released it", r.stdout)
+    eq((d.model("Llasa-8B")["location"], d.model("XCodec2")["location"]), ("GPU", "未加载"),
+       "release MODEL freed that model (from the CPU) and left the other on the GPU")
+    r = d.ctl("release", "Llasa-8B")
+    eq(r.returncode, 0, "release MODEL on the GPU")
+    eq(d.model("Llasa-8B")["location"], "未加载", "release MODEL freed it from the GPU")
+    eq(d.model("Llasa-8B")["releases"], 2, "two releases counted (release all, release MODEL)")
 
     r = d.ctl("timeout", "300")
     eq(r.returncode, 0, "timeout all")
@@ -153,6 +168,49 @@ with Vramd(models=[f"tiny={path}"]) as d:
         d.post("/api/v1/models/tiny/offload")
     eq(len(sums), 1, "safetensors model checksum stable across offloads")
     check(d.model("tiny")["tensors"] > 0, "tensors counted", d.model("tiny"))
+
+# the checksum of a safetensors model against an independent reference: a file written
+# here, its expected range computed from the documented rules (vram.h's checksum,
+# tensors at 256-byte-aligned offsets of one range, zero padding) by tests/golden's
+# Python definitions, not by the code under test. Tensor sizes that are not multiples
+# of 256 leave padding inside the range and at its end: poison there (fresh device
+# memory holds poison, VRAM_HOST_POISON) would change the sum.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "golden"))
+import make_golden  # noqa: E402
+
+
+def write_safetensors(file, tensors):
+    """tensors: [(name, dtype, shape, bytes)]; each tensor starts at a 256-aligned data
+    offset (the gap before it zero), so the range is the data section as laid out."""
+    header, data = {}, bytearray()
+    for name, dtype, shape, raw in tensors:
+        data.extend(b"\0" * (-len(data) % 256))
+        header[name] = {"dtype": dtype, "shape": shape,
+                        "data_offsets": [len(data), len(data) + len(raw)]}
+        data.extend(raw)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(file, "wb") as f:
+        f.write(len(h).to_bytes(8, "little") + h + bytes(data))
+    return bytes(data)
+
+
+odd = os.path.join(tmp, "odd.safetensors")
+data = write_safetensors(odd, [
+    ("a.weight", "U8", [1000], make_golden.synthetic(1, 0, 1000)),          # 1000: padded to 1024
+    ("b.weight", "F32", [64, 17], make_golden.synthetic(2, 0, 64 * 17 * 4)),  # 4352 = 17 * 256
+    ("c.weight", "U8", [77], make_golden.synthetic(3, 0, 77))])              # tail padding
+rng = data + b"\0" * (-len(data) % 256)
+want = "0x%016x" % make_golden.checksum(rng)
+check(want != "0x%016x" % make_golden.checksum(data), "the padding is part of the sum")
+with Vramd(models=[f"odd={odd}"]) as d:
+    for i in range(3):
+        s, _, b = d.post("/api/v1/models/odd/run")
+        eq((s, b.get("checksum")), (200, want),
+           f"run {i}: the safetensors model's checksum is the reference's")
+        eq(b.get("model_bytes"), len(rng), f"run {i}: the range is the documented size")
+        d.post("/api/v1/models/odd/offload")
+    eq(d.model("odd")["restores"], 2, "restores in between")
 
 r = subprocess.run([VRAMCTL, "pick-gpu"], capture_output=True, text=True,
                    env=clean_env({"VRAM_NVML_LIBRARY": "/nonexistent/libnvidia-ml.so.1"}))

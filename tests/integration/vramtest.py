@@ -189,9 +189,11 @@ class Vramd:
 
     def __exit__(self, *exc):
         rc, took = self.stop()
-        # every test ends its daemon with SIGTERM: a clean, prompt exit 0 (and no
-        # leak report under ASan) is expected each time
-        check(rc == 0 and took < 10, f"vramd exits 0 promptly on SIGTERM (rc {rc}, {took:.1f} s)",
+        # every test ends its daemon with SIGTERM: a clean exit 0 (and no leak report
+        # under ASan) through the whole shutdown (no request left behind) each time;
+        # how long it takes is not checked (a loaded machine may be slow)
+        check(rc == 0 and any(l.endswith("vramd: stopped") for l in self.log),
+              f"vramd exits 0 on SIGTERM after a clean stop (rc {rc}, {took:.1f} s)",
               "\n".join(self.log[-15:]))
 
 

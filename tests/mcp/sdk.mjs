@@ -66,8 +66,28 @@ try {
   check(!r.isError, 'update_gpu_timeout 300', r);
   eq((await status())['Llasa-8B'].idle_timeout_seconds, 300, 'timeout applied');
 
-  r = await client.callTool({ name: 'offload_gpu', arguments: { model: 'XCodec2' } });
+  // offload_gpu of one model acts on a model on the GPU, and on that one only
+  r = await client.callTool({ name: 'load_model', arguments: { model: 'Llasa-8B' } });
+  check(!r.isError, 'load_model before offload_gpu with a model', r);
+  r = await client.callTool({ name: 'run_model', arguments: { model: 'XCodec2' } });
+  check(!r.isError, 'run_model before offload_gpu with a model', r);
+  let before = await status();
+  eq([before['Llasa-8B'].location, before.XCodec2.location], ['GPU', 'CPU'],
+    'before offload_gpu with a model: Llasa-8B on the GPU, XCodec2 on the CPU');
+  r = await client.callTool({ name: 'offload_gpu', arguments: { model: 'Llasa-8B' } });
   check(!r.isError, 'offload_gpu with a model', r);
+  eq(r.structuredContent.models.map((m) => [m.model, m.result]), [['Llasa-8B', 'offloaded']],
+    'offload_gpu with a model reports that one model offloaded');
+  let after = await status();
+  eq(after['Llasa-8B'].location, 'CPU', 'offload_gpu with a model moved it to the CPU');
+  eq(after['Llasa-8B'].offloads, before['Llasa-8B'].offloads + 1, 'one more offload counted');
+  eq(after.XCodec2.offloads, before.XCodec2.offloads, 'the other model was not touched');
+  // release_gpu of one model: from the CPU, that one only
+  r = await client.callTool({ name: 'release_gpu', arguments: { model: 'XCodec2' } });
+  check(!r.isError, 'release_gpu with a model', r);
+  after = await status();
+  eq([after['Llasa-8B'].location, after.XCodec2.location], ['CPU', '未加载'],
+    'release_gpu with a model freed that one only');
 
   // bad arguments: results with isError, nothing changed
   for (const [name, args] of [['update_gpu_timeout', { timeout_seconds: -1 }],

@@ -283,6 +283,41 @@ typedef struct offload_call {
     int release;
 } offload_call;
 
+/* Waits, at most 60 s (against a hang, not a timing check), until a thread
+ * is blocked waiting on model's condition (an offload or release asked to
+ * wait for the last lease); returns whether one is. */
+static int wait_for_waiter(vram_model *model)
+{
+    for (int i = 0; i < 60000; i++) {
+        pthread_mutex_lock(&model->m->lock);
+        int w = model->waiters > 0;
+        pthread_mutex_unlock(&model->m->lock);
+        if (w) return 1;
+        usleep(1000);
+    }
+    return 0;
+}
+
+/* The same for a thread waiting for device memory on manager m. */
+static int wait_for_memory_waiter(vram_manager *m)
+{
+    for (int i = 0; i < 60000; i++) {
+        pthread_mutex_lock(&m->lock);
+        int w = m->mem_waiters > 0;
+        pthread_mutex_unlock(&m->lock);
+        if (w) return 1;
+        usleep(1000);
+    }
+    return 0;
+}
+
+/* Waits, at most 60 s, until model is in state s; returns whether it is. */
+static int wait_for_state(vram_model *model, vram_state s)
+{
+    for (int i = 0; i < 60000 && vram_model_state(model) != s; i++) usleep(1000);
+    return vram_model_state(model) == s;
+}
+
 static void *offload_thread(void *arg)
 {
     offload_call *c = arg;
@@ -321,7 +356,7 @@ static void test_offload_under_lease(void **state)
     offload_call c = {model, VRAM_WAIT, -99, 0, 0};
     pthread_t t;
     pthread_create(&t, NULL, offload_thread, &c);
-    usleep(50 * 1000);
+    assert_true(wait_for_waiter(model)); /* the call is there, blocked on the lease */
     assert_int_equal(__atomic_load_n(&c.done, __ATOMIC_ACQUIRE), 0);
     assert_int_equal(vram_model_state(model), VRAM_STATE_GPU);
     vram_lease_end(l);
@@ -333,8 +368,9 @@ static void test_offload_under_lease(void **state)
     assert_int_equal(vram_model_acquire(model, &l), 0);
     offload_call r = {model, VRAM_WAIT, -99, 0, 1};
     pthread_create(&t, NULL, offload_thread, &r);
-    usleep(50 * 1000);
+    assert_true(wait_for_waiter(model));
     assert_int_equal(__atomic_load_n(&r.done, __ATOMIC_ACQUIRE), 0);
+    assert_int_equal(vram_model_state(model), VRAM_STATE_GPU);
     vram_lease_end(l);
     pthread_join(t, NULL);
     assert_int_equal(r.rc, 0);
@@ -555,7 +591,7 @@ static void test_bounded_wait_for_memory(void **state)
     (void)state;
     vram_config cfg;
     test_config(&cfg, 64 * MiB);
-    cfg.evict_wait = 5;
+    cfg.evict_wait = 3600; /* a bound that never ends the wait here: a lease's end does */
     cfg.no_monitor_thread = 1;
     vram_manager *m = NULL;
     assert_int_equal(vram_manager_create(&cfg, &m), 0);
@@ -566,7 +602,8 @@ static void test_bounded_wait_for_memory(void **state)
     waiter w = {b, -99};
     pthread_t t;
     pthread_create(&t, NULL, acquire_end_thread, &w);
-    usleep(100 * 1000); /* b waits for memory */
+    assert_true(wait_for_memory_waiter(m)); /* b waits for memory */
+    assert_int_equal(vram_model_state(b), VRAM_STATE_LOADING);
     vram_lease_end(la); /* a becomes evictable */
     pthread_join(t, NULL);
     assert_int_equal(w.rc, 0);
@@ -581,16 +618,18 @@ static void test_backend_enomem_waits_and_retries(void **state)
     (void)state;
     vram_config cfg;
     test_config(&cfg, 64 * MiB);
-    cfg.evict_wait = 2;
+    /* a bound far beyond the test's timeout: an acquire that waited for the
+     * whole bound (rather than retrying after a short wait) would hang here */
+    cfg.evict_wait = 3600;
     cfg.no_monitor_thread = 1;
     vram_manager *m = NULL;
     assert_int_equal(vram_manager_create(&cfg, &m), 0);
     vram_model *model = add_synthetic(m, "m", "synthetic:4M:1");
     vram__backend_inject(backend_of(m), "map", 1, VRAM_ENOMEM);
     vram_lease *l = NULL;
-    double t0 = vram__now();
     assert_int_equal(vram_model_acquire(model, &l), 0);
-    assert_true(vram__now() - t0 < 1.9); /* one short wait, not the whole bound */
+    assert_int_equal(vram__backend_fault_fired(backend_of(m), "map"), 1); /* failed once, retried */
+    assert_int_equal(vram_model_state(model), VRAM_STATE_GPU);
     assert_int_equal(model->failures, 0);
     vram_lease_end(l);
     vram_manager_destroy(m);
@@ -728,14 +767,12 @@ static void test_monitor_thread_real_clock(void **state)
     vram_lease *l = NULL;
     assert_int_equal(vram_model_acquire(model, &l), 0);
     vram_lease_end(l);
-    /* the monitor offloads it without anyone polling; allow a loaded machine */
-    for (int i = 0; i < 300 && vram_model_state(model) != VRAM_STATE_CPU; i++) usleep(20 * 1000);
-    assert_int_equal(vram_model_state(model), VRAM_STATE_CPU);
+    /* the monitor offloads it without anyone polling (a deadline of 60 s
+     * against a hang: a loaded machine may take long) */
+    assert_true(wait_for_state(model, VRAM_STATE_CPU));
     /* a timeout change at run time reaches the sleeping monitor */
     assert_int_equal(vram_manager_set_release_timeout(m, 0.2), 0);
-    for (int i = 0; i < 300 && vram_model_state(model) != VRAM_STATE_UNLOADED; i++)
-        usleep(20 * 1000);
-    assert_int_equal(vram_model_state(model), VRAM_STATE_UNLOADED);
+    assert_true(wait_for_state(model, VRAM_STATE_UNLOADED));
     vram_manager_destroy(m);
 }
 

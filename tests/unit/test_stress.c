@@ -1,4 +1,4 @@
-/* test_stress.c - many threads doing random acquire/end/offload/release/timeout changes; invariants and checksums checked. */
+/* test_stress.c - many threads doing random acquire/end/offload/release/timeout changes; budget invariants at every step, exact books at barriers and at the end, checksums. */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -37,65 +37,136 @@ static unsigned next_rand(unsigned *s)
     return (*s >> 16) & 0x7fff;
 }
 
-/* Checks the manager's books under its lock: device charges equal the
- * charged allocations; mapped bytes equal mapped allocations; no model in a
- * final state has a lease it shouldn't. */
-static int books_balance(char *why, size_t len)
+/* What holds at every moment, even while a model is mid-transition (the
+ * lock is held: every charge and its flag, every map and its count change
+ * together under it): each device's charge within its budget, and never
+ * more mapped than charged. Models in a final state are checked one by one:
+ * leases only on the GPU, nothing mapped on the CPU. */
+static int invariants_locked(vram_manager *m, char *why, size_t len)
 {
-    vram_manager *m = g_m;
-    int ok = 1;
-    pthread_mutex_lock(&m->lock);
-    uint64_t charged = 0, mapped = 0, host = 0;
-    int transitional = 0;
+    for (int d = 0; d < m->ndev; d++) {
+        if (m->devs[d].used > m->devs[d].budget) {
+            snprintf(why, len, "device %d: charge %llu over its budget %llu", d,
+                     (unsigned long long)m->devs[d].used, (unsigned long long)m->devs[d].budget);
+            return 0;
+        }
+        if (m->devs[d].mapped > m->devs[d].used) {
+            snprintf(why, len, "device %d: mapped %llu > charged %llu", d,
+                     (unsigned long long)m->devs[d].mapped, (unsigned long long)m->devs[d].used);
+            return 0;
+        }
+    }
     for (size_t i = 0; i < m->nmodels; i++) {
         vram_model *c = m->models[i];
         if (c->state != VRAM_STATE_GPU && c->state != VRAM_STATE_CPU &&
-            c->state != VRAM_STATE_UNLOADED) {
-            transitional = 1; /* its owner is mid-way; books settle when it ends */
-            continue;
-        }
+            c->state != VRAM_STATE_UNLOADED)
+            continue; /* its owner changes its allocations outside the lock */
         if (c->leases > 0 && c->state != VRAM_STATE_GPU) {
             snprintf(why, len, "%s has %d leases in state %s", c->name, c->leases,
                      vram_state_name(c->state));
-            ok = 0;
-        }
-        for (size_t k = 0; k < c->nallocs; k++) {
-            if (c->allocs[k].charged) charged += c->allocs[k].buf.reserved;
-            if (c->allocs[k].buf.mapped) mapped += c->allocs[k].buf.size;
-            if (c->allocs[k].backup) host += c->allocs[k].buf.size;
+            return 0;
         }
         if (c->state == VRAM_STATE_CPU && c->nallocs && c->allocs[0].buf.mapped) {
             snprintf(why, len, "%s is on the CPU with memory mapped", c->name);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int sample_invariants(char *why, size_t len)
+{
+    pthread_mutex_lock(&g_m->lock);
+    int ok = invariants_locked(g_m, why, len);
+    pthread_mutex_unlock(&g_m->lock);
+    return ok;
+}
+
+/* At a quiescent point (no worker runs; only the monitor may): waits, at
+ * most 60 s, for a moment with no model mid-transition, and then, under the
+ * lock, requires the books to balance exactly: each device's charge equals
+ * its charged allocations, its mapped count the mapped ones, the host's use
+ * the backups. Never skipped: a model stuck mid-transition fails it. */
+static int books_balance(char *why, size_t len)
+{
+    vram_manager *m = g_m;
+    double give_up = vram__now() + 60;
+    for (;;) {
+        pthread_mutex_lock(&m->lock);
+        const char *busy = NULL;
+        for (size_t i = 0; i < m->nmodels && !busy; i++) {
+            vram_state st = m->models[i]->state;
+            if (st != VRAM_STATE_GPU && st != VRAM_STATE_CPU && st != VRAM_STATE_UNLOADED)
+                busy = m->models[i]->name;
+        }
+        if (!busy) break; /* lock held: nothing can start a transition now */
+        pthread_mutex_unlock(&m->lock);
+        if (vram__now() > give_up) {
+            snprintf(why, len, "model %s still mid-transition after 60 s at a quiescent point",
+                     busy);
+            return 0;
+        }
+        usleep(1000);
+    }
+    int ok = invariants_locked(m, why, len);
+    uint64_t charged[8] = {0}, mapped[8] = {0}, host = 0;
+    for (size_t i = 0; ok && i < m->nmodels; i++) {
+        vram_model *c = m->models[i];
+        for (size_t k = 0; k < c->nallocs; k++) {
+            int d = c->allocs[k].buf.device;
+            if (c->allocs[k].charged) charged[d] += c->allocs[k].buf.reserved;
+            if (c->allocs[k].buf.mapped) mapped[d] += c->allocs[k].buf.size;
+            if (c->allocs[k].backup) host += c->allocs[k].buf.size;
+        }
+    }
+    for (int d = 0; ok && d < m->ndev && d < 8; d++) {
+        if (charged[d] != m->devs[d].used) {
+            snprintf(why, len, "device %d charge %llu != charged allocations %llu", d,
+                     (unsigned long long)m->devs[d].used, (unsigned long long)charged[d]);
+            ok = 0;
+        } else if (mapped[d] != m->devs[d].mapped) {
+            snprintf(why, len, "device %d mapped %llu != mapped allocations %llu", d,
+                     (unsigned long long)m->devs[d].mapped, (unsigned long long)mapped[d]);
             ok = 0;
         }
     }
-    if (ok && !transitional) {
-        if (charged != m->devs[0].used) {
-            snprintf(why, len, "device charge %llu != charged allocations %llu",
-                     (unsigned long long)m->devs[0].used, (unsigned long long)charged);
-            ok = 0;
-        } else if (mapped != m->devs[0].mapped) {
-            snprintf(why, len, "device mapped %llu != mapped allocations %llu",
-                     (unsigned long long)m->devs[0].mapped, (unsigned long long)mapped);
-            ok = 0;
-        } else if (host != m->host_used) {
-            snprintf(why, len, "host used %llu != backups %llu", (unsigned long long)m->host_used,
-                     (unsigned long long)host);
-            ok = 0;
-        } else if (m->devs[0].used > m->devs[0].budget) {
-            snprintf(why, len, "device charge over budget");
-            ok = 0;
-        }
+    if (ok && host != m->host_used) {
+        snprintf(why, len, "host used %llu != backups %llu", (unsigned long long)m->host_used,
+                 (unsigned long long)host);
+        ok = 0;
     }
     pthread_mutex_unlock(&m->lock);
     return ok;
+}
+
+/* Rounds: every worker does its share of a round's operations, then all
+ * meet at a barrier where one of them checks the books while the others
+ * wait; a quiescent point in the middle of the storm. */
+#define ROUNDS 5
+static pthread_barrier_t g_barrier;
+static int g_abort; /* atomic: a worker failed; the others stop working, not meeting */
+static int g_quiescent_checks;
+static char g_quiescent_why[256];
+
+static void meet(void)
+{
+    if (pthread_barrier_wait(&g_barrier) == PTHREAD_BARRIER_SERIAL_THREAD) {
+        g_quiescent_checks++;
+        if (!books_balance(g_quiescent_why, sizeof g_quiescent_why))
+            __atomic_store_n(&g_abort, 1, __ATOMIC_RELAXED);
+    }
+    pthread_barrier_wait(&g_barrier);
 }
 
 static void *worker(void *arg)
 {
     counts *c = arg;
     unsigned seed = (unsigned)(uintptr_t)arg * 2654435761u;
-    for (int i = 0; i < g_ops_per_thread && !c->bad && vram__now() < g_deadline; i++) {
+    int per_round = (g_ops_per_thread + ROUNDS - 1) / ROUNDS;
+    for (int i = 0; i < g_ops_per_thread; i++) {
+        if (i > 0 && i % per_round == 0) meet();
+        if (c->bad) __atomic_store_n(&g_abort, 1, __ATOMIC_RELAXED);
+        if (__atomic_load_n(&g_abort, __ATOMIC_RELAXED) || vram__now() >= g_deadline) continue;
         int k = (int)(next_rand(&seed) % NMODELS);
         vram_model *model = g_models[k];
         unsigned r = next_rand(&seed) % 100;
@@ -110,7 +181,7 @@ static void *worker(void *arg)
                 snprintf(c->why, sizeof c->why, "acquire %s: %s %s", model->name,
                          vram_err_name(rc), vram__last_error());
                 c->bad = 1;
-                break;
+                continue;
             }
             c->acquires++;
             if (vram_model_state(model) != VRAM_STATE_GPU) {
@@ -179,8 +250,9 @@ static void *worker(void *arg)
             }
             free(s);
         }
-        if (i % 16 == 0 && !books_balance(c->why, sizeof c->why)) c->bad = 1;
+        if (!c->bad && !sample_invariants(c->why, sizeof c->why)) c->bad = 1;
     }
+    meet(); /* the last round's end */
     return NULL;
 }
 
@@ -222,6 +294,7 @@ static void test_random_operations(void **state)
     if (ops) g_ops_per_thread = atoi(ops);
     g_deadline = vram__now() + 60; /* bounded in time as well as count */
 
+    assert_int_equal(pthread_barrier_init(&g_barrier, NULL, NTHREADS), 0);
     pthread_t t[NTHREADS];
     counts c[NTHREADS];
     memset(c, 0, sizeof c);
@@ -239,6 +312,12 @@ static void test_random_operations(void **state)
         total.deferred += c[i].deferred;
         total.checks += c[i].checks;
     }
+    pthread_barrier_destroy(&g_barrier);
+    if (g_quiescent_why[0]) fail_msg("at a quiescent point: %s", g_quiescent_why);
+    int per_round = (g_ops_per_thread + ROUNDS - 1) / ROUNDS;
+    int meets = g_ops_per_thread > 0 ? (g_ops_per_thread - 1) / per_round + 1 : 1;
+    assert_int_equal(g_quiescent_checks, meets); /* every barrier checked the books */
+    print_message("quiescent checks %d; ", g_quiescent_checks);
     print_message("acquires %d (enomem %d) offloads %d releases %d busy %d deferred %d checks %d\n",
                   total.acquires, total.enomem, total.offloads, total.releases, total.busy,
                   total.deferred, total.checks);

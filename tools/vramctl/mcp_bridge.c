@@ -172,6 +172,19 @@ static void mcp_write_events(xfer *x)
 static void mcp_write_answer(xfer *x, long status)
 {
     json_t *m = json_loads(x->out.data, JSON_DECODE_ANY, NULL);
+    if (status == 401 || status == 403) {
+        /* said once on stderr too: the MCP client may only show the answer */
+        static int told;
+        if (!told++)
+            fprintf(stderr, "vramctl mcp: vramd refused the request (HTTP %ld): %s\n", status,
+                    status == 401 ? "give its token with --token or VRAM_TOKEN"
+                                  : "not allowed from here");
+    }
+    if (!x->id) {
+        /* a notification (or a response): nothing may answer it on stdout */
+        json_decref(m);
+        return;
+    }
     if (json_is_object(m) && (json_object_get(m, "result") || json_object_get(m, "error"))) {
         /* an error vramd could not tie to the message gets its id back */
         json_t *rid = json_object_get(m, "id");
