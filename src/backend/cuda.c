@@ -312,37 +312,53 @@ static const struct {
 #undef CU_NAME_
 };
 
+/* The driver's name for r, else vram's name for the value, else "CUDA
+ * error N" (in num). */
+static const char *cu_name(const cuda_api *api, CUresult r, char *num, size_t len)
+{
+    const char *name = NULL;
+    if (api->cuGetErrorName && api->cuGetErrorName(r, &name) != CUDA_SUCCESS) name = NULL;
+    for (size_t i = 0; !name && i < sizeof cu_names / sizeof cu_names[0]; i++)
+        if (cu_names[i].code == r) name = cu_names[i].name;
+    if (!name) {
+        snprintf(num, len, "CUDA error %d", (int)r);
+        name = num;
+    }
+    return name;
+}
+
 /* Writes "<what>: CUDA_ERROR_NAME: driver's text" into buf: the driver's
  * own name and text when it gives them, else vram's name for the value (or
  * "CUDA error N") and "no description from the driver". */
 static void cu_describe(const cuda_api *api, CUresult r, const char *what, char *buf, size_t len)
 {
-    const char *name = NULL, *str = NULL;
-    if (api->cuGetErrorName && api->cuGetErrorName(r, &name) != CUDA_SUCCESS) name = NULL;
+    const char *str = NULL;
     if (api->cuGetErrorString && api->cuGetErrorString(r, &str) != CUDA_SUCCESS) str = NULL;
-    for (size_t i = 0; !name && i < sizeof cu_names / sizeof cu_names[0]; i++)
-        if (cu_names[i].code == r) name = cu_names[i].name;
     char num[32];
-    if (!name) {
-        snprintf(num, sizeof num, "CUDA error %d", (int)r);
-        name = num;
-    }
+    const char *name = cu_name(api, r, num, sizeof num);
     snprintf(buf, len, "%s: %s: %s", what, name, str ? str : "no description from the driver");
 }
 
-/* Makes the backend unusable after a sticky error (msg: the call and the
+/* Makes the backend unusable after sticky error r (msg: the call and the
  * driver's name and text): from then every entry that would use the
  * device fails at once with VRAM_EBACKEND and this message; only the
- * releases of cleanup still reach the driver. Logged once. */
-static void latch(cuda_ctx *c, const char *msg)
+ * releases of cleanup still reach the driver. Logged once. The message
+ * says first that the process must restart (it survives being cut short
+ * in a model's last_error), then the driver's code, and that what is in
+ * device memory can no longer be trusted: a model "still on the GPU" is
+ * not safe there. */
+static void latch(cuda_ctx *c, CUresult r, const char *msg)
 {
+    char num[32];
+    const char *name = cu_name(&c->api, r, num, sizeof num);
     pthread_mutex_lock(&c->open_lock);
     int first = !__atomic_load_n(&c->dead, __ATOMIC_RELAXED);
     if (first) {
         snprintf(c->dead_msg, sizeof c->dead_msg,
-                 "cuda: the CUDA context is unusable after a sticky error (%.360s); every later "
-                 "CUDA call in this process fails: restart the process",
-                 msg);
+                 "cuda: the CUDA context is unusable and the process must restart: sticky error "
+                 "%s (%d) in %.250s; what is in GPU memory in this process cannot be trusted "
+                 "and every later CUDA call fails",
+                 name, (int)r, msg);
         __atomic_store_n(&c->dead, 1, __ATOMIC_RELEASE);
     }
     pthread_mutex_unlock(&c->open_lock);
@@ -370,7 +386,7 @@ static int cu_fail_code(cuda_ctx *c, CUresult r, int code, const char *fmt, ...)
     va_end(ap);
     cu_describe(&c->api, r, what, msg, sizeof msg);
     if (cu_sticky(r)) {
-        latch(c, msg);
+        latch(c, r, msg);
         return vram__errorf(VRAM_EBACKEND, "%s", c->dead_msg);
     }
     return vram__errorf(code ? code : cu_code(r), "%s", msg);

@@ -266,9 +266,14 @@ static void offload_done_locked(vram_model *model, int rc, uint64_t host_charged
         /* the same failure again (a retry, another eviction) is logged once */
         int again = model->offload_failing && strcmp(before, model->last_error) == 0;
         model->offload_failing = 1;
-        vram__log(again ? VRAM_LOG_DEBUG : VRAM_LOG_ERROR,
-                  "offload-failed model=%s error=%s: %s (model stays on GPU)", model->name,
-                  vram_err_name(rc), vram__last_error());
+        /* after a latched backend error the device copy is not safe */
+        char why[8];
+        int dead = vram__backend_health(m->backend, why, sizeof why) != 0;
+        vram__log(again ? VRAM_LOG_DEBUG : VRAM_LOG_ERROR, "offload-failed model=%s error=%s: %s (%s)",
+                  model->name, vram_err_name(rc), vram__last_error(),
+                  dead ? "the device is unusable, its copy of the model cannot be trusted: "
+                         "restart the process"
+                       : "model stays on GPU");
         note_idle(model);
         return;
     }
@@ -376,8 +381,12 @@ static int restore_locked(vram_model *model)
         set_last_error(model, rc, "restore");
         model->pending &= ~PENDING_OFFLOAD; /* it is off the device already */
         model->state = VRAM_STATE_CPU;
-        vram__log(VRAM_LOG_ERROR, "restore-failed model=%s error=%s: %s (backup intact on CPU)",
-                  model->name, vram_err_name(rc), vram__last_error());
+        char why[8];
+        int dead = vram__backend_health(b, why, sizeof why) != 0;
+        vram__log(VRAM_LOG_ERROR, "restore-failed model=%s error=%s: %s (%s)", model->name,
+                  vram_err_name(rc), vram__last_error(),
+                  dead ? "backup on CPU, but the device is unusable: restart the process"
+                       : "backup intact on CPU");
     } else {
         for (size_t i = 0; i < model->nallocs; i++)
             if (mapped_here[i]) m->devs[model->allocs[i].buf.device].mapped += model->allocs[i].buf.size;

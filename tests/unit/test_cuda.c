@@ -1175,6 +1175,88 @@ static void test_sticky_error_shows_in_the_status(void **state)
     vram_manager_destroy(m);
 }
 
+/* Log lines a test listens to (vram_log_listen). */
+static struct {
+    pthread_mutex_t lock;
+    char text[8192];
+} G_LOG = {PTHREAD_MUTEX_INITIALIZER, ""};
+
+static void log_grab(vram_log_level level, const char *line, void *user)
+{
+    (void)level;
+    (void)user;
+    pthread_mutex_lock(&G_LOG.lock);
+    size_t used = strlen(G_LOG.text);
+    snprintf(G_LOG.text + used, sizeof G_LOG.text - used, "%s\n", line);
+    pthread_mutex_unlock(&G_LOG.lock);
+}
+
+/* The line of the log holding needle, copied into out ("" when none). */
+static void log_line_with(const char *needle, char *out, size_t len)
+{
+    out[0] = '\0';
+    pthread_mutex_lock(&G_LOG.lock);
+    const char *p = strstr(G_LOG.text, needle);
+    if (p) {
+        while (p > G_LOG.text && p[-1] != '\n')
+            p--;
+        const char *e = strchr(p, '\n');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        snprintf(out, len, "%.*s", (int)(n < len ? n : len - 1), p);
+    }
+    pthread_mutex_unlock(&G_LOG.lock);
+}
+
+/* After a latched sticky error nothing may claim the model is safe on the
+ * GPU: the message says the context is unusable, names the driver's code
+ * and text and says the process must restart; the offload-failed line
+ * does not say "model stays on GPU", the restore-failed one not just
+ * "backup intact". */
+static void test_sticky_error_wording(void **state)
+{
+    (void)state;
+    vram_manager *m = cuda_manager();
+    vram_model_opts o;
+    vram_model_opts_init(&o);
+    o.source = "synthetic:2097152:3";
+    vram_model *a = NULL, *bm = NULL;
+    assert_int_equal(vram_manager_register(m, "a", &o, &a), 0);
+    assert_int_equal(vram_manager_register(m, "b", &o, &bm), 0);
+    vram_lease *l = NULL;
+    assert_int_equal(vram_model_acquire(a, &l), 0);
+    vram_lease_end(l);
+    assert_int_equal(vram_model_acquire(bm, &l), 0);
+    vram_lease_end(l);
+    assert_int_equal(vram_model_offload(bm, VRAM_WAIT), 0);
+    G_LOG.text[0] = '\0';
+    int id = vram_log_listen(log_grab, NULL, VRAM_LOG_DEBUG);
+    assert_true(id > 0);
+    assert_int_equal(D.set_sticky(0, CUDA_ERROR_ILLEGAL_ADDRESS), 0);
+    assert_int_equal(vram_model_offload(a, VRAM_WAIT), VRAM_EBACKEND);
+    assert_msg_has("CUDA context is unusable");
+    assert_msg_has("CUDA_ERROR_ILLEGAL_ADDRESS (700)");
+    assert_msg_has("an illegal memory access was encountered");
+    assert_msg_has("cannot be trusted");
+    assert_msg_has("the process must restart");
+    vram_model_info mi;
+    assert_int_equal(vram_model_get_info(a, &mi, sizeof mi), 0);
+    assert_non_null(strstr(mi.last_error, "process must restart"));
+    assert_int_equal(vram_model_acquire(bm, &l), VRAM_EBACKEND);
+    vram_log_unlisten(id);
+    char line[1024];
+    log_line_with("offload-failed model=a", line, sizeof line);
+    assert_true(line[0]);
+    if (strstr(line, "stays on GPU")) fail_msg("claims the model is safe: %s", line);
+    assert_non_null(strstr(line, "restart"));
+    log_line_with("restore-failed model=b", line, sizeof line);
+    assert_true(line[0]);
+    assert_non_null(strstr(line, "restart"));
+    assert_int_equal(D.set_sticky(0, 0), 0);
+    assert_int_equal(vram_model_release(a, VRAM_WAIT), 0);
+    assert_int_equal(vram_model_release(bm, VRAM_WAIT), 0);
+    vram_manager_destroy(m);
+}
+
 /* Defect 4: a device that cannot give a context (exclusive-process mode,
  * failed) is skipped with its reason; the others work. */
 static void test_unusable_device_is_skipped(void **state)
@@ -1364,6 +1446,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_sticky_error_latches_the_backend, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sticky_error_shows_in_the_status, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sticky_error_wording, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unusable_device_is_skipped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_visible_uuid_selects_after_cuda_init, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mig_uuid_prefix, setup, teardown),
