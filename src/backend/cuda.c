@@ -44,8 +44,9 @@
  *   cgroup limit); cuMemHostAlloc only where registering is not supported.
  * - A forked child is refused (check_pid): CUDA state does not survive fork.
  * - A vram_buf is a cuMemAddressReserve range; map = cuMemCreate (pinned
- *   device memory) + cuMemMap + cuMemSetAccess(read/write) over the whole
- *   range; unmap = cuMemUnmap + cuMemRelease, keeping the range.
+ *   device memory) + cuMemMap + cuMemSetAccess(read/write for the owning
+ *   device and its peers, see set_access) over the whole range; unmap =
+ *   cuMemUnmap + cuMemRelease, keeping the range.
  * - Copies take one of CUDA_STREAMS (non-blocking) streams of the device, so
  *   copies of different models overlap, queue every chunk of the copy on it
  *   without waiting, and synchronize that stream once at the end.
@@ -77,6 +78,7 @@ typedef struct cuda_api {
     vram_cuDeviceGetUuid_fn cuDeviceGetUuidV1; /* the GPU's own UUID, also in MIG mode */
     vram_cuDeviceTotalMem_fn cuDeviceTotalMem;
     vram_cuDeviceGetAttribute_fn cuDeviceGetAttribute;
+    vram_cuDeviceCanAccessPeer_fn cuDeviceCanAccessPeer; /* optional: owner-only access without */
     vram_cuDevicePrimaryCtxRetain_fn cuDevicePrimaryCtxRetain;
     vram_cuDevicePrimaryCtxRelease_fn cuDevicePrimaryCtxRelease;
     vram_cuCtxPushCurrent_fn cuCtxPushCurrent;
@@ -127,6 +129,7 @@ static const vram_dl_sym cuda_syms[] = {
     SYM(cuDeviceGetUuidV1, "cuDeviceGetUuid", NULL, 0),
     SYM(cuDeviceTotalMem, "cuDeviceTotalMem_v2", NULL, 1),
     SYM(cuDeviceGetAttribute, "cuDeviceGetAttribute", NULL, 1),
+    SYM(cuDeviceCanAccessPeer, "cuDeviceCanAccessPeer", NULL, 0),
     SYM(cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain", NULL, 1),
     SYM(cuDevicePrimaryCtxRelease, "cuDevicePrimaryCtxRelease_v2", "cuDevicePrimaryCtxRelease", 1),
     SYM(cuCtxPushCurrent, "cuCtxPushCurrent_v2", NULL, 1),
@@ -202,6 +205,13 @@ typedef struct cuda_dev {
     CUcontext ctx; /* retained primary context, NULL until the device's first use */
     int state;     /* DEV_*: atomic; set under cuda_ctx.open_lock */
     char unusable[VRAM_ERRMSG_MAX]; /* why, when DEV_UNUSABLE */
+    /* the other devices of the backend that can access this one's memory
+     * as peers (cuDeviceCanAccessPeer(peer, this)): written once by
+     * dev_retain under open_lock before state becomes DEV_OPEN, read
+     * after dev_enter without a lock */
+    int npeers;
+    CUdevice peers[CUDA_MAX_DEVICES];
+    int peers_refused; /* atomic: cuMemSetAccess refused them once; owner only since */
     char name[128];
     char uuid[64];
     uint64_t total;
@@ -593,6 +603,42 @@ static int check_range(const vram_buf *buf, const char *op)
     return 0;
 }
 
+/* Grants read/write on a freshly mapped range (its context current) to
+ * its device and to every peer that can access it (a model shared across
+ * GPUs: kernels on another GPU read it over NVLink or PCIe). Access
+ * belongs to the mapping and is gone at unmap, so every map calls this.
+ * When the driver refuses a peer (invalid device, not supported or not
+ * permitted), the owner alone is granted, from then on for this device,
+ * with a warning once; other errors fail the map. */
+static int set_access(cuda_ctx *c, const vram_buf *buf)
+{
+    cuda_dev *dv = &c->devs[buf->device];
+    CUmemAccessDesc acc[CUDA_MAX_DEVICES + 1];
+    int n = __atomic_load_n(&dv->peers_refused, __ATOMIC_RELAXED) ? 0 : dv->npeers;
+    memset(acc, 0, sizeof acc);
+    for (int i = 0; i <= n; i++) {
+        acc[i].location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+        acc[i].location.id = i == 0 ? dv->dev : dv->peers[i - 1];
+        acc[i].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    }
+    CUresult r = c->api.cuMemSetAccess((CUdeviceptr)buf->addr, buf->reserved, acc, (size_t)n + 1);
+    if (n > 0 && (r == CUDA_ERROR_INVALID_DEVICE || r == CUDA_ERROR_NOT_SUPPORTED ||
+                  r == CUDA_ERROR_NOT_PERMITTED)) {
+        char msg[VRAM_ERRMSG_MAX];
+        cu_describe(&c->api, r, "cuMemSetAccess with peers", msg, sizeof msg);
+        if (!__atomic_exchange_n(&dv->peers_refused, 1, __ATOMIC_RELAXED))
+            vram__log(VRAM_LOG_WARN,
+                      "cuda: device %d: %s; granting access to the owning device only from now",
+                      buf->device, msg);
+        n = 0;
+        r = c->api.cuMemSetAccess((CUdeviceptr)buf->addr, buf->reserved, acc, 1);
+    }
+    if (r != CUDA_SUCCESS)
+        return cu_fail(c, r, "cuMemSetAccess(%#llx, %zu bytes, read/write, device %d and %d peers)",
+                       (unsigned long long)buf->addr, buf->reserved, buf->device, n);
+    return 0;
+}
+
 /* Backs the whole range with a fresh cuMemCreate allocation on its device,
  * mapped read/write. On failure everything created here is released and
  * the range is as before (reserved, unmapped): VRAM_ENOMEM when the device
@@ -629,15 +675,7 @@ static int cuda_map(vram_backend *b, vram_buf *buf)
         c->api.cuMemRelease(h);
         goto out;
     }
-    CUmemAccessDesc acc;
-    memset(&acc, 0, sizeof acc);
-    acc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-    acc.location.id = c->devs[d].dev;
-    acc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-    r = c->api.cuMemSetAccess((CUdeviceptr)buf->addr, buf->reserved, &acc, 1);
-    if (r != CUDA_SUCCESS) {
-        rc = cu_fail(c, r, "cuMemSetAccess(%#llx, %zu bytes, read/write, device %d)",
-                     (unsigned long long)buf->addr, buf->reserved, d);
+    if ((rc = set_access(c, buf))) {
         c->api.cuMemUnmap((CUdeviceptr)buf->addr, buf->reserved);
         c->api.cuMemRelease(h);
         goto out;
@@ -1098,6 +1136,25 @@ static void cuda_destroy(vram_backend *b)
     free(b);
 }
 
+/* Fills device d's peer list: the other devices of the backend that can
+ * access its memory (cuDeviceCanAccessPeer(peer, d) = 1), once, on the
+ * device's first use (open_lock held). No list without the entry point or
+ * when the driver cannot answer: then only the owner gets access. */
+static void find_peers(cuda_ctx *c, int d)
+{
+    cuda_dev *dv = &c->devs[d];
+    dv->npeers = 0;
+    for (int j = 0; j < c->ndev && c->api.cuDeviceCanAccessPeer; j++) {
+        int can = 0;
+        if (j == d || c->devs[j].dev == dv->dev) continue;
+        if (c->api.cuDeviceCanAccessPeer(&can, c->devs[j].dev, dv->dev) == CUDA_SUCCESS && can)
+            dv->peers[dv->npeers++] = c->devs[j].dev;
+    }
+    if (dv->npeers)
+        vram__log(VRAM_LOG_DEBUG, "cuda: device %d: memory shared read/write with %d peer(s)", d,
+                  dv->npeers);
+}
+
 /* Retains device d's primary context on its first use (under open_lock).
  * A device that cannot give one (exclusive-process mode with another
  * process on it, a failed GPU) is marked unusable with the driver's reason,
@@ -1111,6 +1168,7 @@ static int dev_retain(cuda_ctx *c, int d)
     if (dv->state == DEV_CLOSED) {
         CUresult r = c->api.cuDevicePrimaryCtxRetain(&dv->ctx, dv->dev);
         if (r == CUDA_SUCCESS) {
+            find_peers(c, d);
             __atomic_store_n(&dv->state, DEV_OPEN, __ATOMIC_RELEASE);
             vram__log(VRAM_LOG_DEBUG, "cuda: device %d: primary context retained", d);
         } else {

@@ -139,6 +139,7 @@ typedef CUresult (*vram_cuDeviceGetName_fn)(char *name, int len, CUdevice dev);
 typedef CUresult (*vram_cuDeviceGetUuid_fn)(CUuuid *uuid, CUdevice dev);
 typedef CUresult (*vram_cuDeviceTotalMem_fn)(size_t *bytes, CUdevice dev);
 typedef CUresult (*vram_cuDeviceGetAttribute_fn)(int *value, int attrib, CUdevice dev);
+typedef CUresult (*vram_cuDeviceCanAccessPeer_fn)(int *can, CUdevice dev, CUdevice peer);
 typedef CUresult (*vram_cuDevicePrimaryCtxRetain_fn)(CUcontext *ctx, CUdevice dev);
 typedef CUresult (*vram_cuDevicePrimaryCtxRelease_fn)(CUdevice dev);
 typedef CUresult (*vram_cuCtxPushCurrent_fn)(CUcontext ctx);

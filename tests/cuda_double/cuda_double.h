@@ -60,6 +60,8 @@ typedef int (*vram_double_user_work_fn)(unsigned long long addr, unsigned long l
 typedef long (*vram_double_user_finish_fn)(void);
 typedef int (*vram_double_set_sticky_fn)(int phys, int code);
 typedef int (*vram_double_set_unusable_fn)(int phys, int code);
+typedef int (*vram_double_access_fn)(unsigned long long addr, int phys);
+typedef int (*vram_double_peer_work_fn)(int phys, unsigned long long addr, unsigned long long n);
 
 /*
  * vram_double_configure(devices, memory): sets the device count and memory
@@ -71,12 +73,23 @@ typedef int (*vram_double_set_unusable_fn)(int phys, int code);
  * vram_double_set_flag(name, value): "lazy", "vmm", "quiet", "poison",
  *   "jit_ms" (cuModuleLoadData sleeps that long, as a PTX JIT takes time),
  *   "mig" (a mask of physical devices in MIG mode: cuDeviceGetUuid_v2 then
- *   gives the instance's UUID, cuDeviceGetUuid the GPU's).
+ *   gives the instance's UUID, cuDeviceGetUuid the GPU's), "peer" (default
+ *   1: cuDeviceCanAccessPeer says 1 for every pair of distinct devices; 0:
+ *   for none, and cuMemSetAccess granting a non-peer device is misuse
+ *   answered CUDA_ERROR_INVALID_DEVICE).
  * vram_double_calls(fn): calls of the named entry point so far.
  * vram_double_get_stats(out): the counters above.
  * vram_double_ctx_depth(): contexts pushed in the calling thread now.
  * vram_double_accessible(addr): 1 when addr is mapped and read/write, 0 when
  *   reserved without access, -1 when not a reserved device address.
+ * vram_double_access(addr, phys): 1 when physical device phys has read/write
+ *   access to the mapping at addr (cuMemSetAccess records the descriptors
+ *   per mapping; a new mapping has none), 0 when not, -1 when addr is not
+ *   mapped. Copies and kernels check the device of the current context.
+ * vram_double_peer_work(phys, addr, n): vram_double_user_work from a kernel
+ *   on device phys (a model shared across GPUs); pending until
+ *   cuCtxSynchronize in phys's context. When phys has no access it is
+ *   misuse: -1, and phys's context gets CUDA_ERROR_ILLEGAL_ADDRESS, sticky.
  * vram_double_user_work(addr, n): the application (PyTorch) queues a kernel
  *   on a stream of its own that uses [addr, addr+n) of mapped memory. It
  *   stays pending until cuCtxSynchronize in that device's context (or

@@ -97,7 +97,8 @@ typedef struct dmap {
     uintptr_t base;
     size_t size;
     dalloc *a;
-    int rw; /* cuMemSetAccess gave read/write */
+    int rw;          /* cuMemSetAccess gave read/write to some device */
+    unsigned access; /* which physical devices have read/write: bit i */
     struct dmap *next;
 } dmap;
 
@@ -191,6 +192,7 @@ static struct {
     size_t gran;
     int vmm, lazy, quiet, poison;
     int jit_ms;   /* cuModuleLoadData takes this long (a PTX JIT) */
+    int no_peer;  /* cuDeviceCanAccessPeer says no for every pair */
     int mig_mask; /* physical devices in MIG mode: bit i */
     int isa_major, isa_minor;
     int inited;      /* cuInit succeeded */
@@ -855,21 +857,29 @@ static dmap *map_containing(uintptr_t p)
     return NULL;
 }
 
-/* [p, p+n) is device memory that may be read and written now. */
-static int accessible_locked(uintptr_t p, size_t n)
+/* [p, p+n) is device memory that physical device phys (any device when
+ * phys < 0) may read and write now: cuMemSetAccess gave it read/write on
+ * every mapping of the range (access is per device and per mapping). */
+static int accessible_from_locked(uintptr_t p, size_t n, int phys)
 {
     if (n == 0) return 1;
     for (dblock *b = g.devblocks; b; b = b->next)
         if (p >= b->p && p - b->p < b->size) return n <= b->size - (p - b->p);
     while (n > 0) {
         dmap *m = map_containing(p);
-        if (!m || !m->rw) return 0;
+        if (!m || !m->rw || (phys >= 0 && !(m->access >> phys & 1u))) return 0;
         size_t in = m->size - (p - m->base);
         if (in >= n) return 1;
         p += in;
         n -= in;
     }
     return 1;
+}
+
+/* [p, p+n) may be read and written by some device now. */
+static int accessible_locked(uintptr_t p, size_t n)
+{
+    return accessible_from_locked(p, n, -1);
 }
 
 /* The application's pending work that overlaps [p, p+n), NULL when none (g_mem held). */
@@ -1166,54 +1176,94 @@ DBL_EXPORT CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
     return rc;
 }
 
+/* Physical device a may access memory on physical device b as a peer. */
+static int peer_ok(int a, int b)
+{
+    return a != b && !__atomic_load_n(&g.no_peer, __ATOMIC_RELAXED);
+}
+
+/* The read/write mask of access descriptors and whether any asks for read
+ * only (PROT_READ); -1 for a bad descriptor. */
+static int access_mask(const CUmemAccessDesc *desc, size_t count, unsigned *mask, int *ro)
+{
+    *mask = 0;
+    *ro = 0;
+    for (size_t i = 0; i < count; i++) {
+        pthread_mutex_lock(&g_lock);
+        int phys = ordinal_phys(desc[i].location.id);
+        pthread_mutex_unlock(&g_lock);
+        if (desc[i].location.type != CU_MEM_LOCATION_TYPE_DEVICE || phys < 0) {
+            violation("cuMemSetAccess: descriptor %zu is not a valid device location", i);
+            return -1;
+        }
+        if (desc[i].flags == CU_MEM_ACCESS_FLAGS_PROT_READWRITE)
+            *mask |= 1u << phys;
+        else if (desc[i].flags == CU_MEM_ACCESS_FLAGS_PROT_READ)
+            *ro = 1;
+        else if (desc[i].flags != CU_MEM_ACCESS_FLAGS_PROT_NONE)
+            return -1;
+    }
+    return 0;
+}
+
+/* Every byte of [p, p+size) is mapped, and every device in mask is the
+ * owner of each mapping or may access it as a peer (g_mem held). */
+static CUresult access_check_locked(uintptr_t ptr, size_t size, unsigned mask)
+{
+    for (uintptr_t p = ptr, end = p + size; p < end;) {
+        dmap *m = map_containing(p);
+        if (!m) {
+            violation("cuMemSetAccess(%#lx, %zu): part of the range is not mapped",
+                      (unsigned long)ptr, size);
+            return CUDA_ERROR_INVALID_VALUE;
+        }
+        for (int d = 0; d < MAXDEV; d++)
+            if ((mask >> d & 1u) && d != m->a->phys && !peer_ok(d, m->a->phys)) {
+                violation("cuMemSetAccess(%#lx): device %d cannot access memory of device %d "
+                          "as a peer (cuDeviceCanAccessPeer says 0)",
+                          (unsigned long)ptr, d, m->a->phys);
+                return CUDA_ERROR_INVALID_DEVICE;
+            }
+        p = m->base + m->size;
+    }
+    return CUDA_SUCCESS;
+}
+
 DBL_EXPORT CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc,
                                    size_t count)
 {
     ENTER("cuMemSetAccess", 1);
     if (!need_ctx("cuMemSetAccess")) return CUDA_ERROR_INVALID_CONTEXT;
     if (!desc || count == 0) return CUDA_ERROR_INVALID_VALUE;
-    int rw = 0, prot = PROT_NONE;
-    for (size_t i = 0; i < count; i++) {
-        int phys;
-        pthread_mutex_lock(&g_lock);
-        phys = ordinal_phys(desc[i].location.id);
-        pthread_mutex_unlock(&g_lock);
-        if (desc[i].location.type != CU_MEM_LOCATION_TYPE_DEVICE || phys < 0) {
-            violation("cuMemSetAccess: descriptor %zu is not a valid device location", i);
-            return CUDA_ERROR_INVALID_VALUE;
-        }
-        if (desc[i].flags == CU_MEM_ACCESS_FLAGS_PROT_READWRITE) {
-            rw = 1;
-            prot = PROT_READ | PROT_WRITE;
-        } else if (desc[i].flags == CU_MEM_ACCESS_FLAGS_PROT_READ && !rw) {
-            prot = PROT_READ;
-        } else if (desc[i].flags != CU_MEM_ACCESS_FLAGS_PROT_NONE &&
-                   desc[i].flags != CU_MEM_ACCESS_FLAGS_PROT_READ) {
-            return CUDA_ERROR_INVALID_VALUE;
-        }
-    }
-    CUresult rc = CUDA_SUCCESS;
+    unsigned mask;
+    int ro;
+    if (access_mask(desc, count, &mask, &ro)) return CUDA_ERROR_INVALID_VALUE;
+    int prot = mask ? PROT_READ | PROT_WRITE : ro ? PROT_READ : PROT_NONE;
     pthread_rwlock_wrlock(&g_mem);
-    /* every byte of the range must be mapped */
-    for (uintptr_t p = (uintptr_t)ptr, end = p + size; p < end;) {
-        dmap *m = map_containing(p);
-        if (!m) {
-            violation("cuMemSetAccess(%#llx, %zu): part of the range is not mapped", ptr, size);
-            rc = CUDA_ERROR_INVALID_VALUE;
-            break;
-        }
-        p = m->base + m->size;
-    }
+    CUresult rc = access_check_locked((uintptr_t)ptr, size, mask);
     if (rc == CUDA_SUCCESS) {
         if (mprotect((void *)(uintptr_t)ptr, size, prot) != 0) {
             rc = CUDA_ERROR_INVALID_VALUE;
         } else {
             for (dmap *m = g.maps; m; m = m->next)
-                if (m->base >= ptr && m->base < ptr + size) m->rw = rw;
+                if (m->base >= ptr && m->base < ptr + size) {
+                    m->rw = mask != 0;
+                    m->access = mask;
+                }
         }
     }
     pthread_rwlock_unlock(&g_mem);
     return rc;
+}
+
+DBL_EXPORT CUresult cuDeviceCanAccessPeer(int *can, CUdevice dev, CUdevice peer)
+{
+    ENTER("cuDeviceCanAccessPeer", 1);
+    int a = dev_phys(dev), b = dev_phys(peer);
+    if (a < 0 || b < 0) return CUDA_ERROR_INVALID_DEVICE;
+    if (!can) return CUDA_ERROR_INVALID_VALUE;
+    *can = peer_ok(a, b);
+    return CUDA_SUCCESS;
 }
 
 DBL_EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
@@ -1720,11 +1770,13 @@ static CUresult stream_arg(CUstream s, const char *fn)
     return CUDA_SUCCESS;
 }
 
-/* accessible_locked taking the lock. */
+/* accessible_from_locked taking the lock, for the device of the current
+ * context (any device when none is current). */
 static int dev_range_ok(uintptr_t p, size_t n)
 {
+    CUcontext c = current();
     pthread_rwlock_rdlock(&g_mem);
-    int ok = accessible_locked(p, n);
+    int ok = accessible_from_locked(p, n, c ? c->phys : -1);
     pthread_rwlock_unlock(&g_mem);
     return ok;
 }
@@ -2101,6 +2153,7 @@ DBL_EXPORT void vram_double_set_flag(const char *name, int value)
     if (strcmp(name, "poison") == 0) __atomic_store_n(&g.poison, value, __ATOMIC_RELAXED);
     if (strcmp(name, "jit_ms") == 0) __atomic_store_n(&g.jit_ms, value, __ATOMIC_RELAXED);
     if (strcmp(name, "mig") == 0) __atomic_store_n(&g.mig_mask, value, __ATOMIC_RELAXED);
+    if (strcmp(name, "peer") == 0) __atomic_store_n(&g.no_peer, !value, __ATOMIC_RELAXED);
     if (strcmp(name, "vmm") == 0) {
         pthread_mutex_lock(&g_lock);
         g.vmm = value;
@@ -2145,7 +2198,18 @@ DBL_EXPORT int vram_double_accessible(unsigned long long addr)
     return r;
 }
 
-DBL_EXPORT int vram_double_user_work(unsigned long long addr, unsigned long long n)
+DBL_EXPORT int vram_double_access(unsigned long long addr, int phys)
+{
+    pthread_rwlock_rdlock(&g_mem);
+    dmap *m = map_containing((uintptr_t)addr);
+    int r = !m ? -1 : phys >= 0 && phys < MAXDEV && m->rw && (m->access >> phys & 1u);
+    pthread_rwlock_unlock(&g_mem);
+    return r;
+}
+
+/* Queues the application's work on physical device phys (the owner of the
+ * mapping when phys < 0) over [addr, addr+n). */
+static int user_work_on(int phys, unsigned long long addr, unsigned long long n)
 {
     pthread_once(&g_once, load_env_once);
     duser *u = calloc(1, sizeof *u);
@@ -2155,9 +2219,19 @@ DBL_EXPORT int vram_double_user_work(unsigned long long addr, unsigned long long
     }
     pthread_rwlock_wrlock(&g_mem);
     dmap *m = map_containing((uintptr_t)addr);
-    int ok = m && accessible_locked((uintptr_t)addr, (size_t)n);
+    if (m && phys < 0) phys = m->a->phys;
+    int ok = m && accessible_from_locked((uintptr_t)addr, (size_t)n, phys);
+    if (!ok && m && m->rw) {
+        /* a kernel on a device without access faults: sticky, as on a GPU */
+        violation("device %d touched %#llx (%llu bytes), memory of device %d it has no access "
+                  "to (cuMemSetAccess); its context now has CUDA_ERROR_ILLEGAL_ADDRESS",
+                  phys, addr, n, m->a->phys);
+        pthread_mutex_lock(&g_lock);
+        if (g.ctx[phys].sticky == CUDA_SUCCESS) g.ctx[phys].sticky = CUDA_ERROR_ILLEGAL_ADDRESS;
+        pthread_mutex_unlock(&g_lock);
+    }
     if (ok) {
-        u->phys = m->a->phys;
+        u->phys = phys;
         u->base = (uintptr_t)addr;
         u->n = (size_t)n;
         u->next = g.user;
@@ -2167,6 +2241,17 @@ DBL_EXPORT int vram_double_user_work(unsigned long long addr, unsigned long long
     pthread_rwlock_unlock(&g_mem);
     if (!ok) free(u);
     return ok ? 0 : -1;
+}
+
+DBL_EXPORT int vram_double_user_work(unsigned long long addr, unsigned long long n)
+{
+    return user_work_on(-1, addr, n);
+}
+
+DBL_EXPORT int vram_double_peer_work(int phys, unsigned long long addr, unsigned long long n)
+{
+    if (phys < 0 || phys >= MAXDEV) return -1;
+    return user_work_on(phys, addr, n);
 }
 
 DBL_EXPORT long vram_double_user_finish(void)

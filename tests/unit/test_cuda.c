@@ -48,6 +48,8 @@ static struct {
     vram_double_user_finish_fn user_finish;
     vram_double_set_sticky_fn set_sticky;
     vram_double_set_unusable_fn set_unusable;
+    vram_double_access_fn access;
+    vram_double_peer_work_fn peer_work;
     CUresult (*cu_init)(unsigned int);
     vram_nvml_double_set_fn nvml_set;
     vram_nvml_double_inits_fn nvml_inits;
@@ -85,6 +87,8 @@ static int open_doubles(void)
     BIND(D.h, user_finish, "vram_double_user_finish");
     BIND(D.h, set_sticky, "vram_double_set_sticky");
     BIND(D.h, set_unusable, "vram_double_set_unusable");
+    BIND(D.h, access, "vram_double_access");
+    BIND(D.h, peer_work, "vram_double_peer_work");
     BIND(D.h, cu_init, "cuInit");
     BIND(D.nh, nvml_set, "vram_nvml_double_set");
     BIND(D.nh, nvml_inits, "vram_nvml_double_inits");
@@ -113,6 +117,7 @@ static int setup(void **state)
     D.set_flag("poison", 1);
     D.set_flag("jit_ms", 0);
     D.set_flag("mig", 0);
+    D.set_flag("peer", 1);
     for (int i = 0; i < 4; i++) {
         D.set_sticky(i, 0);
         D.set_unusable(i, 0);
@@ -1257,6 +1262,67 @@ static void test_sticky_error_wording(void **state)
     vram_manager_destroy(m);
 }
 
+/* A model shared across GPUs: every map (the load, each restore) grants
+ * read/write to the owning device and to every other device that can
+ * access it as a peer; access is per mapping, gone after the offload. With
+ * peer access impossible only the owner gets it (granting a non-peer is
+ * misuse in the double), and a kernel on the other device faults. */
+static void peer_cycle(int peers)
+{
+    D.set_flag("peer", peers);
+    vram_manager *m = cuda_manager();
+    vram_model_opts o;
+    vram_model_opts_init(&o);
+    o.source = "synthetic:4194304:9";
+    o.device = 0;
+    vram_model *model = NULL;
+    assert_int_equal(vram_manager_register(m, "shared", &o, &model), 0);
+    vram_lease *l = NULL;
+    assert_int_equal(vram_model_acquire(model, &l), 0);
+    uintptr_t p = (uintptr_t)vram_lease_ptr(l);
+    assert_int_equal(D.access(p, 0), 1);
+    assert_int_equal(D.access(p, 1), peers);
+    vram_lease_end(l);
+    for (int cycle = 0; cycle < 2; cycle++) {
+        assert_int_equal(vram_model_offload(model, VRAM_WAIT), 0);
+        assert_int_equal(D.access(p, 0), -1); /* unmapped: no mapping, no access */
+        assert_int_equal(vram_model_acquire(model, &l), 0);
+        assert_int_equal((uintptr_t)vram_lease_ptr(l), p);
+        assert_int_equal(D.access(p, 0), 1);
+        assert_int_equal(D.access(p, 1), peers); /* granted again on the new mapping */
+        vram_lease_end(l);
+    }
+    if (!peers) {
+        /* a kernel on device 1 reading device 0's model faults */
+        D.set_flag("quiet", 1);
+        assert_int_equal(D.peer_work(1, p, 4096), -1);
+        D.set_flag("quiet", 0);
+        D.violations_at_start++;
+        assert_int_equal(D.set_sticky(1, 0), 0);
+    } else {
+        assert_int_equal(D.peer_work(1, p, 4096), 0);
+        D.user_finish();
+    }
+    assert_true(D.calls("cuDeviceCanAccessPeer") >= 1);
+    assert_int_equal(vram_model_release(model, VRAM_WAIT), 0);
+    vram_manager_destroy(m);
+}
+
+static void test_peer_access_after_every_map(void **state)
+{
+    (void)state;
+    long before = D.calls("cuDeviceCanAccessPeer");
+    peer_cycle(1);
+    /* the peer list is computed once per device, not per map */
+    assert_true(D.calls("cuDeviceCanAccessPeer") - before <= 2);
+}
+
+static void test_no_peer_access_owner_only(void **state)
+{
+    (void)state;
+    peer_cycle(0);
+}
+
 /* Defect 4: a device that cannot give a context (exclusive-process mode,
  * failed) is skipped with its reason; the others work. */
 static void test_unusable_device_is_skipped(void **state)
@@ -1447,6 +1513,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sticky_error_latches_the_backend, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sticky_error_shows_in_the_status, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sticky_error_wording, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_peer_access_after_every_map, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_peer_access_owner_only, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unusable_device_is_skipped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_visible_uuid_selects_after_cuda_init, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mig_uuid_prefix, setup, teardown),
