@@ -100,6 +100,7 @@ typedef struct cuda_api {
     vram_cuStreamCreate_fn cuStreamCreate;
     vram_cuStreamDestroy_fn cuStreamDestroy;
     vram_cuStreamSynchronize_fn cuStreamSynchronize;
+    vram_cuStreamIsCapturing_fn cuStreamIsCapturing; /* optional (CUDA 10.0+): no capture check */
     vram_cuMemcpyHtoDAsync_fn cuMemcpyHtoDAsync;
     vram_cuMemcpyDtoHAsync_fn cuMemcpyDtoHAsync;
     /* optional: the checksum kernel */
@@ -151,6 +152,7 @@ static const vram_dl_sym cuda_syms[] = {
     SYM(cuStreamCreate, "cuStreamCreate", NULL, 1),
     SYM(cuStreamDestroy, "cuStreamDestroy_v2", NULL, 1),
     SYM(cuStreamSynchronize, "cuStreamSynchronize", NULL, 1),
+    SYM(cuStreamIsCapturing, "cuStreamIsCapturing", NULL, 0),
     SYM(cuMemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2", NULL, 1),
     SYM(cuMemcpyDtoHAsync, "cuMemcpyDtoHAsync_v2", NULL, 1),
     SYM(cuMemAlloc, "cuMemAlloc_v2", NULL, 0),
@@ -318,6 +320,10 @@ static const struct {
     CU_NAME_(CUDA_ERROR_NOT_PERMITTED),
     CU_NAME_(CUDA_ERROR_NOT_SUPPORTED),
     CU_NAME_(CUDA_ERROR_SYSTEM_DRIVER_MISMATCH),
+    CU_NAME_(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED),
+    CU_NAME_(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED),
+    CU_NAME_(CUDA_ERROR_STREAM_CAPTURE_IMPLICIT),
+    CU_NAME_(CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD),
     CU_NAME_(CUDA_ERROR_UNKNOWN),
 #undef CU_NAME_
 };
@@ -451,15 +457,77 @@ static void dev_leave(cuda_ctx *c)
     c->api.cuCtxPopCurrent(&popped);
 }
 
+#define CAPTURE_BUSY                                                                               \
+    "cuda: cannot offload model memory while a CUDA graph is being captured in this thread; "      \
+    "offload after capture ends"
+
+/* Errors of a wait that met a stream capture (which it has now broken). */
+static int cu_capture_error(CUresult r)
+{
+    return r == CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED ||
+           r == CUDA_ERROR_STREAM_CAPTURE_INVALIDATED || r == CUDA_ERROR_STREAM_CAPTURE_IMPLICIT ||
+           r == CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD;
+}
+
+/*
+ * VRAM_EBUSY when the driver shows a stream capture (a CUDA graph being
+ * recorded, torch.cuda.graph) in device d's context (current) that a
+ * context-wide wait would invalidate. What the driver API can tell,
+ * without disturbing a capture: cuStreamIsCapturing on the legacy stream
+ * answers CUDA_ERROR_STREAM_CAPTURE_IMPLICIT while any blocking stream of
+ * the context captures, and on CU_STREAM_PER_THREAD whether this thread
+ * captures on its per-thread default stream. A capture on a non-blocking
+ * stream (PyTorch's side streams) is visible to no driver query: it shows
+ * only as the wait's own error (ctx_sync). Other errors of the query are
+ * ignored, except sticky ones.
+ */
+static int check_capture(cuda_ctx *c, int d, const char *why)
+{
+    if (!c->api.cuStreamIsCapturing) return 0;
+    static const struct {
+        CUstream s;
+        const char *what;
+    } q[] = {{CU_STREAM_PER_THREAD, "this thread's per-thread default stream is capturing"},
+             {CU_STREAM_LEGACY, "a blocking stream of the device's context is capturing (the "
+                                "legacy stream says CUDA_ERROR_STREAM_CAPTURE_IMPLICIT)"}};
+    for (size_t i = 0; i < sizeof q / sizeof q[0]; i++) {
+        CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_NONE;
+        CUresult r = c->api.cuStreamIsCapturing(q[i].s, &st);
+        if (r == CUDA_ERROR_STREAM_CAPTURE_IMPLICIT ||
+            (r == CUDA_SUCCESS && st != CU_STREAM_CAPTURE_STATUS_NONE))
+            return vram__errorf(VRAM_EBUSY,
+                                CAPTURE_BUSY " (device %d: %s; waiting for the device before %s "
+                                "would invalidate the capture)",
+                                d, q[i].what, why);
+        if (r != CUDA_SUCCESS && cu_sticky(r))
+            return cu_fail(c, r, "cuStreamIsCapturing before %s (device %d)", why, d);
+    }
+    return 0;
+}
+
 /* Waits until every operation queued in device d's context (the current
  * one) has finished: the application's kernels on its own streams
  * (PyTorch's) as well as vram's copies. The driver's cuMemUnmap and a copy
  * on vram's own stream wait for nothing, so this comes before every backup
  * copy and every unmap. A failure of earlier work shows here (and a sticky
- * one latches the backend). */
+ * one latches the backend). First, VRAM_EBUSY when a stream capture that
+ * the wait would break is visible (check_capture); a wait that meets one
+ * anyway (invisible to the driver's queries) is VRAM_EBUSY too, saying the
+ * capture was invalidated. */
 static int ctx_sync(cuda_ctx *c, int d, const char *why)
 {
+    int rc = check_capture(c, d, why);
+    if (rc) return rc;
     CUresult r = c->api.cuCtxSynchronize();
+    if (cu_capture_error(r)) {
+        char msg[VRAM_ERRMSG_MAX];
+        cu_describe(&c->api, r, "cuCtxSynchronize", msg, sizeof msg);
+        return vram__errorf(VRAM_EBUSY,
+                            CAPTURE_BUSY " (device %d: a stream no driver query shows, such as a "
+                            "non-blocking one, is capturing, and the wait before %s has "
+                            "invalidated that capture: %s)",
+                            d, why, msg);
+    }
     if (r != CUDA_SUCCESS) return cu_fail(c, r, "cuCtxSynchronize before %s (device %d)", why, d);
     return 0;
 }
@@ -824,8 +892,13 @@ static int cuda_host_alloc(vram_backend *b, size_t bytes, void **out)
     if (!out) return vram__errorf(VRAM_EINVAL, "cuda: host_alloc: out is NULL");
     *out = NULL;
     if (bytes == 0) return vram__errorf(VRAM_EINVAL, "cuda: host_alloc: 0 bytes");
-    int d, rc = dev_enter_any(c, &d);
+    int d = 0, rc = dev_enter_any(c, &d);
     if (rc) return rc;
+    /* registering is a call a capture in global mode forbids */
+    if ((rc = check_capture(c, d, "pinning host memory"))) {
+        dev_leave(c);
+        return rc;
+    }
     double secs = 0;
     void *p = NULL;
     rc = vram__pinned_get(&c->pin, bytes, &p, &secs);

@@ -63,6 +63,10 @@ enum {
     CUDA_ERROR_NOT_PERMITTED = 800,
     CUDA_ERROR_NOT_SUPPORTED = 801,
     CUDA_ERROR_SYSTEM_DRIVER_MISMATCH = 803,
+    CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED = 900,
+    CUDA_ERROR_STREAM_CAPTURE_INVALIDATED = 901,
+    CUDA_ERROR_STREAM_CAPTURE_IMPLICIT = 906,
+    CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD = 908,
     CUDA_ERROR_UNKNOWN = 999
 };
 
@@ -80,6 +84,15 @@ enum {
 #define CU_MEMHOSTALLOC_DEVICEMAP 0x02u
 #define CU_MEMHOSTREGISTER_PORTABLE 0x01u
 #define CU_STREAM_NON_BLOCKING 0x1u
+
+/* ---- stream capture (CUDA graphs) ---- */
+#define CU_STREAM_LEGACY ((CUstream)0x1)     /* the legacy default ("null") stream */
+#define CU_STREAM_PER_THREAD ((CUstream)0x2) /* the calling thread's per-thread default stream */
+typedef enum CUstreamCaptureStatus_e {
+    CU_STREAM_CAPTURE_STATUS_NONE = 0,
+    CU_STREAM_CAPTURE_STATUS_ACTIVE = 1,
+    CU_STREAM_CAPTURE_STATUS_INVALIDATED = 2
+} CUstreamCaptureStatus;
 
 /* ---- virtual memory management (cuMemCreate and friends) ---- */
 typedef enum CUmemAllocationType_e {
@@ -166,6 +179,7 @@ typedef CUresult (*vram_cuMemFree_fn)(CUdeviceptr dptr);
 typedef CUresult (*vram_cuStreamCreate_fn)(CUstream *stream, unsigned int flags);
 typedef CUresult (*vram_cuStreamDestroy_fn)(CUstream stream);
 typedef CUresult (*vram_cuStreamSynchronize_fn)(CUstream stream);
+typedef CUresult (*vram_cuStreamIsCapturing_fn)(CUstream stream, CUstreamCaptureStatus *status);
 typedef CUresult (*vram_cuMemcpyHtoDAsync_fn)(CUdeviceptr dst, const void *src, size_t bytes,
                                               CUstream stream);
 typedef CUresult (*vram_cuMemcpyDtoHAsync_fn)(void *dst, CUdeviceptr src, size_t bytes,

@@ -45,6 +45,7 @@ typedef struct vram_double_stats {
     long pinned_register_bytes;  /* bytes ever pinned by cuMemHostRegister */
     long user_pending;           /* application work queued and not yet synchronized */
     long sticky_refusals;        /* calls refused with their context's sticky error */
+    long capture_invalidations;  /* captures broken by a synchronizing call during capture */
     unsigned long long used[16]; /* bytes allocated per physical device */
 } vram_double_stats;
 
@@ -61,6 +62,7 @@ typedef long (*vram_double_user_finish_fn)(void);
 typedef int (*vram_double_set_sticky_fn)(int phys, int code);
 typedef int (*vram_double_set_unusable_fn)(int phys, int code);
 typedef int (*vram_double_access_fn)(unsigned long long addr, int phys);
+typedef int (*vram_double_set_capture_fn)(int phys, int how);
 typedef int (*vram_double_peer_work_fn)(int phys, unsigned long long addr, unsigned long long n);
 
 /*
@@ -86,6 +88,16 @@ typedef int (*vram_double_peer_work_fn)(int phys, unsigned long long addr, unsig
  *   access to the mapping at addr (cuMemSetAccess records the descriptors
  *   per mapping; a new mapping has none), 0 when not, -1 when addr is not
  *   mapped. Copies and kernels check the device of the current context.
+ * vram_double_set_capture(phys, how): stream capture (a CUDA graph being
+ *   recorded, as torch.cuda.graph does) in physical device phys's context:
+ *   how 1 = a blocking stream is capturing (cuStreamIsCapturing on the
+ *   legacy stream then answers CUDA_ERROR_STREAM_CAPTURE_IMPLICIT), 2 = the
+ *   calling thread captures on its per-thread default stream
+ *   (cuStreamIsCapturing(CU_STREAM_PER_THREAD) in that thread says ACTIVE),
+ *   3 = a non-blocking stream no driver query can name is capturing; 0 ends
+ *   them. Meanwhile cuCtxSynchronize in that context is misuse: it
+ *   invalidates the capture (counted in capture_invalidations) and returns
+ *   CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED.
  * vram_double_peer_work(phys, addr, n): vram_double_user_work from a kernel
  *   on device phys (a model shared across GPUs); pending until
  *   cuCtxSynchronize in phys's context. When phys has no access it is

@@ -193,6 +193,7 @@ static struct {
     int vmm, lazy, quiet, poison;
     int jit_ms;   /* cuModuleLoadData takes this long (a PTX JIT) */
     int no_peer;  /* cuDeviceCanAccessPeer says no for every pair */
+    int capture[MAXDEV]; /* a stream of that context is capturing: 1 blocking, 3 non-blocking */
     int mig_mask; /* physical devices in MIG mode: bit i */
     int isa_major, isa_minor;
     int inited;      /* cuInit succeeded */
@@ -223,6 +224,8 @@ static vram_double_stats g_stats; /* counters updated with atomics */
 
 static _Thread_local CUcontext tls_ctx[16];
 static _Thread_local int tls_depth;
+static _Thread_local int tls_capture; /* 1 + the physical device this thread captures on its
+                                         per-thread default stream, 0 when none */
 
 #define STAT_ADD(field, v) __atomic_add_fetch(&g_stats.field, (v), __ATOMIC_RELAXED)
 
@@ -313,6 +316,12 @@ static const struct {
     {"CUDA_ERROR_NOT_SUPPORTED", CUDA_ERROR_NOT_SUPPORTED, "operation not supported"},
     {"CUDA_ERROR_SYSTEM_DRIVER_MISMATCH", CUDA_ERROR_SYSTEM_DRIVER_MISMATCH,
      "system has unsupported display driver / cuda driver combination"},
+    {"CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED", CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+     "operation not permitted when stream is capturing"},
+    {"CUDA_ERROR_STREAM_CAPTURE_INVALIDATED", CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
+     "operation failed due to a previous error during capture"},
+    {"CUDA_ERROR_STREAM_CAPTURE_IMPLICIT", CUDA_ERROR_STREAM_CAPTURE_IMPLICIT,
+     "operation would make the legacy stream depend on a capturing blocking stream"},
     {"CUDA_ERROR_UNKNOWN", CUDA_ERROR_UNKNOWN, "unknown error"},
 };
 
@@ -1728,11 +1737,48 @@ DBL_EXPORT CUresult cuStreamSynchronize(CUstream s)
     return stream_drain(s, 1);
 }
 
+/* A capture is in progress in c that a context-wide wait would break. */
+static int capturing(CUcontext c)
+{
+    pthread_mutex_lock(&g_lock);
+    int any = g.capture[c->phys] != 0;
+    pthread_mutex_unlock(&g_lock);
+    return any || tls_capture == c->phys + 1;
+}
+
+DBL_EXPORT CUresult cuStreamIsCapturing(CUstream s, CUstreamCaptureStatus *status)
+{
+    ENTER("cuStreamIsCapturing", 1);
+    CUcontext c = need_ctx("cuStreamIsCapturing");
+    if (!c) return CUDA_ERROR_INVALID_CONTEXT;
+    if (!status) return CUDA_ERROR_INVALID_VALUE;
+    *status = CU_STREAM_CAPTURE_STATUS_NONE;
+    if (s == NULL || s == CU_STREAM_LEGACY) {
+        pthread_mutex_lock(&g_lock);
+        int blocking = g.capture[c->phys] == 1;
+        pthread_mutex_unlock(&g_lock);
+        return blocking ? CUDA_ERROR_STREAM_CAPTURE_IMPLICIT : CUDA_SUCCESS;
+    }
+    if (s == CU_STREAM_PER_THREAD) {
+        if (tls_capture == c->phys + 1) *status = CU_STREAM_CAPTURE_STATUS_ACTIVE;
+        return CUDA_SUCCESS;
+    }
+    if (!stream_live(s)) return CUDA_ERROR_INVALID_HANDLE;
+    return CUDA_SUCCESS; /* vram's own streams never capture */
+}
+
 DBL_EXPORT CUresult cuCtxSynchronize(void)
 {
     ENTER("cuCtxSynchronize", 1);
     CUcontext c = need_ctx("cuCtxSynchronize");
     if (!c) return CUDA_ERROR_INVALID_CONTEXT;
+    if (capturing(c)) {
+        violation("cuCtxSynchronize(device %d) while a stream of the context is capturing: the "
+                  "capture (a CUDA graph being recorded) is invalidated",
+                  c->phys);
+        STAT_ADD(capture_invalidations, 1);
+        return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    }
     CUstream list[64];
     int n = 0;
     pthread_mutex_lock(&g_lock);
@@ -2270,6 +2316,17 @@ DBL_EXPORT int vram_double_set_sticky(int phys, int code)
     pthread_mutex_lock(&g_lock);
     g.ctx[phys].sticky = code;
     pthread_mutex_unlock(&g_lock);
+    return 0;
+}
+
+DBL_EXPORT int vram_double_set_capture(int phys, int how)
+{
+    pthread_once(&g_once, load_env_once);
+    if (phys < 0 || phys >= MAXDEV || how < 0 || how > 3) return -1;
+    pthread_mutex_lock(&g_lock);
+    g.capture[phys] = how == 1 || how == 3 ? how : 0;
+    pthread_mutex_unlock(&g_lock);
+    tls_capture = how == 2 ? phys + 1 : 0;
     return 0;
 }
 

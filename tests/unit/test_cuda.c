@@ -50,6 +50,7 @@ static struct {
     vram_double_set_unusable_fn set_unusable;
     vram_double_access_fn access;
     vram_double_peer_work_fn peer_work;
+    vram_double_set_capture_fn set_capture;
     CUresult (*cu_init)(unsigned int);
     vram_nvml_double_set_fn nvml_set;
     vram_nvml_double_inits_fn nvml_inits;
@@ -89,6 +90,7 @@ static int open_doubles(void)
     BIND(D.h, set_unusable, "vram_double_set_unusable");
     BIND(D.h, access, "vram_double_access");
     BIND(D.h, peer_work, "vram_double_peer_work");
+    BIND(D.h, set_capture, "vram_double_set_capture");
     BIND(D.h, cu_init, "cuInit");
     BIND(D.nh, nvml_set, "vram_nvml_double_set");
     BIND(D.nh, nvml_inits, "vram_nvml_double_inits");
@@ -121,6 +123,7 @@ static int setup(void **state)
     for (int i = 0; i < 4; i++) {
         D.set_sticky(i, 0);
         D.set_unusable(i, 0);
+        D.set_capture(i, 0);
     }
     D.nvml_set("8G:0", 0);
     D.violations_at_start = stats().violations;
@@ -1323,6 +1326,55 @@ static void test_no_peer_access_owner_only(void **state)
     peer_cycle(0);
 }
 
+/* PyTorch CUDA graphs: while a stream of the context is capturing, the
+ * cuCtxSynchronize before a backup would invalidate the capture. Where the
+ * driver shows the capture (a blocking stream: the legacy stream answers
+ * CUDA_ERROR_STREAM_CAPTURE_IMPLICIT; this thread's per-thread stream) the
+ * offload fails with VRAM_EBUSY before any wait, the model stays on the
+ * GPU, mapped, and offloads once capture ends. A capture no query shows (a
+ * non-blocking stream) is the documented limit: the wait's own error is
+ * still VRAM_EBUSY, saying the capture was invalidated. */
+static void test_offload_refused_during_graph_capture(void **state)
+{
+    (void)state;
+    vram_manager *m = cuda_manager();
+    vram_model_opts o;
+    vram_model_opts_init(&o);
+    o.source = "synthetic:2097152:4";
+    vram_model *model = NULL;
+    assert_int_equal(vram_manager_register(m, "g", &o, &model), 0);
+    for (int how = 1; how <= 3; how++) {
+        vram_lease *l = NULL;
+        assert_int_equal(vram_model_acquire(model, &l), 0);
+        uintptr_t p = (uintptr_t)vram_lease_ptr(l);
+        vram_lease_end(l);
+        long broken = stats().capture_invalidations;
+        assert_int_equal(D.set_capture(0, how), 0);
+        if (how == 3) D.set_flag("quiet", 1);
+        assert_int_equal(vram_model_offload(model, VRAM_WAIT), VRAM_EBUSY);
+        D.set_flag("quiet", 0);
+        assert_msg_has("cannot offload model memory while a CUDA graph is being captured in this "
+                       "thread; offload after capture ends");
+        assert_int_equal(vram_model_state(model), VRAM_STATE_GPU);
+        assert_int_equal(D.accessible(p), 1);
+        if (how < 3) {
+            assert_int_equal(stats().capture_invalidations, broken); /* capture intact */
+        } else {
+            assert_msg_has("invalidated");
+            assert_int_equal(stats().capture_invalidations, broken + 1);
+            D.violations_at_start++;
+        }
+        assert_int_equal(D.set_capture(0, 0), 0);
+        assert_int_equal(vram_model_offload(model, VRAM_WAIT), 0);
+        assert_int_equal(vram_model_state(model), VRAM_STATE_CPU);
+    }
+    vram_manager_info info;
+    assert_int_equal(vram_manager_get_info(m, &info, sizeof info), 0);
+    assert_string_equal(info.backend_error, ""); /* not a sticky error */
+    assert_int_equal(vram_model_release(model, VRAM_WAIT), 0);
+    vram_manager_destroy(m);
+}
+
 /* Defect 4: a device that cannot give a context (exclusive-process mode,
  * failed) is skipped with its reason; the others work. */
 static void test_unusable_device_is_skipped(void **state)
@@ -1515,6 +1567,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sticky_error_wording, setup, teardown),
         cmocka_unit_test_setup_teardown(test_peer_access_after_every_map, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_peer_access_owner_only, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_offload_refused_during_graph_capture, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unusable_device_is_skipped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_visible_uuid_selects_after_cuda_init, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mig_uuid_prefix, setup, teardown),
