@@ -42,6 +42,8 @@
  * - Host memory: backups come from cuda_pinned.c (huge-page mappings
  *   touched in parallel and registered, pooled, bounded by RAM or the
  *   cgroup limit); cuMemHostAlloc only where registering is not supported.
+ *   A backup larger than a piece is registered piece by piece by a helper
+ *   thread during its first copy (copy_pinning), overlapping the two.
  * - A forked child is refused (check_pid): CUDA state does not survive fork.
  * - A vram_buf is a cuMemAddressReserve range; map = cuMemCreate (pinned
  *   device memory) + cuMemMap + cuMemSetAccess(read/write for the owning
@@ -55,13 +57,18 @@
  *   checksum() return VRAM_ENOTSUP, and the core hashes on the host.
  * - Locks: each device has one mutex for its stream pool, never held across
  *   a copy, and one for its checksum module (the PTX JIT runs under it, not
- *   under the pool's); open_lock guards retaining contexts and the latch.
+ *   under the pool's); open_lock guards retaining contexts, the peer lists
+ *   (written once before a device opens) and the latch. A first copy's
+ *   pin_job has its own mutex for the helper's progress only; nothing else
+ *   is held while either thread waits or calls the driver.
  */
 
 #define CUDA_DEFAULT_LIBRARY "libcuda.so.1"
 #define CUDA_STREAMS 4                        /* streams per device */
 #define CUDA_DEFAULT_CHUNK ((size_t)64 << 20) /* 64 MiB */
 #define CUDA_MAX_DEVICES 64
+#define CUDA_MAX_PIECE ((size_t)256 << 20) /* pinning pieces: 4 chunks, at most 256 MiB, */
+#define CUDA_MIN_PIECE ((size_t)2 << 20)   /* whole 2 MiB huge pages */
 
 /* ---- the driver's entry points ---- */
 
@@ -234,6 +241,7 @@ typedef struct cuda_ctx {
     int ndev;
     cuda_dev *devs;
     size_t chunk;
+    size_t piece; /* a new large backup is pinned in pieces of this size (see host_alloc) */
     pid_t pid;                 /* the process that opened the driver */
     pthread_mutex_t open_lock; /* retaining primary contexts; the latch message */
     int dead;                  /* atomic: a sticky error was seen, see latch() */
@@ -882,7 +890,9 @@ static void pin_unregister(void *user, void *p, size_t n)
 }
 
 /* Page-locked memory usable by every context: a pooled block of
- * cuda_pinned.c (huge pages touched in parallel, cuMemHostRegister), or,
+ * cuda_pinned.c (huge pages touched in parallel, cuMemHostRegister; one
+ * larger than a piece is only mapped here and pinned piece by piece by its
+ * first copy, see copy_pinning), or,
  * where registering is not supported, cuMemHostAlloc(portable). The caller
  * frees it with host_free. VRAM_EHOSTMEM past the bound on pinned memory
  * or when the system has none. */
@@ -901,7 +911,13 @@ static int cuda_host_alloc(vram_backend *b, size_t bytes, void **out)
     }
     double secs = 0;
     void *p = NULL;
-    rc = vram__pinned_get(&c->pin, bytes, &p, &secs);
+    /* a backup of several pieces is pinned during its first copy (see
+     * copy_pinning); where registering is missing, cuMemHostAlloc below */
+    if (bytes > c->piece && c->api.cuMemHostRegister && c->api.cuMemHostUnregister)
+        rc = vram__pinned_get_lazy(&c->pin, bytes, c->piece, &p);
+    else
+        rc = vram__pinned_get(&c->pin, bytes, &p, &secs);
+    vram__pin_seconds_add(secs);
     if (rc == 0 && secs > 0)
         vram__log(VRAM_LOG_DEBUG,
                   "cuda: pinned %s in %.3f s (mapping, parallel first touch, "
@@ -964,6 +980,159 @@ static int check_copy(cuda_ctx *c, const char *op, const vram_buf *buf, size_t o
     return 0;
 }
 
+/* Queues the copy of n bytes between [off, off+n) of buf and h on slot s
+ * in chunks, none waited for; the first failure to queue is returned
+ * (those queued still run). */
+static int queue_chunks(cuda_ctx *c, const vram_buf *buf, size_t off, cuda_slot *s,
+                        unsigned char *h, size_t n, int to_device)
+{
+    CUdeviceptr dev = (CUdeviceptr)buf->addr + off;
+    for (size_t done = 0; done < n;) {
+        size_t len = n - done < c->chunk ? n - done : c->chunk;
+        CUresult r = to_device ? c->api.cuMemcpyHtoDAsync(dev + done, h + done, len, s->stream)
+                               : c->api.cuMemcpyDtoHAsync(h + done, dev + done, len, s->stream);
+        if (r != CUDA_SUCCESS)
+            return cu_fail(c, r, "%s(%zu bytes at offset %zu of %#llx, device %d)",
+                           to_device ? "cuMemcpyHtoDAsync_v2" : "cuMemcpyDtoHAsync_v2", len,
+                           off + done, (unsigned long long)buf->addr, buf->device);
+        done += len;
+    }
+    return 0;
+}
+
+/* Pins the unpinned pieces of sp's block up to sp->last in this thread (a
+ * context current). A driver that cannot register (VRAM_ENOTSUP) leaves
+ * the rest pageable, which copies handle; other errors are returned. */
+static int pin_upto(cuda_ctx *c, const cuda_pin_span *sp)
+{
+    double total = 0;
+    int rc = 0;
+    while (rc == 0 && vram__pinned_ready(sp) <= sp->last) {
+        double secs = 0;
+        rc = vram__pinned_piece(&c->pin, sp, &secs);
+        total += secs;
+    }
+    vram__pin_seconds_add(total);
+    return rc == VRAM_ENOTSUP ? 0 : rc;
+}
+
+/*
+ * The first copy into a lazily pinned backup (host_alloc): pinning it
+ * (first touch and cuMemHostRegister, seconds for a large model) overlaps
+ * the copy instead of preceding it. A helper thread pins the pieces in
+ * order, publishing each; this thread queues the chunks of piece k on the
+ * stream as soon as piece k is pinned, so the copy engine drains piece k
+ * while piece k+1 is being pinned. Why this and not pinning at load time
+ * in the background: nothing is pinned for models that are never
+ * offloaded (pinned memory cannot be swapped, and the bound is shared),
+ * the core's host accounting stays as it is, and no thread outlives the
+ * call. The first offload then costs about max(pinning, copy) plus one
+ * piece, instead of their sum.
+ *
+ * Locks: the job's mutex guards its progress fields only; the helper runs
+ * the pool's vram__pinned_piece (pool lock for bookkeeping only) in its
+ * own push of the device's context; this thread holds no lock while
+ * waiting. The helper is joined before return, so the block is never
+ * touched after the copy is over.
+ */
+typedef struct pin_job {
+    cuda_ctx *c;
+    CUcontext ctx;
+    const cuda_pin_span *sp;
+    pthread_mutex_t m;
+    pthread_cond_t cv;
+    int ready;    /* pieces pinned (under m) */
+    int finished; /* the helper is done (under m) */
+    int stop;     /* the copy failed: stop pinning (under m) */
+    int rc;       /* the helper's error, message in err */
+    char err[VRAM_ERRMSG_MAX];
+    double secs; /* time spent pinning */
+} pin_job;
+
+/* The helper thread: pins pieces until sp->last, or stop. */
+static void *pin_main(void *arg)
+{
+    pin_job *j = arg;
+    int rc = 0, pushed = j->c->api.cuCtxPushCurrent(j->ctx) == CUDA_SUCCESS;
+    if (!pushed) rc = vram__errorf(VRAM_EBACKEND, "cuda: pinning thread: cannot push the context");
+    for (int more = 1; rc == 0 && more;) {
+        double secs = 0;
+        rc = vram__pinned_piece(&j->c->pin, j->sp, &secs);
+        pthread_mutex_lock(&j->m);
+        j->secs += secs;
+        j->ready = vram__pinned_ready(j->sp);
+        more = !j->stop && j->ready <= j->sp->last;
+        pthread_cond_broadcast(&j->cv);
+        pthread_mutex_unlock(&j->m);
+    }
+    if (pushed) dev_leave(j->c);
+    pthread_mutex_lock(&j->m);
+    j->finished = 1;
+    j->rc = rc;
+    if (rc) snprintf(j->err, sizeof j->err, "%s", vram__last_error());
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->m);
+    return NULL;
+}
+
+/* Waits until piece k of the job is pinned (1), or the helper ended
+ * without it (0: *hrc its error). */
+static int pin_wait(pin_job *j, int k, int *hrc)
+{
+    pthread_mutex_lock(&j->m);
+    while (j->ready <= k && !j->finished)
+        pthread_cond_wait(&j->cv, &j->m);
+    int ok = j->ready > k;
+    *hrc = j->rc;
+    pthread_mutex_unlock(&j->m);
+    return ok;
+}
+
+/* See pin_job: queues the chunks of the copy [off, off+n) of buf -> h (inside
+ * sp's block) piece by piece as the helper pins them; chunks never cross
+ * a piece. Pieces the driver cannot register (VRAM_ENOTSUP) are copied
+ * pageable; another pinning error fails the copy with its message. */
+static int copy_pinning(cuda_ctx *c, const vram_buf *buf, size_t off, cuda_slot *s,
+                        unsigned char *h, size_t n, const cuda_pin_span *sp)
+{
+    pin_job j;
+    memset(&j, 0, sizeof j);
+    j.c = c;
+    j.ctx = c->devs[buf->device].ctx;
+    j.sp = sp;
+    j.ready = vram__pinned_ready(sp);
+    pthread_mutex_init(&j.m, NULL);
+    pthread_cond_init(&j.cv, NULL);
+    pthread_t th;
+    int threaded = pthread_create(&th, NULL, pin_main, &j) == 0;
+    if (!threaded) pin_main(&j); /* no thread: pin first, then copy */
+    int rc = 0, hrc = 0;
+    size_t base = (size_t)(h - (unsigned char *)sp->base);
+    for (size_t done = 0; done < n && rc == 0;) {
+        size_t at = base + done, k = at / sp->piece, room = (k + 1) * sp->piece - at;
+        size_t len = n - done < c->chunk ? n - done : c->chunk;
+        if (len > room) len = room;
+        if (!pin_wait(&j, (int)k, &hrc) && hrc != VRAM_ENOTSUP) {
+            rc = vram__errorf(hrc, "%s", j.err);
+            break;
+        }
+        rc = queue_chunks(c, buf, off + done, s, h + done, len, 0);
+        done += len;
+    }
+    pthread_mutex_lock(&j.m);
+    j.stop = 1;
+    pthread_mutex_unlock(&j.m);
+    if (threaded) pthread_join(th, NULL);
+    pthread_mutex_destroy(&j.m);
+    pthread_cond_destroy(&j.cv);
+    vram__pin_seconds_add(j.secs);
+    vram__log(VRAM_LOG_DEBUG,
+              "cuda: pinned %s of a new backup in %.3f s, in pieces of %s overlapped with its "
+              "first copy",
+              vram__human((uint64_t)n).s, j.secs, vram__human((uint64_t)sp->piece).s);
+    return rc;
+}
+
 /*
  * One copy between host memory and [off, off+n) of a mapped range: every
  * chunk is queued on one stream of the device's pool before any has to
@@ -993,25 +1162,21 @@ static int cuda_copy(vram_backend *b, const vram_buf *buf, size_t off, void *hos
         dev_leave(c);
         return rc;
     }
+    cuda_pin_span sp;
+    int lazy = vram__pinned_span(&c->pin, host, n, &sp) && vram__pinned_ready(&sp) <= sp.last;
+    if (lazy && to_device && (rc = pin_upto(c, &sp))) { /* uploads from it are rare: pin first */
+        dev_leave(c);
+        return rc;
+    }
     cuda_slot *s;
     if ((rc = slot_get(c, d, &s))) {
         dev_leave(c);
         return rc;
     }
-    CUdeviceptr dev = (CUdeviceptr)buf->addr + off;
-    unsigned char *h = host;
-    for (size_t done = 0; done < n;) {
-        size_t len = n - done < c->chunk ? n - done : c->chunk;
-        CUresult r = to_device ? c->api.cuMemcpyHtoDAsync(dev + done, h + done, len, s->stream)
-                               : c->api.cuMemcpyDtoHAsync(h + done, dev + done, len, s->stream);
-        if (r != CUDA_SUCCESS) {
-            rc = cu_fail(c, r, "%s(%zu bytes at offset %zu of %#llx, device %d)",
-                         to_device ? "cuMemcpyHtoDAsync_v2" : "cuMemcpyDtoHAsync_v2", len,
-                         off + done, (unsigned long long)buf->addr, d);
-            break;
-        }
-        done += len;
-    }
+    if (lazy && !to_device)
+        rc = copy_pinning(c, buf, off, s, host, n, &sp);
+    else
+        rc = queue_chunks(c, buf, off, s, host, n, to_device);
     CUresult r = c->api.cuStreamSynchronize(s->stream);
     if (r != CUDA_SUCCESS && rc == 0)
         rc = cu_fail(c, r, "cuStreamSynchronize after %s of %zu bytes (device %d)", op, n, d);
@@ -1540,6 +1705,8 @@ int vram__backend_cuda_create(const vram_backend_config *cfg, vram_backend **out
     const cuda_pin_ops ops = {pin_register, pin_unregister, c};
     vram__pinned_init(&c->pin, &ops, 0);
     c->chunk = cfg && cfg->chunk_bytes ? (size_t)cfg->chunk_bytes : CUDA_DEFAULT_CHUNK;
+    c->piece = c->chunk >= CUDA_MAX_PIECE / 4 ? CUDA_MAX_PIECE : 4 * c->chunk;
+    c->piece = c->piece < CUDA_MIN_PIECE ? CUDA_MIN_PIECE : c->piece / CUDA_MIN_PIECE * CUDA_MIN_PIECE;
     int rc = cuda_api_load(&c->api, path);
     if (rc || (rc = cuda_start(c, cfg, path))) goto fail;
     b->version = VRAM_BACKEND_VERSION;

@@ -253,7 +253,7 @@ static int copy_to_backups(vram_model *model)
 /* Ends an offload: CPU with the device memory uncharged, or back to GPU
  * after a failure (host charge returned). Lock held. */
 static void offload_done_locked(vram_model *model, int rc, uint64_t host_charged, double secs,
-                                int evicting)
+                                double pin_s, int evicting)
 {
     vram_manager *m = model->m;
     if (rc < 0) {
@@ -297,9 +297,11 @@ static void offload_done_locked(vram_model *model, int rc, uint64_t host_charged
     model->cpu_since = vram__clock(m);
     double rt = vram__release_timeout(model);
     if (rt > 0) monitor_note(m, model->cpu_since + rt);
-    vram__log(VRAM_LOG_INFO, "%s model=%s bytes=%llu seconds=%.3f gbps=%.2f",
+    /* pin_s: pinning new backups (part of seconds; on CUDA overlapped
+     * with the copy, so seconds can be less than pin_s plus the copy) */
+    vram__log(VRAM_LOG_INFO, "%s model=%s bytes=%llu seconds=%.3f gbps=%.2f pin_s=%.3f",
               evicting ? "offload(evict)" : "offload", model->name,
-              (unsigned long long)model->bytes, secs, model->last_offload_gbps);
+              (unsigned long long)model->bytes, secs, model->last_offload_gbps, pin_s);
 }
 
 int vram__offload_locked(vram_model *model, int evicting)
@@ -318,12 +320,12 @@ int vram__offload_locked(vram_model *model, int evicting)
     m->host_used += host_charged;
     pthread_mutex_unlock(&m->lock);
 
-    double t0 = vram__now();
+    double t0 = vram__now(), pin0 = vram__pin_seconds();
     if (rc == 0) rc = copy_to_backups(model);
-    double secs = vram__now() - t0;
+    double secs = vram__now() - t0, pin_s = vram__pin_seconds() - pin0;
 
     pthread_mutex_lock(&m->lock);
-    offload_done_locked(model, rc, host_charged, secs, evicting);
+    offload_done_locked(model, rc, host_charged, secs, pin_s, evicting);
     vram__mem_broadcast(m);
     model_broadcast(model);
     return rc;

@@ -46,6 +46,8 @@ typedef struct vram_double_stats {
     long user_pending;           /* application work queued and not yet synchronized */
     long sticky_refusals;        /* calls refused with their context's sticky error */
     long capture_invalidations;  /* captures broken by a synchronizing call during capture */
+    long pin_overlaps;           /* registrations that finished after a copy into the piece
+                                    before them had started (flag "pin_gate") */
     unsigned long long used[16]; /* bytes allocated per physical device */
 } vram_double_stats;
 
@@ -78,7 +80,11 @@ typedef int (*vram_double_peer_work_fn)(int phys, unsigned long long addr, unsig
  *   gives the instance's UUID, cuDeviceGetUuid the GPU's), "peer" (default
  *   1: cuDeviceCanAccessPeer says 1 for every pair of distinct devices; 0:
  *   for none, and cuMemSetAccess granting a non-peer device is misuse
- *   answered CUDA_ERROR_INVALID_DEVICE).
+ *   answered CUDA_ERROR_INVALID_DEVICE), "pin_gate" (registering the range
+ *   right after a registered one waits, at most 5 s, until a
+ *   device-to-host copy into that one was queued, and counts pin_overlaps
+ *   when it was: the order "copy of piece k started before registration of
+ *   piece k+1 finished" made deterministic).
  * vram_double_calls(fn): calls of the named entry point so far.
  * vram_double_get_stats(out): the counters above.
  * vram_double_ctx_depth(): contexts pushed in the calling thread now.

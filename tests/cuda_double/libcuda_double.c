@@ -107,6 +107,7 @@ typedef struct dblock { /* cuMemHostAlloc, cuMemHostRegister and cuMemAlloc bloc
     size_t size;
     int phys;
     int registered; /* cuMemHostRegister'd (the caller owns the memory) */
+    int copied;     /* a device-to-host copy into it was queued */
     CUcontext ctx;
     struct dblock *next;
 } dblock;
@@ -184,6 +185,7 @@ typedef struct fail_spec {
 static pthread_rwlock_t g_mem = PTHREAD_RWLOCK_INITIALIZER;
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static pthread_cond_t g_copied_cv = PTHREAD_COND_INITIALIZER; /* a copy into host memory (g_lock) */
 
 static struct {
     /* configuration (g_lock) */
@@ -193,6 +195,8 @@ static struct {
     int vmm, lazy, quiet, poison;
     int jit_ms;   /* cuModuleLoadData takes this long (a PTX JIT) */
     int no_peer;  /* cuDeviceCanAccessPeer says no for every pair */
+    int pin_gate; /* cuMemHostRegister right after a registered range waits for a copy into it */
+    uintptr_t last_reg_end; /* where the latest cuMemHostRegister range ended (g_lock) */
     int capture[MAXDEV]; /* a stream of that context is capturing: 1 blocking, 3 non-blocking */
     int mig_mask; /* physical devices in MIG mode: bit i */
     int isa_major, isa_minor;
@@ -1431,6 +1435,44 @@ DBL_EXPORT CUresult cuMemHostAlloc(void **pp, size_t bytes, unsigned int flags)
     return CUDA_SUCCESS;
 }
 
+/* The "pin_gate" flag: registering the range that starts where the latest
+ * registered one ends (the next piece of a backup pinned in pieces) does
+ * not return before a device-to-host copy into that previous range was
+ * queued, or 5 s passed (a deadlock breaker, not a measure). When the copy
+ * came first, the registration finished after it started: counted in
+ * pin_overlaps - an ordering, not a timing. */
+static void pin_gate_wait(uintptr_t a)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 5;
+    int seen = 0, prev = 0;
+    pthread_mutex_lock(&g_lock);
+    for (;;) {
+        dblock *o = NULL;
+        for (dblock *b = g.hosts; b && !o; b = b->next)
+            if (b->registered && b->p + b->size == a) o = b;
+        prev = o != NULL;
+        seen = o && o->copied;
+        if (!o || seen || pthread_cond_timedwait(&g_copied_cv, &g_lock, &until) != 0) break;
+    }
+    pthread_mutex_unlock(&g_lock);
+    if (prev && seen) STAT_ADD(pin_overlaps, 1);
+}
+
+/* Notes a device-to-host copy queued into registered host memory at p. */
+static void note_copy_into(const void *p)
+{
+    uintptr_t a = (uintptr_t)p;
+    pthread_mutex_lock(&g_lock);
+    for (dblock *b = g.hosts; b; b = b->next)
+        if (b->registered && a >= b->p && a - b->p < b->size && !b->copied) {
+            b->copied = 1;
+            pthread_cond_broadcast(&g_copied_cv);
+        }
+    pthread_mutex_unlock(&g_lock);
+}
+
 DBL_EXPORT CUresult cuMemHostRegister_v2(void *p, size_t bytes, unsigned int flags)
 {
     ENTER("cuMemHostRegister_v2", 1);
@@ -1443,7 +1485,10 @@ DBL_EXPORT CUresult cuMemHostRegister_v2(void *p, size_t bytes, unsigned int fla
     pthread_mutex_lock(&g_lock);
     for (dblock *o = g.hosts; o && r == CUDA_SUCCESS; o = o->next)
         if (o->p < a + bytes && a < o->p + o->size) r = CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED;
+    int chained = 0;
     if (r == CUDA_SUCCESS) {
+        chained = g.last_reg_end == a;
+        g.last_reg_end = a + bytes;
         b->p = a;
         b->size = bytes;
         b->registered = 1;
@@ -1458,6 +1503,7 @@ DBL_EXPORT CUresult cuMemHostRegister_v2(void *p, size_t bytes, unsigned int fla
     }
     STAT_ADD(host_registered, 1);
     STAT_ADD(pinned_register_bytes, (long)bytes);
+    if (chained && __atomic_load_n(&g.pin_gate, __ATOMIC_RELAXED)) pin_gate_wait(a);
     return CUDA_SUCCESS;
 }
 
@@ -1924,6 +1970,7 @@ static CUresult copy_d2h(void *dst, CUdeviceptr src, size_t n, CUstream s, const
     op->n = n;
     if (!async) return submit(NULL, op);
     STAT_ADD(async_copies, 1);
+    note_copy_into(dst);
     if (is_pinned(dst, n) || !s) return submit(s, op);
     /* to pageable memory the call returns once the bytes have landed */
     STAT_ADD(pageable_copies, 1);
@@ -2200,6 +2247,7 @@ DBL_EXPORT void vram_double_set_flag(const char *name, int value)
     if (strcmp(name, "jit_ms") == 0) __atomic_store_n(&g.jit_ms, value, __ATOMIC_RELAXED);
     if (strcmp(name, "mig") == 0) __atomic_store_n(&g.mig_mask, value, __ATOMIC_RELAXED);
     if (strcmp(name, "peer") == 0) __atomic_store_n(&g.no_peer, !value, __ATOMIC_RELAXED);
+    if (strcmp(name, "pin_gate") == 0) __atomic_store_n(&g.pin_gate, value, __ATOMIC_RELAXED);
     if (strcmp(name, "vmm") == 0) {
         pthread_mutex_lock(&g_lock);
         g.vmm = value;

@@ -1375,6 +1375,59 @@ static void test_offload_refused_during_graph_capture(void **state)
     vram_manager_destroy(m);
 }
 
+/* The first offload of a model pins its backup while copying: pieces are
+ * registered one by one by a helper while the stream copies the pieces
+ * already pinned. The double's pin_gate makes the order checkable: the
+ * registration of piece k+1 cannot finish before the copy into piece k
+ * has started, and counts when it did (pin_overlaps). The log line says
+ * pin_s= apart; the backup is exact; a later offload pins nothing. */
+static void test_first_offload_pins_while_copying(void **state)
+{
+    (void)state;
+    vram_manager *m = cuda_manager(); /* chunk 256 KiB: pieces of 2 MiB (huge pages) */
+    const size_t n = 8 * MIB;
+    vram_model_opts o;
+    vram_model_opts_init(&o);
+    o.source = "synthetic:8388608:21";
+    vram_model *model = NULL;
+    assert_int_equal(vram_manager_register(m, "p", &o, &model), 0);
+    vram_lease *l = NULL;
+    assert_int_equal(vram_model_acquire(model, &l), 0);
+    vram_lease_end(l);
+    G_LOG.text[0] = '\0';
+    int id = vram_log_listen(log_grab, NULL, VRAM_LOG_DEBUG);
+    vram_double_stats s0 = stats();
+    D.set_flag("pin_gate", 1);
+    assert_int_equal(vram_model_offload(model, VRAM_WAIT), 0);
+    D.set_flag("pin_gate", 0);
+    vram_double_stats s1 = stats();
+    assert_int_equal(s1.pinned_register_bytes - s0.pinned_register_bytes, (long)n);
+    assert_int_equal(s1.host_registered - s0.host_registered, 4); /* in 4 pieces */
+    assert_int_equal(s1.pin_overlaps - s0.pin_overlaps, 3);      /* each after a copy began */
+    uint64_t c = 0;
+    assert_int_equal(vram_model_checksum(model, &c), 0); /* the backup, in the CPU state */
+    assert_int_equal(c, synthetic_checksum(21, n));
+    char line[1024];
+    log_line_with("offload model=p ", line, sizeof line);
+    assert_non_null(strstr(line, " gbps="));
+    assert_non_null(strstr(line, " pin_s="));
+    assert_null(strstr(line, " pin_s=0.000"));
+    assert_int_equal(vram_model_acquire(model, &l), 0);
+    vram_lease_end(l);
+    G_LOG.text[0] = '\0';
+    assert_int_equal(vram_model_offload(model, VRAM_WAIT), 0); /* backup kept: nothing pinned */
+    assert_int_equal(stats().pinned_register_bytes, s1.pinned_register_bytes);
+    log_line_with("offload model=p ", line, sizeof line);
+    assert_non_null(strstr(line, " pin_s=0.000"));
+    vram_log_unlisten(id);
+    assert_int_equal(vram_model_acquire(model, &l), 0);
+    assert_int_equal(vram_model_checksum(model, &c), 0);
+    assert_int_equal(c, synthetic_checksum(21, n));
+    vram_lease_end(l);
+    assert_int_equal(vram_model_release(model, VRAM_WAIT), 0);
+    vram_manager_destroy(m);
+}
+
 /* Defect 4: a device that cannot give a context (exclusive-process mode,
  * failed) is skipped with its reason; the others work. */
 static void test_unusable_device_is_skipped(void **state)
@@ -1568,6 +1621,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_peer_access_after_every_map, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_peer_access_owner_only, setup, teardown),
         cmocka_unit_test_setup_teardown(test_offload_refused_during_graph_capture, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_first_offload_pins_while_copying, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unusable_device_is_skipped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_visible_uuid_selects_after_cuda_init, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mig_uuid_prefix, setup, teardown),
