@@ -61,7 +61,9 @@ typedef struct vram_backend_config {
  * still read or write the range, as every call into PyTorch returns before
  * its kernels finish. So to_host (every backup copy) and unmap (offload,
  * release, eviction, the idle monitor, unreserve) first wait for all work
- * in the device's context; the application need not synchronize before a
+ * in the device's context (and in the context of every peer device given
+ * access to the range that is in use: a model shared across GPUs is read
+ * by kernels on those too); the application need not synchronize before a
  * lease ends or an offload. It must not queue work on a range after its
  * lease ended (an unmapped address is a sticky CUDA_ERROR_ILLEGAL_ADDRESS
  * for the whole process). to_device does not wait: writing into memory the

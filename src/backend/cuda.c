@@ -88,6 +88,7 @@ typedef struct cuda_api {
     vram_cuDeviceCanAccessPeer_fn cuDeviceCanAccessPeer; /* optional: owner-only access without */
     vram_cuDevicePrimaryCtxRetain_fn cuDevicePrimaryCtxRetain;
     vram_cuDevicePrimaryCtxRelease_fn cuDevicePrimaryCtxRelease;
+    vram_cuDevicePrimaryCtxGetState_fn cuDevicePrimaryCtxGetState; /* optional: peers' waits */
     vram_cuCtxPushCurrent_fn cuCtxPushCurrent;
     vram_cuCtxPopCurrent_fn cuCtxPopCurrent;
     vram_cuCtxSynchronize_fn cuCtxSynchronize;
@@ -140,6 +141,7 @@ static const vram_dl_sym cuda_syms[] = {
     SYM(cuDeviceCanAccessPeer, "cuDeviceCanAccessPeer", NULL, 0),
     SYM(cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain", NULL, 1),
     SYM(cuDevicePrimaryCtxRelease, "cuDevicePrimaryCtxRelease_v2", "cuDevicePrimaryCtxRelease", 1),
+    SYM(cuDevicePrimaryCtxGetState, "cuDevicePrimaryCtxGetState", NULL, 0),
     SYM(cuCtxPushCurrent, "cuCtxPushCurrent_v2", NULL, 1),
     SYM(cuCtxPopCurrent, "cuCtxPopCurrent_v2", NULL, 1),
     SYM(cuCtxSynchronize, "cuCtxSynchronize", NULL, 1),
@@ -219,7 +221,7 @@ typedef struct cuda_dev {
      * dev_retain under open_lock before state becomes DEV_OPEN, read
      * after dev_enter without a lock */
     int npeers;
-    CUdevice peers[CUDA_MAX_DEVICES];
+    int peers[CUDA_MAX_DEVICES]; /* vram's indices of those devices */
     int peers_refused; /* atomic: cuMemSetAccess refused them once; owner only since */
     char name[128];
     char uuid[64];
@@ -514,7 +516,7 @@ static int check_capture(cuda_ctx *c, int d, const char *why)
 }
 
 /* Waits until every operation queued in device d's context (the current
- * one) has finished: the application's kernels on its own streams
+ * one; ctx_sync adds its peers') has finished: the application's kernels on its own streams
  * (PyTorch's) as well as vram's copies. The driver's cuMemUnmap and a copy
  * on vram's own stream wait for nothing, so this comes before every backup
  * copy and every unmap. A failure of earlier work shows here (and a sticky
@@ -522,7 +524,7 @@ static int check_capture(cuda_ctx *c, int d, const char *why)
  * the wait would break is visible (check_capture); a wait that meets one
  * anyway (invisible to the driver's queries) is VRAM_EBUSY too, saying the
  * capture was invalidated. */
-static int ctx_sync(cuda_ctx *c, int d, const char *why)
+static int ctx_sync_one(cuda_ctx *c, int d, const char *why)
 {
     int rc = check_capture(c, d, why);
     if (rc) return rc;
@@ -538,6 +540,42 @@ static int ctx_sync(cuda_ctx *c, int d, const char *why)
     }
     if (r != CUDA_SUCCESS) return cu_fail(c, r, "cuCtxSynchronize before %s (device %d)", why, d);
     return 0;
+}
+
+/* Peer j may be running the application's kernels: vram has its context
+ * open, or its primary context is active (the application's, PyTorch's).
+ * A device no one uses has nothing to wait for and gets no context. */
+static int peer_in_use(cuda_ctx *c, int j)
+{
+    int st = __atomic_load_n(&c->devs[j].state, __ATOMIC_ACQUIRE);
+    if (st != DEV_CLOSED) return st == DEV_OPEN;
+    unsigned flags = 0;
+    int active = 0;
+    return c->api.cuDevicePrimaryCtxGetState &&
+           c->api.cuDevicePrimaryCtxGetState(c->devs[j].dev, &flags, &active) == CUDA_SUCCESS &&
+           active;
+}
+
+/* ctx_sync_one in device d's context (current), then in the context of
+ * every peer that was granted access to d's memory and may be in use: a
+ * model shared across GPUs is read by kernels on the peers too, which d's
+ * context does not wait for. */
+static int ctx_sync(cuda_ctx *c, int d, const char *why)
+{
+    int rc = ctx_sync_one(c, d, why);
+    cuda_dev *dv = &c->devs[d];
+    int n = __atomic_load_n(&dv->peers_refused, __ATOMIC_RELAXED) ? 0 : dv->npeers;
+    for (int i = 0; rc == 0 && i < n; i++) {
+        int j = dv->peers[i];
+        if (!peer_in_use(c, j)) continue;
+        if ((rc = dev_enter(c, j))) {
+            if (rc == VRAM_ENODEV) rc = 0; /* an unusable peer runs nothing */
+            continue;
+        }
+        rc = ctx_sync_one(c, j, why);
+        dev_leave(c);
+    }
+    return rc;
 }
 
 /* VRAM_EINVAL naming op unless d is one of the backend's devices. */
@@ -694,7 +732,7 @@ static int set_access(cuda_ctx *c, const vram_buf *buf)
     memset(acc, 0, sizeof acc);
     for (int i = 0; i <= n; i++) {
         acc[i].location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-        acc[i].location.id = i == 0 ? dv->dev : dv->peers[i - 1];
+        acc[i].location.id = i == 0 ? dv->dev : c->devs[dv->peers[i - 1]].dev;
         acc[i].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
     }
     CUresult r = c->api.cuMemSetAccess((CUdeviceptr)buf->addr, buf->reserved, acc, (size_t)n + 1);
@@ -1386,7 +1424,7 @@ static void find_peers(cuda_ctx *c, int d)
         int can = 0;
         if (j == d || c->devs[j].dev == dv->dev) continue;
         if (c->api.cuDeviceCanAccessPeer(&can, c->devs[j].dev, dv->dev) == CUDA_SUCCESS && can)
-            dv->peers[dv->npeers++] = c->devs[j].dev;
+            dv->peers[dv->npeers++] = j;
     }
     if (dv->npeers)
         vram__log(VRAM_LOG_DEBUG, "cuda: device %d: memory shared read/write with %d peer(s)", d,

@@ -155,6 +155,8 @@ typedef CUresult (*vram_cuDeviceGetAttribute_fn)(int *value, int attrib, CUdevic
 typedef CUresult (*vram_cuDeviceCanAccessPeer_fn)(int *can, CUdevice dev, CUdevice peer);
 typedef CUresult (*vram_cuDevicePrimaryCtxRetain_fn)(CUcontext *ctx, CUdevice dev);
 typedef CUresult (*vram_cuDevicePrimaryCtxRelease_fn)(CUdevice dev);
+typedef CUresult (*vram_cuDevicePrimaryCtxGetState_fn)(CUdevice dev, unsigned int *flags,
+                                                       int *active);
 typedef CUresult (*vram_cuCtxPushCurrent_fn)(CUcontext ctx);
 typedef CUresult (*vram_cuCtxPopCurrent_fn)(CUcontext *ctx);
 typedef CUresult (*vram_cuMemGetInfo_fn)(size_t *free_bytes, size_t *total_bytes);

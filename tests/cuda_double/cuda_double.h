@@ -106,7 +106,8 @@ typedef int (*vram_double_peer_work_fn)(int phys, unsigned long long addr, unsig
  *   CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED.
  * vram_double_peer_work(phys, addr, n): vram_double_user_work from a kernel
  *   on device phys (a model shared across GPUs); pending until
- *   cuCtxSynchronize in phys's context. When phys has no access it is
+ *   cuCtxSynchronize in phys's context, whose primary context counts as
+ *   active (cuDevicePrimaryCtxGetState) from then, as the application's. When phys has no access it is
  *   misuse: -1, and phys's context gets CUDA_ERROR_ILLEGAL_ADDRESS, sticky.
  * vram_double_user_work(addr, n): the application (PyTorch) queues a kernel
  *   on a stream of its own that uses [addr, addr+n) of mapped memory. It

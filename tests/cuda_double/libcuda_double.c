@@ -75,6 +75,7 @@ struct CUctx_st {
     long retain;       /* primary context references */
     CUresult sticky;   /* a sticky error: every later call in the context fails with it */
     CUresult unusable; /* cuDevicePrimaryCtxRetain fails with it (exclusive mode, failed GPU) */
+    int app_active;    /* the application (PyTorch) uses this primary context too */
 };
 
 typedef struct dalloc {
@@ -438,6 +439,7 @@ static void read_env_locked(void)
         g.ctx[i].phys = i;
         g.ctx[i].sticky = CUDA_SUCCESS;
         g.ctx[i].unusable = CUDA_SUCCESS;
+        g.ctx[i].app_active = 0;
     }
     g.inited = 0;
     g.nvis = 0;
@@ -742,6 +744,20 @@ DBL_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice dev)
     if (bad != CUDA_SUCCESS) return bad;
     STAT_ADD(ctx_retained, 1);
     return CUDA_SUCCESS;
+}
+
+DBL_EXPORT CUresult cuDevicePrimaryCtxGetState(CUdevice dev, unsigned int *flags, int *active)
+{
+    ENTER("cuDevicePrimaryCtxGetState", 1);
+    if (!flags || !active) return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&g_lock);
+    int p = ordinal_phys(dev);
+    if (p >= 0) {
+        *flags = 0;
+        *active = g.ctx[p].retain > 0 || g.ctx[p].app_active;
+    }
+    pthread_mutex_unlock(&g_lock);
+    return p >= 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_DEVICE;
 }
 
 /* Streams and modules still alive in c (g_lock held). */
@@ -2221,6 +2237,8 @@ DBL_EXPORT int vram_double_configure(int devices, unsigned long long memory)
     } else {
         g.nphys = devices > MAXDEV ? MAXDEV : devices;
         if (memory) g.memory = memory;
+        for (int i = 0; i < MAXDEV; i++)
+            g.ctx[i].app_active = 0;
         g.inited = 0;
         g.nvis = 0;
     }
@@ -2325,6 +2343,9 @@ static int user_work_on(int phys, unsigned long long addr, unsigned long long n)
         pthread_mutex_unlock(&g_lock);
     }
     if (ok) {
+        pthread_mutex_lock(&g_lock);
+        g.ctx[phys].app_active = 1; /* its primary context is in use by the application */
+        pthread_mutex_unlock(&g_lock);
         u->phys = phys;
         u->base = (uintptr_t)addr;
         u->n = (size_t)n;
