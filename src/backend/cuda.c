@@ -222,7 +222,7 @@ typedef struct cuda_dev {
      * after dev_enter without a lock */
     int npeers;
     int peers[CUDA_MAX_DEVICES]; /* vram's indices of those devices */
-    int peers_refused; /* atomic: cuMemSetAccess refused them once; owner only since */
+    int peers_refused;           /* atomic: cuMemSetAccess refused them once; owner only since */
     char name[128];
     char uuid[64];
     uint64_t total;
@@ -243,7 +243,8 @@ typedef struct cuda_ctx {
     int ndev;
     cuda_dev *devs;
     size_t chunk;
-    size_t piece; /* a new large backup is pinned in pieces of this size (see host_alloc) */
+    /* a new large backup is pinned in pieces of this size (host_alloc) */
+    size_t piece;
     pid_t pid;                 /* the process that opened the driver */
     pthread_mutex_t open_lock; /* retaining primary contexts; the latch message */
     int dead;                  /* atomic: a sticky error was seen, see latch() */
@@ -507,7 +508,7 @@ static int check_capture(cuda_ctx *c, int d, const char *why)
             (r == CUDA_SUCCESS && st != CU_STREAM_CAPTURE_STATUS_NONE))
             return vram__errorf(VRAM_EBUSY,
                                 CAPTURE_BUSY " (device %d: %s; waiting for the device before %s "
-                                "would invalidate the capture)",
+                                             "would invalidate the capture)",
                                 d, q[i].what, why);
         if (r != CUDA_SUCCESS && cu_sticky(r))
             return cu_fail(c, r, "cuStreamIsCapturing before %s (device %d)", why, d);
@@ -533,7 +534,8 @@ static int ctx_sync_one(cuda_ctx *c, int d, const char *why)
         char msg[VRAM_ERRMSG_MAX];
         cu_describe(&c->api, r, "cuCtxSynchronize", msg, sizeof msg);
         return vram__errorf(VRAM_EBUSY,
-                            CAPTURE_BUSY " (device %d: a stream no driver query shows, such as a "
+                            CAPTURE_BUSY
+                            " (device %d: a stream no driver query shows, such as a "
                             "non-blocking one, is capturing, and the wait before %s has "
                             "invalidated that capture: %s)",
                             d, why, msg);
@@ -1744,7 +1746,8 @@ int vram__backend_cuda_create(const vram_backend_config *cfg, vram_backend **out
     vram__pinned_init(&c->pin, &ops, 0);
     c->chunk = cfg && cfg->chunk_bytes ? (size_t)cfg->chunk_bytes : CUDA_DEFAULT_CHUNK;
     c->piece = c->chunk >= CUDA_MAX_PIECE / 4 ? CUDA_MAX_PIECE : 4 * c->chunk;
-    c->piece = c->piece < CUDA_MIN_PIECE ? CUDA_MIN_PIECE : c->piece / CUDA_MIN_PIECE * CUDA_MIN_PIECE;
+    c->piece =
+        c->piece < CUDA_MIN_PIECE ? CUDA_MIN_PIECE : c->piece / CUDA_MIN_PIECE * CUDA_MIN_PIECE;
     int rc = cuda_api_load(&c->api, path);
     if (rc || (rc = cuda_start(c, cfg, path))) goto fail;
     b->version = VRAM_BACKEND_VERSION;

@@ -269,8 +269,9 @@ static void offload_done_locked(vram_model *model, int rc, uint64_t host_charged
         /* after a latched backend error the device copy is not safe */
         char why[8];
         int dead = vram__backend_health(m->backend, why, sizeof why) != 0;
-        vram__log(again ? VRAM_LOG_DEBUG : VRAM_LOG_ERROR, "offload-failed model=%s error=%s: %s (%s)",
-                  model->name, vram_err_name(rc), vram__last_error(),
+        vram__log(again ? VRAM_LOG_DEBUG : VRAM_LOG_ERROR,
+                  "offload-failed model=%s error=%s: %s (%s)", model->name, vram_err_name(rc),
+                  vram__last_error(),
                   dead ? "the device is unusable, its copy of the model cannot be trusted: "
                          "restart the process"
                        : "model stays on GPU");

@@ -198,8 +198,8 @@ static struct {
     int no_peer;  /* cuDeviceCanAccessPeer says no for every pair */
     int pin_gate; /* cuMemHostRegister right after a registered range waits for a copy into it */
     uintptr_t last_reg_end; /* where the latest cuMemHostRegister range ended (g_lock) */
-    int capture[MAXDEV]; /* a stream of that context is capturing: 1 blocking, 3 non-blocking */
-    int mig_mask; /* physical devices in MIG mode: bit i */
+    int capture[MAXDEV];    /* a stream of that context is capturing: 1 blocking, 3 non-blocking */
+    int mig_mask;           /* physical devices in MIG mode: bit i */
     int isa_major, isa_minor;
     int inited;      /* cuInit succeeded */
     int vis[MAXDEV]; /* ordinal -> physical device */

@@ -1407,7 +1407,7 @@ static void test_first_offload_pins_while_copying(void **state)
     vram_double_stats s1 = stats();
     assert_int_equal(s1.pinned_register_bytes - s0.pinned_register_bytes, (long)n);
     assert_int_equal(s1.host_registered - s0.host_registered, 4); /* in 4 pieces */
-    assert_int_equal(s1.pin_overlaps - s0.pin_overlaps, 3);      /* each after a copy began */
+    assert_int_equal(s1.pin_overlaps - s0.pin_overlaps, 3);       /* each after a copy began */
     uint64_t c = 0;
     assert_int_equal(vram_model_checksum(model, &c), 0); /* the backup, in the CPU state */
     assert_int_equal(c, synthetic_checksum(21, n));
