@@ -81,8 +81,8 @@ typedef struct vram_backend_config {
  * side streams) no driver query can see: the wait then fails with the
  * driver's capture error, which has already invalidated that capture, and
  * the entry returns VRAM_EBUSY saying so. The application must not offload
- * while it captures on such a stream (in PyTorch, check
- * torch.cuda.is_current_stream_capturing() first). unreserve never fails:
+ * while it captures on such a stream (the Python package's force_offload
+ * and release ask torch.cuda.is_current_stream_capturing() first). unreserve never fails:
  * during a capture it unmaps without the wait.
  *
  * Sticky errors (CUDA): after an error that leaves the context unusable
