@@ -82,7 +82,10 @@ typedef struct vram_backend_config {
  * driver's capture error, which has already invalidated that capture, and
  * the entry returns VRAM_EBUSY saying so. The application must not offload
  * while it captures on such a stream (the Python package's force_offload
- * and release ask torch.cuda.is_current_stream_capturing() first). unreserve never fails:
+ * and release ask torch.cuda.is_current_stream_capturing() first). Every
+ * entry runs with the calling thread's capture mode relaxed (restored on
+ * return), so its allocations, mappings and registrations never
+ * invalidate a global-mode capture of another thread. unreserve never fails:
  * during a capture it unmaps without the wait.
  *
  * Sticky errors (CUDA): after an error that leaves the context unusable

@@ -109,6 +109,7 @@ typedef struct cuda_api {
     vram_cuStreamDestroy_fn cuStreamDestroy;
     vram_cuStreamSynchronize_fn cuStreamSynchronize;
     vram_cuStreamIsCapturing_fn cuStreamIsCapturing; /* optional (CUDA 10.0+): no capture check */
+    vram_cuThreadExchangeStreamCaptureMode_fn cuThreadExchangeStreamCaptureMode; /* optional */
     vram_cuMemcpyHtoDAsync_fn cuMemcpyHtoDAsync;
     vram_cuMemcpyDtoHAsync_fn cuMemcpyDtoHAsync;
     /* optional: the checksum kernel */
@@ -162,6 +163,7 @@ static const vram_dl_sym cuda_syms[] = {
     SYM(cuStreamDestroy, "cuStreamDestroy_v2", NULL, 1),
     SYM(cuStreamSynchronize, "cuStreamSynchronize", NULL, 1),
     SYM(cuStreamIsCapturing, "cuStreamIsCapturing", NULL, 0),
+    SYM(cuThreadExchangeStreamCaptureMode, "cuThreadExchangeStreamCaptureMode", NULL, 0),
     SYM(cuMemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2", NULL, 1),
     SYM(cuMemcpyDtoHAsync, "cuMemcpyDtoHAsync_v2", NULL, 1),
     SYM(cuMemAlloc, "cuMemAlloc_v2", NULL, 0),
@@ -437,6 +439,41 @@ static int check_pid(cuda_ctx *c)
                         (int)now, (int)c->pid);
 }
 
+/*
+ * Stream capture interaction mode. While another thread captures a CUDA
+ * graph in global mode (torch.cuda.graph's default), every thread whose
+ * own mode is global (the default) is refused the driver's "potentially
+ * unsafe" calls - allocating, mapping, registering memory - and such a
+ * call invalidates that capture. None of vram's calls belongs to anyone's
+ * graph, so while the calling thread is inside vram (between the first
+ * push of a context and its last pop) its mode is relaxed
+ * (cuThreadExchangeStreamCaptureMode, as PyTorch's own allocator does
+ * around such calls), and the caller's mode is restored on the way out.
+ * Relaxed does not permit what conflicts with a capture by nature (a wait
+ * on a capturing context: see check_capture). Thread-local, no lock.
+ */
+static _Thread_local int tls_depth;                /* dev_enter pushes without their pop */
+static _Thread_local int tls_mode_saved;           /* the caller's mode is in tls_mode */
+static _Thread_local CUstreamCaptureMode tls_mode; /* the caller's mode */
+
+/* Relaxes this thread's capture mode on entering vram's first push. */
+static void relax_enter(cuda_ctx *c)
+{
+    if (tls_depth++ > 0 || !c->api.cuThreadExchangeStreamCaptureMode) return;
+    CUstreamCaptureMode m = CU_STREAM_CAPTURE_MODE_RELAXED;
+    tls_mode_saved = c->api.cuThreadExchangeStreamCaptureMode(&m) == CUDA_SUCCESS;
+    tls_mode = m;
+}
+
+/* Gives the caller its capture mode back at vram's last pop. */
+static void relax_leave(cuda_ctx *c)
+{
+    if (--tls_depth > 0 || !tls_mode_saved) return;
+    CUstreamCaptureMode m = tls_mode;
+    c->api.cuThreadExchangeStreamCaptureMode(&m);
+    tls_mode_saved = 0;
+}
+
 /* Makes device d's primary context current in this thread (pushed on top
  * of whatever the caller had), retaining it on the device's first use.
  * Fails when the backend is latched dead, in a forked child, or when the
@@ -449,6 +486,7 @@ static int dev_enter(cuda_ctx *c, int d)
         return rc;
     CUresult r = c->api.cuCtxPushCurrent(c->devs[d].ctx);
     if (r != CUDA_SUCCESS) return cu_fail(c, r, "cuCtxPushCurrent_v2(device %d)", d);
+    relax_enter(c);
     return 0;
 }
 
@@ -458,13 +496,17 @@ static int dev_enter_cleanup(cuda_ctx *c, int d)
 {
     if (getpid() != c->pid) return -1;
     if (__atomic_load_n(&c->devs[d].state, __ATOMIC_ACQUIRE) != DEV_OPEN) return -1;
-    return c->api.cuCtxPushCurrent(c->devs[d].ctx) == CUDA_SUCCESS ? 0 : -1;
+    if (c->api.cuCtxPushCurrent(c->devs[d].ctx) != CUDA_SUCCESS) return -1;
+    relax_enter(c);
+    return 0;
 }
 
-/* Pops the context dev_enter pushed. */
+/* Pops the context dev_enter pushed (and restores the capture mode at the
+ * last pop, see relax_enter). */
 static void dev_leave(cuda_ctx *c)
 {
     CUcontext popped;
+    relax_leave(c);
     c->api.cuCtxPopCurrent(&popped);
 }
 
@@ -698,9 +740,10 @@ static int cuda_reserve(vram_backend *b, int d, size_t bytes, vram_buf *buf)
     if (r != CUDA_SUCCESS) {
         free(rg);
         return cu_fail_code(c, r, r == CUDA_ERROR_OUT_OF_MEMORY ? VRAM_EBACKEND : 0,
-                            "cuMemAddressReserve(%zu bytes, device %d): out of GPU virtual "
-                            "address space, not of device memory",
-                            reserved, d);
+                            "cuMemAddressReserve(%zu bytes, device %d)%s", reserved, d,
+                            r == CUDA_ERROR_OUT_OF_MEMORY ? ": out of GPU virtual address space, "
+                                                            "not of device memory"
+                                                          : "");
     }
     buf->device = d;
     buf->addr = (uintptr_t)p;
@@ -1094,7 +1137,10 @@ static void *pin_main(void *arg)
 {
     pin_job *j = arg;
     int rc = 0, pushed = j->c->api.cuCtxPushCurrent(j->ctx) == CUDA_SUCCESS;
-    if (!pushed) rc = vram__errorf(VRAM_EBACKEND, "cuda: pinning thread: cannot push the context");
+    if (pushed)
+        relax_enter(j->c); /* a thread of vram's own: relaxed like every caller inside vram */
+    else
+        rc = vram__errorf(VRAM_EBACKEND, "cuda: pinning thread: cannot push the context");
     for (int more = 1; rc == 0 && more;) {
         double secs = 0;
         rc = vram__pinned_piece(&j->c->pin, j->sp, &secs);
@@ -1367,6 +1413,7 @@ leave:
 static void dev_free(cuda_ctx *c, cuda_dev *dv)
 {
     if (dv->ctx && getpid() == c->pid && c->api.cuCtxPushCurrent(dv->ctx) == CUDA_SUCCESS) {
+        relax_enter(c); /* paired with dev_leave's relax_leave */
         for (int i = 0; i < CUDA_STREAMS; i++) {
             cuda_slot *s = &dv->slots[i];
             if (s->stream) {

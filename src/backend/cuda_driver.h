@@ -88,6 +88,11 @@ enum {
 /* ---- stream capture (CUDA graphs) ---- */
 #define CU_STREAM_LEGACY ((CUstream)0x1)     /* the legacy default ("null") stream */
 #define CU_STREAM_PER_THREAD ((CUstream)0x2) /* the calling thread's per-thread default stream */
+typedef enum CUstreamCaptureMode_e {
+    CU_STREAM_CAPTURE_MODE_GLOBAL = 0,
+    CU_STREAM_CAPTURE_MODE_THREAD_LOCAL = 1,
+    CU_STREAM_CAPTURE_MODE_RELAXED = 2
+} CUstreamCaptureMode;
 typedef enum CUstreamCaptureStatus_e {
     CU_STREAM_CAPTURE_STATUS_NONE = 0,
     CU_STREAM_CAPTURE_STATUS_ACTIVE = 1,
@@ -182,6 +187,7 @@ typedef CUresult (*vram_cuStreamCreate_fn)(CUstream *stream, unsigned int flags)
 typedef CUresult (*vram_cuStreamDestroy_fn)(CUstream stream);
 typedef CUresult (*vram_cuStreamSynchronize_fn)(CUstream stream);
 typedef CUresult (*vram_cuStreamIsCapturing_fn)(CUstream stream, CUstreamCaptureStatus *status);
+typedef CUresult (*vram_cuThreadExchangeStreamCaptureMode_fn)(CUstreamCaptureMode *mode);
 typedef CUresult (*vram_cuMemcpyHtoDAsync_fn)(CUdeviceptr dst, const void *src, size_t bytes,
                                               CUstream stream);
 typedef CUresult (*vram_cuMemcpyDtoHAsync_fn)(void *dst, CUdeviceptr src, size_t bytes,

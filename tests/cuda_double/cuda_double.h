@@ -100,8 +100,13 @@ typedef int (*vram_double_peer_work_fn)(int phys, unsigned long long addr, unsig
  *   legacy stream then answers CUDA_ERROR_STREAM_CAPTURE_IMPLICIT), 2 = the
  *   calling thread captures on its per-thread default stream
  *   (cuStreamIsCapturing(CU_STREAM_PER_THREAD) in that thread says ACTIVE),
- *   3 = a non-blocking stream no driver query can name is capturing; 0 ends
- *   them. Meanwhile cuCtxSynchronize in that context is misuse: it
+ *   3 = a non-blocking stream no driver query can name is capturing, 4 =
+ *   the same in global mode by another thread (torch.cuda.graph's default):
+ *   then the "potentially unsafe" calls (allocating, mapping, registering
+ *   memory, loading modules) from any thread whose mode is global
+ *   (cuThreadExchangeStreamCaptureMode; the default) are misuse that
+ *   invalidates the capture and fail with
+ *   CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED; 0 ends them. Meanwhile cuCtxSynchronize in that context is misuse: it
  *   invalidates the capture (counted in capture_invalidations) and returns
  *   CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED.
  * vram_double_peer_work(phys, addr, n): vram_double_user_work from a kernel

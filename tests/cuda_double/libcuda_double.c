@@ -229,6 +229,7 @@ static vram_double_stats g_stats; /* counters updated with atomics */
 
 static _Thread_local CUcontext tls_ctx[16];
 static _Thread_local int tls_depth;
+static _Thread_local int tls_mode;    /* cuThreadExchangeStreamCaptureMode: 0 global (default) */
 static _Thread_local int tls_capture; /* 1 + the physical device this thread captures on its
                                          per-thread default stream, 0 when none */
 
@@ -525,6 +526,38 @@ static int sticky_exempt(const char *fn)
     return 0;
 }
 
+/* fn is one of the driver's "potentially unsafe" calls during a global
+ * capture (the documentation names cudaMalloc; the double treats every
+ * allocation, mapping and registration of memory and module loads so),
+ * a capture in global mode is in progress (vram_double_set_capture how 4)
+ * and the calling thread's own mode is global (g_lock held). */
+static int capture_unsafe_locked(const char *fn)
+{
+    static const char *const unsafe[] = {
+        "cuMemAddressReserve",
+        "cuMemAddressFree",
+        "cuMemCreate",
+        "cuMemRelease",
+        "cuMemMap",
+        "cuMemUnmap",
+        "cuMemSetAccess",
+        "cuMemHostRegister_v2",
+        "cuMemHostUnregister",
+        "cuMemHostAlloc",
+        "cuMemFreeHost",
+        "cuMemAlloc_v2",
+        "cuMemFree_v2",
+        "cuModuleLoadData",
+    };
+    if (tls_mode != CU_STREAM_CAPTURE_MODE_GLOBAL) return 0;
+    int global = 0;
+    for (int i = 0; i < MAXDEV; i++)
+        global |= g.capture[i] == 4;
+    for (size_t i = 0; global && i < sizeof unsafe / sizeof unsafe[0]; i++)
+        if (strcmp(fn, unsafe[i]) == 0) return 1;
+    return 0;
+}
+
 /* Counts the call, and answers an injected failure if one is due, or the
  * sticky error of the current context. */
 static CUresult enter(const char *fn, int need_init)
@@ -554,6 +587,13 @@ static CUresult enter(const char *fn, int need_init)
         }
     }
     if (r == CUDA_SUCCESS && need_init && !g.inited) r = CUDA_ERROR_NOT_INITIALIZED;
+    if (r == CUDA_SUCCESS && capture_unsafe_locked(fn)) {
+        violation("%s while another thread captures a CUDA graph in global mode, from a thread "
+                  "in global mode: a potentially unsafe call, the capture is invalidated",
+                  fn);
+        STAT_ADD(capture_invalidations, 1);
+        r = CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    }
     CUcontext cur = current();
     if (r == CUDA_SUCCESS && cur && cur->sticky != CUDA_SUCCESS && !sticky_exempt(fn)) {
         r = cur->sticky;
@@ -1829,6 +1869,17 @@ DBL_EXPORT CUresult cuStreamIsCapturing(CUstream s, CUstreamCaptureStatus *statu
     return CUDA_SUCCESS; /* vram's own streams never capture */
 }
 
+DBL_EXPORT CUresult cuThreadExchangeStreamCaptureMode(CUstreamCaptureMode *mode)
+{
+    ENTER("cuThreadExchangeStreamCaptureMode", 1);
+    if (!mode || *mode < CU_STREAM_CAPTURE_MODE_GLOBAL || *mode > CU_STREAM_CAPTURE_MODE_RELAXED)
+        return CUDA_ERROR_INVALID_VALUE;
+    int old = tls_mode;
+    tls_mode = (int)*mode;
+    *mode = (CUstreamCaptureMode)old;
+    return CUDA_SUCCESS;
+}
+
 DBL_EXPORT CUresult cuCtxSynchronize(void)
 {
     ENTER("cuCtxSynchronize", 1);
@@ -2391,9 +2442,9 @@ DBL_EXPORT int vram_double_set_sticky(int phys, int code)
 DBL_EXPORT int vram_double_set_capture(int phys, int how)
 {
     pthread_once(&g_once, load_env_once);
-    if (phys < 0 || phys >= MAXDEV || how < 0 || how > 3) return -1;
+    if (phys < 0 || phys >= MAXDEV || how < 0 || how > 4) return -1;
     pthread_mutex_lock(&g_lock);
-    g.capture[phys] = how == 1 || how == 3 ? how : 0;
+    g.capture[phys] = how == 1 || how == 3 || how == 4 ? how : 0;
     pthread_mutex_unlock(&g_lock);
     tls_capture = how == 2 ? phys + 1 : 0;
     return 0;

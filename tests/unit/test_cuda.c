@@ -1379,6 +1379,49 @@ static void test_offload_refused_during_graph_capture(void **state)
     vram_manager_destroy(m);
 }
 
+/* Another thread captures a CUDA graph in global mode (PyTorch's default)
+ * on device 0: a thread in global mode may make none of the driver's
+ * "potentially unsafe" calls (allocating, mapping, registering memory)
+ * without invalidating that capture. vram relaxes the calling thread's
+ * capture mode while inside it, and gives the caller its own mode back,
+ * so load, offload, restore and release of a model on device 1 go on and
+ * the capture survives. */
+static void test_global_capture_elsewhere_is_not_broken(void **state)
+{
+    (void)state;
+    CUresult (*exchange)(CUstreamCaptureMode *) = NULL;
+    void *sym = dlsym(D.h, "cuThreadExchangeStreamCaptureMode");
+    assert_non_null(sym);
+    memcpy(&exchange, &sym, sizeof sym);
+    D.set_flag("peer", 0); /* device 0 is then no peer whose context is waited for */
+    vram_manager *m = cuda_manager();
+    assert_int_equal(D.set_capture(0, 4), 0);
+    long broken = stats().capture_invalidations;
+    vram_model_opts o;
+    vram_model_opts_init(&o);
+    o.source = "synthetic:8388608:6";
+    o.device = 1;
+    vram_model *model = NULL;
+    assert_int_equal(vram_manager_register(m, "elsewhere", &o, &model), 0);
+    vram_lease *l = NULL;
+    assert_int_equal(vram_model_acquire(model, &l), 0); /* load: reserve, map, pinned staging */
+    vram_lease_end(l);
+    assert_int_equal(vram_model_offload(model, VRAM_WAIT), 0); /* pin, copy, unmap */
+    assert_int_equal(vram_model_acquire(model, &l), 0);        /* restore: map again */
+    uint64_t c = 0;
+    assert_int_equal(vram_model_checksum(model, &c), 0);
+    assert_int_equal(c, synthetic_checksum(6, 8 * MIB));
+    vram_lease_end(l);
+    assert_int_equal(vram_model_release(model, VRAM_WAIT), 0);
+    assert_int_equal(stats().capture_invalidations, broken); /* the capture survived */
+    CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+    assert_int_equal(exchange(&mode), CUDA_SUCCESS);
+    assert_int_equal(mode, CU_STREAM_CAPTURE_MODE_GLOBAL); /* the caller's mode is back */
+    assert_int_equal(exchange(&mode), CUDA_SUCCESS);
+    assert_int_equal(D.set_capture(0, 0), 0);
+    vram_manager_destroy(m);
+}
+
 /* The first offload of a model pins its backup while copying: pieces are
  * registered one by one by a helper while the stream copies the pieces
  * already pinned. The double's pin_gate makes the order checkable: the
@@ -1626,6 +1669,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_no_peer_access_owner_only, setup, teardown),
         cmocka_unit_test_setup_teardown(test_offload_refused_during_graph_capture, setup, teardown),
         cmocka_unit_test_setup_teardown(test_first_offload_pins_while_copying, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_global_capture_elsewhere_is_not_broken, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_unusable_device_is_skipped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_visible_uuid_selects_after_cuda_init, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mig_uuid_prefix, setup, teardown),
