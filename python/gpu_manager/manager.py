@@ -37,6 +37,27 @@ def _load_trampoline(model_ptr, user):
 _LOAD_CB = _lib.LOAD_FN(_load_trampoline)
 
 
+def _graph_capture_here():
+    """True while this thread captures a CUDA graph (torch.cuda.graph). The
+    driver API cannot see a capture on a non-blocking stream - PyTorch's -
+    and the wait before a backup or an unmap would invalidate it, so the
+    Python layer asks torch before it offloads or releases."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    try:
+        return bool(torch.cuda.is_available() and torch.cuda.is_current_stream_capturing())
+    except Exception:  # a torch without CUDA or without the query: no capture
+        return False
+
+
+def _refuse_in_capture(what, name):
+    if _graph_capture_here():
+        raise Busy("%s('%s'): cannot offload model memory while a CUDA graph is being captured "
+                   "in this thread; offload after capture ends (the model stays on the GPU)"
+                   % (what, name))
+
+
 def _torch_module_type():
     torch = sys.modules.get("torch")
     return torch.nn.Module if torch is not None else None
@@ -398,6 +419,7 @@ class ModelManager(object):
         call is running, else when the last one ends (never blocks);
         True: blocks until running calls end; False: raises Busy if in use.
         Returns True when done now, False when deferred."""
+        _refuse_in_capture("force_offload", self.name)
         rc = _lib.check(lib.vram_model_offload(self._ptr, self._flags(wait)),
                         "force_offload('%s')" % self.name)
         return rc != _lib.DEFERRED
@@ -407,6 +429,7 @@ class ModelManager(object):
     def release(self, wait=None):
         """Frees device memory and host copy; the next get_model loads again
         (into the same module object when its structure is unchanged)."""
+        _refuse_in_capture("release", self.name)
         rc = _lib.check(lib.vram_model_release(self._ptr, self._flags(wait)),
                         "release('%s')" % self.name)
         return rc != _lib.DEFERRED

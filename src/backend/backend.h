@@ -62,11 +62,32 @@ typedef struct vram_backend_config {
  * still read or write the range, as every call into PyTorch returns before
  * its kernels finish. So to_host (every backup copy) and unmap (offload,
  * release, eviction, the idle monitor, unreserve) first wait for all work
- * in the device's context; the application need not synchronize before a
+ * in the device's context (and in the context of every peer device given
+ * access to the range that is in use: a model shared across GPUs is read
+ * by kernels on those too); the application need not synchronize before a
  * lease ends or an offload. It must not queue work on a range after its
  * lease ended (an unmapped address is a sticky CUDA_ERROR_ILLEGAL_ADDRESS
  * for the whole process). to_device does not wait: writing into memory the
  * application's kernels still use is the caller's to order.
+ *
+ * Stream capture (CUDA graphs, torch.cuda.graph): that wait would
+ * invalidate a capture in progress in the context, so to_host, unmap and
+ * host_alloc first ask the driver, and fail with VRAM_EBUSY ("cannot
+ * offload model memory while a CUDA graph is being captured in this
+ * thread; offload after capture ends") without waiting, the range still
+ * mapped, when it shows one. The driver API shows a capture on a blocking
+ * stream of the context (cuStreamIsCapturing on the legacy stream answers
+ * CUDA_ERROR_STREAM_CAPTURE_IMPLICIT) and one on the calling thread's
+ * per-thread default stream; a capture on a non-blocking stream (PyTorch's
+ * side streams) no driver query can see: the wait then fails with the
+ * driver's capture error, which has already invalidated that capture, and
+ * the entry returns VRAM_EBUSY saying so. The application must not offload
+ * while it captures on such a stream (the Python package's force_offload
+ * and release ask torch.cuda.is_current_stream_capturing() first). Every
+ * entry runs with the calling thread's capture mode relaxed (restored on
+ * return), so its allocations, mappings and registrations never
+ * invalidate a global-mode capture of another thread. unreserve never fails:
+ * during a capture it unmaps without the wait.
  *
  * Sticky errors (CUDA): after an error that leaves the context unusable
  * (illegal address, launch failure, unknown error, ...) the backend is

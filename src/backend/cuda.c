@@ -42,10 +42,13 @@
  * - Host memory: backups come from cuda_pinned.c (huge-page mappings
  *   touched in parallel and registered, pooled, bounded by RAM or the
  *   cgroup limit); cuMemHostAlloc only where registering is not supported.
+ *   A backup larger than a piece is registered piece by piece by a helper
+ *   thread during its first copy (copy_pinning), overlapping the two.
  * - A forked child is refused (check_pid): CUDA state does not survive fork.
  * - A vram_buf is a cuMemAddressReserve range; map = cuMemCreate (pinned
- *   device memory) + cuMemMap + cuMemSetAccess(read/write) over the whole
- *   range; unmap = cuMemUnmap + cuMemRelease, keeping the range.
+ *   device memory) + cuMemMap + cuMemSetAccess(read/write for the owning
+ *   device and its peers, see set_access) over the whole range; unmap =
+ *   cuMemUnmap + cuMemRelease, keeping the range.
  * - Copies take one of CUDA_STREAMS (non-blocking) streams of the device, so
  *   copies of different models overlap, queue every chunk of the copy on it
  *   without waiting, and synchronize that stream once at the end.
@@ -54,13 +57,18 @@
  *   checksum() return VRAM_ENOTSUP, and the core hashes on the host.
  * - Locks: each device has one mutex for its stream pool, never held across
  *   a copy, and one for its checksum module (the PTX JIT runs under it, not
- *   under the pool's); open_lock guards retaining contexts and the latch.
+ *   under the pool's); open_lock guards retaining contexts, the peer lists
+ *   (written once before a device opens) and the latch. A first copy's
+ *   pin_job has its own mutex for the helper's progress only; nothing else
+ *   is held while either thread waits or calls the driver.
  */
 
 #define CUDA_DEFAULT_LIBRARY "libcuda.so.1"
 #define CUDA_STREAMS 4                        /* streams per device */
 #define CUDA_DEFAULT_CHUNK ((size_t)64 << 20) /* 64 MiB */
 #define CUDA_MAX_DEVICES 64
+#define CUDA_MAX_PIECE ((size_t)256 << 20) /* pinning pieces: 4 chunks, at most 256 MiB, */
+#define CUDA_MIN_PIECE ((size_t)2 << 20)   /* whole 2 MiB huge pages */
 
 /* ---- the driver's entry points ---- */
 
@@ -77,8 +85,10 @@ typedef struct cuda_api {
     vram_cuDeviceGetUuid_fn cuDeviceGetUuidV1; /* the GPU's own UUID, also in MIG mode */
     vram_cuDeviceTotalMem_fn cuDeviceTotalMem;
     vram_cuDeviceGetAttribute_fn cuDeviceGetAttribute;
+    vram_cuDeviceCanAccessPeer_fn cuDeviceCanAccessPeer; /* optional: owner-only access without */
     vram_cuDevicePrimaryCtxRetain_fn cuDevicePrimaryCtxRetain;
     vram_cuDevicePrimaryCtxRelease_fn cuDevicePrimaryCtxRelease;
+    vram_cuDevicePrimaryCtxGetState_fn cuDevicePrimaryCtxGetState; /* optional: peers' waits */
     vram_cuCtxPushCurrent_fn cuCtxPushCurrent;
     vram_cuCtxPopCurrent_fn cuCtxPopCurrent;
     vram_cuCtxSynchronize_fn cuCtxSynchronize;
@@ -98,6 +108,8 @@ typedef struct cuda_api {
     vram_cuStreamCreate_fn cuStreamCreate;
     vram_cuStreamDestroy_fn cuStreamDestroy;
     vram_cuStreamSynchronize_fn cuStreamSynchronize;
+    vram_cuStreamIsCapturing_fn cuStreamIsCapturing; /* optional (CUDA 10.0+): no capture check */
+    vram_cuThreadExchangeStreamCaptureMode_fn cuThreadExchangeStreamCaptureMode; /* optional */
     vram_cuMemcpyHtoDAsync_fn cuMemcpyHtoDAsync;
     vram_cuMemcpyDtoHAsync_fn cuMemcpyDtoHAsync;
     /* optional: the checksum kernel */
@@ -127,8 +139,10 @@ static const vram_dl_sym cuda_syms[] = {
     SYM(cuDeviceGetUuidV1, "cuDeviceGetUuid", NULL, 0),
     SYM(cuDeviceTotalMem, "cuDeviceTotalMem_v2", NULL, 1),
     SYM(cuDeviceGetAttribute, "cuDeviceGetAttribute", NULL, 1),
+    SYM(cuDeviceCanAccessPeer, "cuDeviceCanAccessPeer", NULL, 0),
     SYM(cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain", NULL, 1),
     SYM(cuDevicePrimaryCtxRelease, "cuDevicePrimaryCtxRelease_v2", "cuDevicePrimaryCtxRelease", 1),
+    SYM(cuDevicePrimaryCtxGetState, "cuDevicePrimaryCtxGetState", NULL, 0),
     SYM(cuCtxPushCurrent, "cuCtxPushCurrent_v2", NULL, 1),
     SYM(cuCtxPopCurrent, "cuCtxPopCurrent_v2", NULL, 1),
     SYM(cuCtxSynchronize, "cuCtxSynchronize", NULL, 1),
@@ -148,6 +162,8 @@ static const vram_dl_sym cuda_syms[] = {
     SYM(cuStreamCreate, "cuStreamCreate", NULL, 1),
     SYM(cuStreamDestroy, "cuStreamDestroy_v2", NULL, 1),
     SYM(cuStreamSynchronize, "cuStreamSynchronize", NULL, 1),
+    SYM(cuStreamIsCapturing, "cuStreamIsCapturing", NULL, 0),
+    SYM(cuThreadExchangeStreamCaptureMode, "cuThreadExchangeStreamCaptureMode", NULL, 0),
     SYM(cuMemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2", NULL, 1),
     SYM(cuMemcpyDtoHAsync, "cuMemcpyDtoHAsync_v2", NULL, 1),
     SYM(cuMemAlloc, "cuMemAlloc_v2", NULL, 0),
@@ -202,6 +218,13 @@ typedef struct cuda_dev {
     CUcontext ctx; /* retained primary context, NULL until the device's first use */
     int state;     /* DEV_*: atomic; set under cuda_ctx.open_lock */
     char unusable[VRAM_ERRMSG_MAX]; /* why, when DEV_UNUSABLE */
+    /* the other devices of the backend that can access this one's memory
+     * as peers (cuDeviceCanAccessPeer(peer, this)): written once by
+     * dev_retain under open_lock before state becomes DEV_OPEN, read
+     * after dev_enter without a lock */
+    int npeers;
+    int peers[CUDA_MAX_DEVICES]; /* vram's indices of those devices */
+    int peers_refused;           /* atomic: cuMemSetAccess refused them once; owner only since */
     char name[128];
     char uuid[64];
     uint64_t total;
@@ -222,6 +245,8 @@ typedef struct cuda_ctx {
     int ndev;
     cuda_dev *devs;
     size_t chunk;
+    /* a new large backup is pinned in pieces of this size (host_alloc) */
+    size_t piece;
     pid_t pid;                 /* the process that opened the driver */
     pthread_mutex_t open_lock; /* retaining primary contexts; the latch message */
     int dead;                  /* atomic: a sticky error was seen, see latch() */
@@ -308,41 +333,61 @@ static const struct {
     CU_NAME_(CUDA_ERROR_NOT_PERMITTED),
     CU_NAME_(CUDA_ERROR_NOT_SUPPORTED),
     CU_NAME_(CUDA_ERROR_SYSTEM_DRIVER_MISMATCH),
+    CU_NAME_(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED),
+    CU_NAME_(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED),
+    CU_NAME_(CUDA_ERROR_STREAM_CAPTURE_IMPLICIT),
+    CU_NAME_(CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD),
     CU_NAME_(CUDA_ERROR_UNKNOWN),
 #undef CU_NAME_
 };
+
+/* The driver's name for r, else vram's name for the value, else "CUDA
+ * error N" (in num). */
+static const char *cu_name(const cuda_api *api, CUresult r, char *num, size_t len)
+{
+    const char *name = NULL;
+    if (api->cuGetErrorName && api->cuGetErrorName(r, &name) != CUDA_SUCCESS) name = NULL;
+    for (size_t i = 0; !name && i < sizeof cu_names / sizeof cu_names[0]; i++)
+        if (cu_names[i].code == r) name = cu_names[i].name;
+    if (!name) {
+        snprintf(num, len, "CUDA error %d", (int)r);
+        name = num;
+    }
+    return name;
+}
 
 /* Writes "<what>: CUDA_ERROR_NAME: driver's text" into buf: the driver's
  * own name and text when it gives them, else vram's name for the value (or
  * "CUDA error N") and "no description from the driver". */
 static void cu_describe(const cuda_api *api, CUresult r, const char *what, char *buf, size_t len)
 {
-    const char *name = NULL, *str = NULL;
-    if (api->cuGetErrorName && api->cuGetErrorName(r, &name) != CUDA_SUCCESS) name = NULL;
+    const char *str = NULL;
     if (api->cuGetErrorString && api->cuGetErrorString(r, &str) != CUDA_SUCCESS) str = NULL;
-    for (size_t i = 0; !name && i < sizeof cu_names / sizeof cu_names[0]; i++)
-        if (cu_names[i].code == r) name = cu_names[i].name;
     char num[32];
-    if (!name) {
-        snprintf(num, sizeof num, "CUDA error %d", (int)r);
-        name = num;
-    }
+    const char *name = cu_name(api, r, num, sizeof num);
     snprintf(buf, len, "%s: %s: %s", what, name, str ? str : "no description from the driver");
 }
 
-/* Makes the backend unusable after a sticky error (msg: the call and the
+/* Makes the backend unusable after sticky error r (msg: the call and the
  * driver's name and text): from then every entry that would use the
  * device fails at once with VRAM_EBACKEND and this message; only the
- * releases of cleanup still reach the driver. Logged once. */
-static void latch(cuda_ctx *c, const char *msg)
+ * releases of cleanup still reach the driver. Logged once. The message
+ * says first that the process must restart (it survives being cut short
+ * in a model's last_error), then the driver's code, and that what is in
+ * device memory can no longer be trusted: a model "still on the GPU" is
+ * not safe there. */
+static void latch(cuda_ctx *c, CUresult r, const char *msg)
 {
+    char num[32];
+    const char *name = cu_name(&c->api, r, num, sizeof num);
     pthread_mutex_lock(&c->open_lock);
     int first = !__atomic_load_n(&c->dead, __ATOMIC_RELAXED);
     if (first) {
         snprintf(c->dead_msg, sizeof c->dead_msg,
-                 "cuda: the CUDA context is unusable after a sticky error (%.360s); every later "
-                 "CUDA call in this process fails: restart the process",
-                 msg);
+                 "cuda: the CUDA context is unusable and the process must restart: sticky error "
+                 "%s (%d) in %.250s; what is in GPU memory in this process cannot be trusted "
+                 "and every later CUDA call fails",
+                 name, (int)r, msg);
         __atomic_store_n(&c->dead, 1, __ATOMIC_RELEASE);
     }
     pthread_mutex_unlock(&c->open_lock);
@@ -370,7 +415,7 @@ static int cu_fail_code(cuda_ctx *c, CUresult r, int code, const char *fmt, ...)
     va_end(ap);
     cu_describe(&c->api, r, what, msg, sizeof msg);
     if (cu_sticky(r)) {
-        latch(c, msg);
+        latch(c, r, msg);
         return vram__errorf(VRAM_EBACKEND, "%s", c->dead_msg);
     }
     return vram__errorf(code ? code : cu_code(r), "%s", msg);
@@ -394,6 +439,41 @@ static int check_pid(cuda_ctx *c)
                         (int)now, (int)c->pid);
 }
 
+/*
+ * Stream capture interaction mode. While another thread captures a CUDA
+ * graph in global mode (torch.cuda.graph's default), every thread whose
+ * own mode is global (the default) is refused the driver's "potentially
+ * unsafe" calls - allocating, mapping, registering memory - and such a
+ * call invalidates that capture. None of vram's calls belongs to anyone's
+ * graph, so while the calling thread is inside vram (between the first
+ * push of a context and its last pop) its mode is relaxed
+ * (cuThreadExchangeStreamCaptureMode, as PyTorch's own allocator does
+ * around such calls), and the caller's mode is restored on the way out.
+ * Relaxed does not permit what conflicts with a capture by nature (a wait
+ * on a capturing context: see check_capture). Thread-local, no lock.
+ */
+static _Thread_local int tls_depth;                /* dev_enter pushes without their pop */
+static _Thread_local int tls_mode_saved;           /* the caller's mode is in tls_mode */
+static _Thread_local CUstreamCaptureMode tls_mode; /* the caller's mode */
+
+/* Relaxes this thread's capture mode on entering vram's first push. */
+static void relax_enter(cuda_ctx *c)
+{
+    if (tls_depth++ > 0 || !c->api.cuThreadExchangeStreamCaptureMode) return;
+    CUstreamCaptureMode m = CU_STREAM_CAPTURE_MODE_RELAXED;
+    tls_mode_saved = c->api.cuThreadExchangeStreamCaptureMode(&m) == CUDA_SUCCESS;
+    tls_mode = m;
+}
+
+/* Gives the caller its capture mode back at vram's last pop. */
+static void relax_leave(cuda_ctx *c)
+{
+    if (--tls_depth > 0 || !tls_mode_saved) return;
+    CUstreamCaptureMode m = tls_mode;
+    c->api.cuThreadExchangeStreamCaptureMode(&m);
+    tls_mode_saved = 0;
+}
+
 /* Makes device d's primary context current in this thread (pushed on top
  * of whatever the caller had), retaining it on the device's first use.
  * Fails when the backend is latched dead, in a forked child, or when the
@@ -406,6 +486,7 @@ static int dev_enter(cuda_ctx *c, int d)
         return rc;
     CUresult r = c->api.cuCtxPushCurrent(c->devs[d].ctx);
     if (r != CUDA_SUCCESS) return cu_fail(c, r, "cuCtxPushCurrent_v2(device %d)", d);
+    relax_enter(c);
     return 0;
 }
 
@@ -415,27 +496,130 @@ static int dev_enter_cleanup(cuda_ctx *c, int d)
 {
     if (getpid() != c->pid) return -1;
     if (__atomic_load_n(&c->devs[d].state, __ATOMIC_ACQUIRE) != DEV_OPEN) return -1;
-    return c->api.cuCtxPushCurrent(c->devs[d].ctx) == CUDA_SUCCESS ? 0 : -1;
+    if (c->api.cuCtxPushCurrent(c->devs[d].ctx) != CUDA_SUCCESS) return -1;
+    relax_enter(c);
+    return 0;
 }
 
-/* Pops the context dev_enter pushed. */
+/* Pops the context dev_enter pushed (and restores the capture mode at the
+ * last pop, see relax_enter). */
 static void dev_leave(cuda_ctx *c)
 {
     CUcontext popped;
+    relax_leave(c);
     c->api.cuCtxPopCurrent(&popped);
 }
 
+#define CAPTURE_BUSY                                                                               \
+    "cuda: cannot offload model memory while a CUDA graph is being captured in this thread; "      \
+    "offload after capture ends"
+
+/* Errors of a wait that met a stream capture (which it has now broken). */
+static int cu_capture_error(CUresult r)
+{
+    return r == CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED ||
+           r == CUDA_ERROR_STREAM_CAPTURE_INVALIDATED || r == CUDA_ERROR_STREAM_CAPTURE_IMPLICIT ||
+           r == CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD;
+}
+
+/*
+ * VRAM_EBUSY when the driver shows a stream capture (a CUDA graph being
+ * recorded, torch.cuda.graph) in device d's context (current) that a
+ * context-wide wait would invalidate. What the driver API can tell,
+ * without disturbing a capture: cuStreamIsCapturing on the legacy stream
+ * answers CUDA_ERROR_STREAM_CAPTURE_IMPLICIT while any blocking stream of
+ * the context captures, and on CU_STREAM_PER_THREAD whether this thread
+ * captures on its per-thread default stream. A capture on a non-blocking
+ * stream (PyTorch's side streams) is visible to no driver query: it shows
+ * only as the wait's own error (ctx_sync). Other errors of the query are
+ * ignored, except sticky ones.
+ */
+static int check_capture(cuda_ctx *c, int d, const char *why)
+{
+    if (!c->api.cuStreamIsCapturing) return 0;
+    static const struct {
+        CUstream s;
+        const char *what;
+    } q[] = {{CU_STREAM_PER_THREAD, "this thread's per-thread default stream is capturing"},
+             {CU_STREAM_LEGACY, "a blocking stream of the device's context is capturing (the "
+                                "legacy stream says CUDA_ERROR_STREAM_CAPTURE_IMPLICIT)"}};
+    for (size_t i = 0; i < sizeof q / sizeof q[0]; i++) {
+        CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_NONE;
+        CUresult r = c->api.cuStreamIsCapturing(q[i].s, &st);
+        if (r == CUDA_ERROR_STREAM_CAPTURE_IMPLICIT ||
+            (r == CUDA_SUCCESS && st != CU_STREAM_CAPTURE_STATUS_NONE))
+            return vram__errorf(VRAM_EBUSY,
+                                CAPTURE_BUSY " (device %d: %s; waiting for the device before %s "
+                                             "would invalidate the capture)",
+                                d, q[i].what, why);
+        if (r != CUDA_SUCCESS && cu_sticky(r))
+            return cu_fail(c, r, "cuStreamIsCapturing before %s (device %d)", why, d);
+    }
+    return 0;
+}
+
 /* Waits until every operation queued in device d's context (the current
- * one) has finished: the application's kernels on its own streams
+ * one; ctx_sync adds its peers') has finished: the application's kernels on its own streams
  * (PyTorch's) as well as vram's copies. The driver's cuMemUnmap and a copy
  * on vram's own stream wait for nothing, so this comes before every backup
  * copy and every unmap. A failure of earlier work shows here (and a sticky
- * one latches the backend). */
-static int ctx_sync(cuda_ctx *c, int d, const char *why)
+ * one latches the backend). First, VRAM_EBUSY when a stream capture that
+ * the wait would break is visible (check_capture); a wait that meets one
+ * anyway (invisible to the driver's queries) is VRAM_EBUSY too, saying the
+ * capture was invalidated. */
+static int ctx_sync_one(cuda_ctx *c, int d, const char *why)
 {
+    int rc = check_capture(c, d, why);
+    if (rc) return rc;
     CUresult r = c->api.cuCtxSynchronize();
+    if (cu_capture_error(r)) {
+        char msg[VRAM_ERRMSG_MAX];
+        cu_describe(&c->api, r, "cuCtxSynchronize", msg, sizeof msg);
+        return vram__errorf(VRAM_EBUSY,
+                            CAPTURE_BUSY
+                            " (device %d: a stream no driver query shows, such as a "
+                            "non-blocking one, is capturing, and the wait before %s has "
+                            "invalidated that capture: %s)",
+                            d, why, msg);
+    }
     if (r != CUDA_SUCCESS) return cu_fail(c, r, "cuCtxSynchronize before %s (device %d)", why, d);
     return 0;
+}
+
+/* Peer j may be running the application's kernels: vram has its context
+ * open, or its primary context is active (the application's, PyTorch's).
+ * A device no one uses has nothing to wait for and gets no context. */
+static int peer_in_use(cuda_ctx *c, int j)
+{
+    int st = __atomic_load_n(&c->devs[j].state, __ATOMIC_ACQUIRE);
+    if (st != DEV_CLOSED) return st == DEV_OPEN;
+    unsigned flags = 0;
+    int active = 0;
+    return c->api.cuDevicePrimaryCtxGetState &&
+           c->api.cuDevicePrimaryCtxGetState(c->devs[j].dev, &flags, &active) == CUDA_SUCCESS &&
+           active;
+}
+
+/* ctx_sync_one in device d's context (current), then in the context of
+ * every peer that was granted access to d's memory and may be in use: a
+ * model shared across GPUs is read by kernels on the peers too, which d's
+ * context does not wait for. */
+static int ctx_sync(cuda_ctx *c, int d, const char *why)
+{
+    int rc = ctx_sync_one(c, d, why);
+    cuda_dev *dv = &c->devs[d];
+    int n = __atomic_load_n(&dv->peers_refused, __ATOMIC_RELAXED) ? 0 : dv->npeers;
+    for (int i = 0; rc == 0 && i < n; i++) {
+        int j = dv->peers[i];
+        if (!peer_in_use(c, j)) continue;
+        if ((rc = dev_enter(c, j))) {
+            if (rc == VRAM_ENODEV) rc = 0; /* an unusable peer runs nothing */
+            continue;
+        }
+        rc = ctx_sync_one(c, j, why);
+        dev_leave(c);
+    }
+    return rc;
 }
 
 /* VRAM_EINVAL naming op unless d is one of the backend's devices. */
@@ -556,9 +740,10 @@ static int cuda_reserve(vram_backend *b, int d, size_t bytes, vram_buf *buf)
     if (r != CUDA_SUCCESS) {
         free(rg);
         return cu_fail_code(c, r, r == CUDA_ERROR_OUT_OF_MEMORY ? VRAM_EBACKEND : 0,
-                            "cuMemAddressReserve(%zu bytes, device %d): out of GPU virtual "
-                            "address space, not of device memory",
-                            reserved, d);
+                            "cuMemAddressReserve(%zu bytes, device %d)%s", reserved, d,
+                            r == CUDA_ERROR_OUT_OF_MEMORY ? ": out of GPU virtual address space, "
+                                                            "not of device memory"
+                                                          : "");
     }
     buf->device = d;
     buf->addr = (uintptr_t)p;
@@ -574,6 +759,42 @@ static int check_range(const vram_buf *buf, const char *op)
 {
     if (!buf || !buf->impl || !buf->addr)
         return vram__errorf(VRAM_EINVAL, "cuda: %s: not a reserved CUDA range", op);
+    return 0;
+}
+
+/* Grants read/write on a freshly mapped range (its context current) to
+ * its device and to every peer that can access it (a model shared across
+ * GPUs: kernels on another GPU read it over NVLink or PCIe). Access
+ * belongs to the mapping and is gone at unmap, so every map calls this.
+ * When the driver refuses a peer (invalid device, not supported or not
+ * permitted), the owner alone is granted, from then on for this device,
+ * with a warning once; other errors fail the map. */
+static int set_access(cuda_ctx *c, const vram_buf *buf)
+{
+    cuda_dev *dv = &c->devs[buf->device];
+    CUmemAccessDesc acc[CUDA_MAX_DEVICES + 1];
+    int n = __atomic_load_n(&dv->peers_refused, __ATOMIC_RELAXED) ? 0 : dv->npeers;
+    memset(acc, 0, sizeof acc);
+    for (int i = 0; i <= n; i++) {
+        acc[i].location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+        acc[i].location.id = i == 0 ? dv->dev : c->devs[dv->peers[i - 1]].dev;
+        acc[i].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    }
+    CUresult r = c->api.cuMemSetAccess((CUdeviceptr)buf->addr, buf->reserved, acc, (size_t)n + 1);
+    if (n > 0 && (r == CUDA_ERROR_INVALID_DEVICE || r == CUDA_ERROR_NOT_SUPPORTED ||
+                  r == CUDA_ERROR_NOT_PERMITTED)) {
+        char msg[VRAM_ERRMSG_MAX];
+        cu_describe(&c->api, r, "cuMemSetAccess with peers", msg, sizeof msg);
+        if (!__atomic_exchange_n(&dv->peers_refused, 1, __ATOMIC_RELAXED))
+            vram__log(VRAM_LOG_WARN,
+                      "cuda: device %d: %s; granting access to the owning device only from now",
+                      buf->device, msg);
+        n = 0;
+        r = c->api.cuMemSetAccess((CUdeviceptr)buf->addr, buf->reserved, acc, 1);
+    }
+    if (r != CUDA_SUCCESS)
+        return cu_fail(c, r, "cuMemSetAccess(%#llx, %zu bytes, read/write, device %d and %d peers)",
+                       (unsigned long long)buf->addr, buf->reserved, buf->device, n);
     return 0;
 }
 
@@ -613,15 +834,7 @@ static int cuda_map(vram_backend *b, vram_buf *buf)
         c->api.cuMemRelease(h);
         goto out;
     }
-    CUmemAccessDesc acc;
-    memset(&acc, 0, sizeof acc);
-    acc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-    acc.location.id = c->devs[d].dev;
-    acc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-    r = c->api.cuMemSetAccess((CUdeviceptr)buf->addr, buf->reserved, &acc, 1);
-    if (r != CUDA_SUCCESS) {
-        rc = cu_fail(c, r, "cuMemSetAccess(%#llx, %zu bytes, read/write, device %d)",
-                     (unsigned long long)buf->addr, buf->reserved, d);
+    if ((rc = set_access(c, buf))) {
         c->api.cuMemUnmap((CUdeviceptr)buf->addr, buf->reserved);
         c->api.cuMemRelease(h);
         goto out;
@@ -760,7 +973,9 @@ static void pin_unregister(void *user, void *p, size_t n)
 }
 
 /* Page-locked memory usable by every context: a pooled block of
- * cuda_pinned.c (huge pages touched in parallel, cuMemHostRegister), or,
+ * cuda_pinned.c (huge pages touched in parallel, cuMemHostRegister; one
+ * larger than a piece is only mapped here and pinned piece by piece by its
+ * first copy, see copy_pinning), or,
  * where registering is not supported, cuMemHostAlloc(portable). The caller
  * frees it with host_free. VRAM_EHOSTMEM past the bound on pinned memory
  * or when the system has none. */
@@ -770,11 +985,22 @@ static int cuda_host_alloc(vram_backend *b, size_t bytes, void **out)
     if (!out) return vram__errorf(VRAM_EINVAL, "cuda: host_alloc: out is NULL");
     *out = NULL;
     if (bytes == 0) return vram__errorf(VRAM_EINVAL, "cuda: host_alloc: 0 bytes");
-    int d, rc = dev_enter_any(c, &d);
+    int d = 0, rc = dev_enter_any(c, &d);
     if (rc) return rc;
+    /* registering is a call a capture in global mode forbids */
+    if ((rc = check_capture(c, d, "pinning host memory"))) {
+        dev_leave(c);
+        return rc;
+    }
     double secs = 0;
     void *p = NULL;
-    rc = vram__pinned_get(&c->pin, bytes, &p, &secs);
+    /* a backup of several pieces is pinned during its first copy (see
+     * copy_pinning); where registering is missing, cuMemHostAlloc below */
+    if (bytes > c->piece && c->api.cuMemHostRegister && c->api.cuMemHostUnregister)
+        rc = vram__pinned_get_lazy(&c->pin, bytes, c->piece, &p);
+    else
+        rc = vram__pinned_get(&c->pin, bytes, &p, &secs);
+    vram__pin_seconds_add(secs);
     if (rc == 0 && secs > 0)
         vram__log(VRAM_LOG_DEBUG,
                   "cuda: pinned %s in %.3f s (mapping, parallel first touch, "
@@ -837,6 +1063,162 @@ static int check_copy(cuda_ctx *c, const char *op, const vram_buf *buf, size_t o
     return 0;
 }
 
+/* Queues the copy of n bytes between [off, off+n) of buf and h on slot s
+ * in chunks, none waited for; the first failure to queue is returned
+ * (those queued still run). */
+static int queue_chunks(cuda_ctx *c, const vram_buf *buf, size_t off, cuda_slot *s,
+                        unsigned char *h, size_t n, int to_device)
+{
+    CUdeviceptr dev = (CUdeviceptr)buf->addr + off;
+    for (size_t done = 0; done < n;) {
+        size_t len = n - done < c->chunk ? n - done : c->chunk;
+        CUresult r = to_device ? c->api.cuMemcpyHtoDAsync(dev + done, h + done, len, s->stream)
+                               : c->api.cuMemcpyDtoHAsync(h + done, dev + done, len, s->stream);
+        if (r != CUDA_SUCCESS)
+            return cu_fail(c, r, "%s(%zu bytes at offset %zu of %#llx, device %d)",
+                           to_device ? "cuMemcpyHtoDAsync_v2" : "cuMemcpyDtoHAsync_v2", len,
+                           off + done, (unsigned long long)buf->addr, buf->device);
+        done += len;
+    }
+    return 0;
+}
+
+/* Pins the unpinned pieces of sp's block up to sp->last in this thread (a
+ * context current). A driver that cannot register (VRAM_ENOTSUP) leaves
+ * the rest pageable, which copies handle; other errors are returned. */
+static int pin_upto(cuda_ctx *c, const cuda_pin_span *sp)
+{
+    double total = 0;
+    int rc = 0;
+    while (rc == 0 && vram__pinned_ready(sp) <= sp->last) {
+        double secs = 0;
+        rc = vram__pinned_piece(&c->pin, sp, &secs);
+        total += secs;
+    }
+    vram__pin_seconds_add(total);
+    return rc == VRAM_ENOTSUP ? 0 : rc;
+}
+
+/*
+ * The first copy into a lazily pinned backup (host_alloc): pinning it
+ * (first touch and cuMemHostRegister, seconds for a large model) overlaps
+ * the copy instead of preceding it. A helper thread pins the pieces in
+ * order, publishing each; this thread queues the chunks of piece k on the
+ * stream as soon as piece k is pinned, so the copy engine drains piece k
+ * while piece k+1 is being pinned. Why this and not pinning at load time
+ * in the background: nothing is pinned for models that are never
+ * offloaded (pinned memory cannot be swapped, and the bound is shared),
+ * the core's host accounting stays as it is, and no thread outlives the
+ * call. The first offload then costs about max(pinning, copy) plus one
+ * piece, instead of their sum.
+ *
+ * Locks: the job's mutex guards its progress fields only; the helper runs
+ * the pool's vram__pinned_piece (pool lock for bookkeeping only) in its
+ * own push of the device's context; this thread holds no lock while
+ * waiting. The helper is joined before return, so the block is never
+ * touched after the copy is over.
+ */
+typedef struct pin_job {
+    cuda_ctx *c;
+    CUcontext ctx;
+    const cuda_pin_span *sp;
+    pthread_mutex_t m;
+    pthread_cond_t cv;
+    int ready;    /* pieces pinned (under m) */
+    int finished; /* the helper is done (under m) */
+    int stop;     /* the copy failed: stop pinning (under m) */
+    int rc;       /* the helper's error, message in err */
+    char err[VRAM_ERRMSG_MAX];
+    double secs; /* time spent pinning */
+} pin_job;
+
+/* The helper thread: pins pieces until sp->last, or stop. */
+static void *pin_main(void *arg)
+{
+    pin_job *j = arg;
+    int rc = 0, pushed = j->c->api.cuCtxPushCurrent(j->ctx) == CUDA_SUCCESS;
+    if (pushed)
+        relax_enter(j->c); /* a thread of vram's own: relaxed like every caller inside vram */
+    else
+        rc = vram__errorf(VRAM_EBACKEND, "cuda: pinning thread: cannot push the context");
+    for (int more = 1; rc == 0 && more;) {
+        double secs = 0;
+        rc = vram__pinned_piece(&j->c->pin, j->sp, &secs);
+        pthread_mutex_lock(&j->m);
+        j->secs += secs;
+        j->ready = vram__pinned_ready(j->sp);
+        more = !j->stop && j->ready <= j->sp->last;
+        pthread_cond_broadcast(&j->cv);
+        pthread_mutex_unlock(&j->m);
+    }
+    if (pushed) dev_leave(j->c);
+    pthread_mutex_lock(&j->m);
+    j->finished = 1;
+    j->rc = rc;
+    if (rc) snprintf(j->err, sizeof j->err, "%s", vram__last_error());
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->m);
+    return NULL;
+}
+
+/* Waits until piece k of the job is pinned (1), or the helper ended
+ * without it (0: *hrc its error). */
+static int pin_wait(pin_job *j, int k, int *hrc)
+{
+    pthread_mutex_lock(&j->m);
+    while (j->ready <= k && !j->finished)
+        pthread_cond_wait(&j->cv, &j->m);
+    int ok = j->ready > k;
+    *hrc = j->rc;
+    pthread_mutex_unlock(&j->m);
+    return ok;
+}
+
+/* See pin_job: queues the chunks of the copy [off, off+n) of buf -> h (inside
+ * sp's block) piece by piece as the helper pins them; chunks never cross
+ * a piece. Pieces the driver cannot register (VRAM_ENOTSUP) are copied
+ * pageable; another pinning error fails the copy with its message. */
+static int copy_pinning(cuda_ctx *c, const vram_buf *buf, size_t off, cuda_slot *s,
+                        unsigned char *h, size_t n, const cuda_pin_span *sp)
+{
+    pin_job j;
+    memset(&j, 0, sizeof j);
+    j.c = c;
+    j.ctx = c->devs[buf->device].ctx;
+    j.sp = sp;
+    j.ready = vram__pinned_ready(sp);
+    pthread_mutex_init(&j.m, NULL);
+    pthread_cond_init(&j.cv, NULL);
+    pthread_t th;
+    int threaded = pthread_create(&th, NULL, pin_main, &j) == 0;
+    if (!threaded) pin_main(&j); /* no thread: pin first, then copy */
+    int rc = 0, hrc = 0;
+    size_t base = (size_t)(h - (unsigned char *)sp->base);
+    for (size_t done = 0; done < n && rc == 0;) {
+        size_t at = base + done, k = at / sp->piece, room = (k + 1) * sp->piece - at;
+        size_t len = n - done < c->chunk ? n - done : c->chunk;
+        if (len > room) len = room;
+        if (!pin_wait(&j, (int)k, &hrc) && hrc != VRAM_ENOTSUP) {
+            rc = vram__errorf(hrc, "%s", j.err);
+            break;
+        }
+        rc = queue_chunks(c, buf, off + done, s, h + done, len, 0);
+        done += len;
+    }
+    pthread_mutex_lock(&j.m);
+    j.stop = 1;
+    pthread_mutex_unlock(&j.m);
+    if (threaded) pthread_join(th, NULL);
+    pthread_mutex_destroy(&j.m);
+    pthread_cond_destroy(&j.cv);
+    vram__pin_seconds_add(j.secs);
+    vram__log(VRAM_LOG_DEBUG,
+              "cuda: pinned %s of a new backup in %.3f s, in pieces of %s overlapped with its "
+              "first copy",
+              vram__human((uint64_t)n).s, j.secs, vram__human((uint64_t)sp->piece).s);
+    return rc;
+}
+
 /*
  * One copy between host memory and [off, off+n) of a mapped range: every
  * chunk is queued on one stream of the device's pool before any has to
@@ -866,25 +1248,21 @@ static int cuda_copy(vram_backend *b, const vram_buf *buf, size_t off, void *hos
         dev_leave(c);
         return rc;
     }
+    cuda_pin_span sp;
+    int lazy = vram__pinned_span(&c->pin, host, n, &sp) && vram__pinned_ready(&sp) <= sp.last;
+    if (lazy && to_device && (rc = pin_upto(c, &sp))) { /* uploads from it are rare: pin first */
+        dev_leave(c);
+        return rc;
+    }
     cuda_slot *s;
     if ((rc = slot_get(c, d, &s))) {
         dev_leave(c);
         return rc;
     }
-    CUdeviceptr dev = (CUdeviceptr)buf->addr + off;
-    unsigned char *h = host;
-    for (size_t done = 0; done < n;) {
-        size_t len = n - done < c->chunk ? n - done : c->chunk;
-        CUresult r = to_device ? c->api.cuMemcpyHtoDAsync(dev + done, h + done, len, s->stream)
-                               : c->api.cuMemcpyDtoHAsync(h + done, dev + done, len, s->stream);
-        if (r != CUDA_SUCCESS) {
-            rc = cu_fail(c, r, "%s(%zu bytes at offset %zu of %#llx, device %d)",
-                         to_device ? "cuMemcpyHtoDAsync_v2" : "cuMemcpyDtoHAsync_v2", len,
-                         off + done, (unsigned long long)buf->addr, d);
-            break;
-        }
-        done += len;
-    }
+    if (lazy && !to_device)
+        rc = copy_pinning(c, buf, off, s, host, n, &sp);
+    else
+        rc = queue_chunks(c, buf, off, s, host, n, to_device);
     CUresult r = c->api.cuStreamSynchronize(s->stream);
     if (r != CUDA_SUCCESS && rc == 0)
         rc = cu_fail(c, r, "cuStreamSynchronize after %s of %zu bytes (device %d)", op, n, d);
@@ -1035,6 +1413,7 @@ leave:
 static void dev_free(cuda_ctx *c, cuda_dev *dv)
 {
     if (dv->ctx && getpid() == c->pid && c->api.cuCtxPushCurrent(dv->ctx) == CUDA_SUCCESS) {
+        relax_enter(c); /* paired with dev_leave's relax_leave */
         for (int i = 0; i < CUDA_STREAMS; i++) {
             cuda_slot *s = &dv->slots[i];
             if (s->stream) {
@@ -1082,6 +1461,25 @@ static void cuda_destroy(vram_backend *b)
     free(b);
 }
 
+/* Fills device d's peer list: the other devices of the backend that can
+ * access its memory (cuDeviceCanAccessPeer(peer, d) = 1), once, on the
+ * device's first use (open_lock held). No list without the entry point or
+ * when the driver cannot answer: then only the owner gets access. */
+static void find_peers(cuda_ctx *c, int d)
+{
+    cuda_dev *dv = &c->devs[d];
+    dv->npeers = 0;
+    for (int j = 0; j < c->ndev && c->api.cuDeviceCanAccessPeer; j++) {
+        int can = 0;
+        if (j == d || c->devs[j].dev == dv->dev) continue;
+        if (c->api.cuDeviceCanAccessPeer(&can, c->devs[j].dev, dv->dev) == CUDA_SUCCESS && can)
+            dv->peers[dv->npeers++] = j;
+    }
+    if (dv->npeers)
+        vram__log(VRAM_LOG_DEBUG, "cuda: device %d: memory shared read/write with %d peer(s)", d,
+                  dv->npeers);
+}
+
 /* Retains device d's primary context on its first use (under open_lock).
  * A device that cannot give one (exclusive-process mode with another
  * process on it, a failed GPU) is marked unusable with the driver's reason,
@@ -1095,6 +1493,7 @@ static int dev_retain(cuda_ctx *c, int d)
     if (dv->state == DEV_CLOSED) {
         CUresult r = c->api.cuDevicePrimaryCtxRetain(&dv->ctx, dv->dev);
         if (r == CUDA_SUCCESS) {
+            find_peers(c, d);
             __atomic_store_n(&dv->state, DEV_OPEN, __ATOMIC_RELEASE);
             vram__log(VRAM_LOG_DEBUG, "cuda: device %d: primary context retained", d);
         } else {
@@ -1393,6 +1792,9 @@ int vram__backend_cuda_create(const vram_backend_config *cfg, vram_backend **out
     const cuda_pin_ops ops = {pin_register, pin_unregister, c};
     vram__pinned_init(&c->pin, &ops, 0);
     c->chunk = cfg && cfg->chunk_bytes ? (size_t)cfg->chunk_bytes : CUDA_DEFAULT_CHUNK;
+    c->piece = c->chunk >= CUDA_MAX_PIECE / 4 ? CUDA_MAX_PIECE : 4 * c->chunk;
+    c->piece =
+        c->piece < CUDA_MIN_PIECE ? CUDA_MIN_PIECE : c->piece / CUDA_MIN_PIECE * CUDA_MIN_PIECE;
     int rc = cuda_api_load(&c->api, path);
     if (rc || (rc = cuda_start(c, cfg, path))) goto fail;
     b->version = VRAM_BACKEND_VERSION;

@@ -63,6 +63,10 @@ enum {
     CUDA_ERROR_NOT_PERMITTED = 800,
     CUDA_ERROR_NOT_SUPPORTED = 801,
     CUDA_ERROR_SYSTEM_DRIVER_MISMATCH = 803,
+    CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED = 900,
+    CUDA_ERROR_STREAM_CAPTURE_INVALIDATED = 901,
+    CUDA_ERROR_STREAM_CAPTURE_IMPLICIT = 906,
+    CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD = 908,
     CUDA_ERROR_UNKNOWN = 999
 };
 
@@ -80,6 +84,20 @@ enum {
 #define CU_MEMHOSTALLOC_DEVICEMAP 0x02u
 #define CU_MEMHOSTREGISTER_PORTABLE 0x01u
 #define CU_STREAM_NON_BLOCKING 0x1u
+
+/* ---- stream capture (CUDA graphs) ---- */
+#define CU_STREAM_LEGACY ((CUstream)0x1)     /* the legacy default ("null") stream */
+#define CU_STREAM_PER_THREAD ((CUstream)0x2) /* the calling thread's per-thread default stream */
+typedef enum CUstreamCaptureMode_e {
+    CU_STREAM_CAPTURE_MODE_GLOBAL = 0,
+    CU_STREAM_CAPTURE_MODE_THREAD_LOCAL = 1,
+    CU_STREAM_CAPTURE_MODE_RELAXED = 2
+} CUstreamCaptureMode;
+typedef enum CUstreamCaptureStatus_e {
+    CU_STREAM_CAPTURE_STATUS_NONE = 0,
+    CU_STREAM_CAPTURE_STATUS_ACTIVE = 1,
+    CU_STREAM_CAPTURE_STATUS_INVALIDATED = 2
+} CUstreamCaptureStatus;
 
 /* ---- virtual memory management (cuMemCreate and friends) ---- */
 typedef enum CUmemAllocationType_e {
@@ -139,8 +157,11 @@ typedef CUresult (*vram_cuDeviceGetName_fn)(char *name, int len, CUdevice dev);
 typedef CUresult (*vram_cuDeviceGetUuid_fn)(CUuuid *uuid, CUdevice dev);
 typedef CUresult (*vram_cuDeviceTotalMem_fn)(size_t *bytes, CUdevice dev);
 typedef CUresult (*vram_cuDeviceGetAttribute_fn)(int *value, int attrib, CUdevice dev);
+typedef CUresult (*vram_cuDeviceCanAccessPeer_fn)(int *can, CUdevice dev, CUdevice peer);
 typedef CUresult (*vram_cuDevicePrimaryCtxRetain_fn)(CUcontext *ctx, CUdevice dev);
 typedef CUresult (*vram_cuDevicePrimaryCtxRelease_fn)(CUdevice dev);
+typedef CUresult (*vram_cuDevicePrimaryCtxGetState_fn)(CUdevice dev, unsigned int *flags,
+                                                       int *active);
 typedef CUresult (*vram_cuCtxPushCurrent_fn)(CUcontext ctx);
 typedef CUresult (*vram_cuCtxPopCurrent_fn)(CUcontext *ctx);
 typedef CUresult (*vram_cuMemGetInfo_fn)(size_t *free_bytes, size_t *total_bytes);
@@ -165,6 +186,8 @@ typedef CUresult (*vram_cuMemFree_fn)(CUdeviceptr dptr);
 typedef CUresult (*vram_cuStreamCreate_fn)(CUstream *stream, unsigned int flags);
 typedef CUresult (*vram_cuStreamDestroy_fn)(CUstream stream);
 typedef CUresult (*vram_cuStreamSynchronize_fn)(CUstream stream);
+typedef CUresult (*vram_cuStreamIsCapturing_fn)(CUstream stream, CUstreamCaptureStatus *status);
+typedef CUresult (*vram_cuThreadExchangeStreamCaptureMode_fn)(CUstreamCaptureMode *mode);
 typedef CUresult (*vram_cuMemcpyHtoDAsync_fn)(CUdeviceptr dst, const void *src, size_t bytes,
                                               CUstream stream);
 typedef CUresult (*vram_cuMemcpyDtoHAsync_fn)(void *dst, CUdeviceptr src, size_t bytes,

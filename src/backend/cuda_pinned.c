@@ -19,7 +19,10 @@
 
 struct cuda_pin_block {
     void *p;
-    size_t len; /* mapped and registered bytes */
+    size_t len;   /* mapped bytes, registered when ready == npieces */
+    size_t piece; /* registered in pieces of this size (the last may be shorter) */
+    int npieces;
+    int ready; /* atomic: pieces [0, ready) are touched and registered */
     struct cuda_pin_block *next;
 };
 
@@ -73,14 +76,16 @@ typedef struct touch_job {
     size_t n;
 } touch_job;
 
-/* Writes one byte per page so the kernel backs the range now. */
+/* Writes one byte per page, its own value, so the kernel backs the range
+ * now and what a lazily pinned block already holds is kept. */
 static void *touch_main(void *arg)
 {
     touch_job *j = arg;
     long page = sysconf(_SC_PAGESIZE);
     size_t step = page > 0 ? (size_t)page : 4096;
+    volatile unsigned char *q = j->p;
     for (size_t off = 0; off < j->n; off += step)
-        j->p[off] = 0;
+        q[off] = q[off];
     return NULL;
 }
 
@@ -143,12 +148,22 @@ static cuda_pin_block *pool_take_locked(cuda_pinned *pp, size_t len)
     return blk;
 }
 
-/* Unpins and unmaps blocks taken off the lists. */
+/* Bytes of piece k of blk. */
+static size_t piece_len(const cuda_pin_block *blk, int k)
+{
+    size_t off = blk->piece * (size_t)k;
+    return blk->len - off < blk->piece ? blk->len - off : blk->piece;
+}
+
+/* Unpins (the pieces registered) and unmaps blocks taken off the lists. */
 static void drop_blocks(cuda_pinned *pp, cuda_pin_block *list)
 {
     while (list) {
         cuda_pin_block *n = list->next;
-        pp->ops.unpin(pp->ops.user, list->p, list->len);
+        int ready = __atomic_load_n(&list->ready, __ATOMIC_ACQUIRE);
+        for (int k = 0; k < ready; k++)
+            pp->ops.unpin(pp->ops.user, (unsigned char *)list->p + list->piece * (size_t)k,
+                          piece_len(list, k));
         munmap(list->p, list->len);
         free(list);
         list = n;
@@ -198,24 +213,48 @@ static int make_block(cuda_pinned *pp, size_t len, cuda_pin_block **out)
     }
     blk->p = p;
     blk->len = len;
+    blk->piece = len;
+    blk->npieces = 1;
+    blk->ready = 1;
     *out = blk;
     return 0;
+}
+
+/* Takes a pooled block for bytes, or counts len new bytes against the
+ * bound (*blk NULL then); *len gets the rounded size. */
+static int get_begin(cuda_pinned *pp, size_t bytes, size_t *len, cuda_pin_block **blk)
+{
+    *blk = NULL;
+    if (bytes == 0 || bytes > SIZE_MAX - PIN_HUGE)
+        return vram__errorf(VRAM_EINVAL, "cuda: host_alloc: %zu bytes", bytes);
+    *len = (bytes + PIN_HUGE - 1) / PIN_HUGE * PIN_HUGE;
+    cuda_pin_block *drop = NULL;
+    pthread_mutex_lock(&pp->lock);
+    *blk = pool_take_locked(pp, *len);
+    int rc = *blk ? 0 : reserve_locked(pp, *len, &drop);
+    if (*blk) pp->reuses++;
+    pthread_mutex_unlock(&pp->lock);
+    drop_blocks(pp, drop);
+    return rc;
+}
+
+/* Puts blk on the used list and hands it out. */
+static void get_end(cuda_pinned *pp, cuda_pin_block *blk, void **out)
+{
+    pthread_mutex_lock(&pp->lock);
+    blk->next = pp->used;
+    pp->used = blk;
+    pthread_mutex_unlock(&pp->lock);
+    *out = blk->p;
 }
 
 int vram__pinned_get(cuda_pinned *pp, size_t bytes, void **out, double *secs)
 {
     *out = NULL;
     *secs = 0;
-    if (bytes == 0 || bytes > SIZE_MAX - PIN_HUGE)
-        return vram__errorf(VRAM_EINVAL, "cuda: host_alloc: %zu bytes", bytes);
-    size_t len = (bytes + PIN_HUGE - 1) / PIN_HUGE * PIN_HUGE;
-    cuda_pin_block *drop = NULL, *blk;
-    pthread_mutex_lock(&pp->lock);
-    blk = pool_take_locked(pp, len);
-    int rc = blk ? 0 : reserve_locked(pp, len, &drop);
-    if (blk) pp->reuses++;
-    pthread_mutex_unlock(&pp->lock);
-    drop_blocks(pp, drop);
+    size_t len = 0;
+    cuda_pin_block *blk;
+    int rc = get_begin(pp, bytes, &len, &blk);
     if (rc) return rc;
     if (!blk) {
         double t0 = vram__now();
@@ -231,11 +270,83 @@ int vram__pinned_get(cuda_pinned *pp, size_t bytes, void **out, double *secs)
         pthread_mutex_unlock(&pp->lock);
         if (rc) return rc;
     }
+    get_end(pp, blk, out);
+    return 0;
+}
+
+int vram__pinned_get_lazy(cuda_pinned *pp, size_t bytes, size_t piece, void **out)
+{
+    *out = NULL;
+    size_t len = 0;
+    cuda_pin_block *blk;
+    int rc = get_begin(pp, bytes, &len, &blk);
+    if (rc) return rc;
+    if (!blk) {
+        piece = piece < PIN_HUGE ? PIN_HUGE : piece / PIN_HUGE * PIN_HUGE;
+        blk = calloc(1, sizeof *blk);
+        void *p = blk ? map_block(len) : NULL;
+        if (!p) {
+            free(blk);
+            pthread_mutex_lock(&pp->lock);
+            pp->pinned -= len;
+            pthread_mutex_unlock(&pp->lock);
+            return vram__errorf(VRAM_EHOSTMEM,
+                                "cuda: cannot map %s of host memory for a backup: %s",
+                                vram__human(len).s, strerror(errno));
+        }
+        blk->p = p;
+        blk->len = len;
+        blk->piece = piece;
+        blk->npieces = (int)((len + piece - 1) / piece);
+        blk->ready = 0;
+    }
+    get_end(pp, blk, out);
+    return 0;
+}
+
+int vram__pinned_span(cuda_pinned *pp, const void *p, size_t n, cuda_pin_span *out)
+{
+    memset(out, 0, sizeof *out);
+    uintptr_t a = (uintptr_t)p;
     pthread_mutex_lock(&pp->lock);
-    blk->next = pp->used;
-    pp->used = blk;
+    for (cuda_pin_block *b = pp->used; b && !out->blk; b = b->next) {
+        uintptr_t base = (uintptr_t)b->p;
+        if (a >= base && a - base < b->len && n <= b->len - (a - base)) {
+            out->blk = b;
+            out->base = b->p;
+            out->piece = b->piece;
+            out->npieces = b->npieces;
+            out->first = (int)((a - base) / b->piece);
+            out->last = n ? (int)((a - base + n - 1) / b->piece) : out->first;
+        }
+    }
     pthread_mutex_unlock(&pp->lock);
-    *out = blk->p;
+    return out->blk != NULL;
+}
+
+int vram__pinned_ready(const cuda_pin_span *sp)
+{
+    return __atomic_load_n(&sp->blk->ready, __ATOMIC_ACQUIRE);
+}
+
+int vram__pinned_piece(cuda_pinned *pp, const cuda_pin_span *sp, double *secs)
+{
+    cuda_pin_block *blk = sp->blk;
+    int k = __atomic_load_n(&blk->ready, __ATOMIC_ACQUIRE);
+    *secs = 0;
+    if (k >= blk->npieces) return 0;
+    double t0 = vram__now();
+    unsigned char *p = (unsigned char *)blk->p + blk->piece * (size_t)k;
+    size_t n = piece_len(blk, k);
+    touch_parallel(p, n);
+    int rc = pp->ops.pin(pp->ops.user, p, n);
+    *secs = vram__now() - t0;
+    if (rc) return rc;
+    __atomic_store_n(&blk->ready, k + 1, __ATOMIC_RELEASE);
+    pthread_mutex_lock(&pp->lock);
+    pp->pinned_bytes_total += n;
+    pp->pin_seconds_total += *secs;
+    pthread_mutex_unlock(&pp->lock);
     return 0;
 }
 
@@ -249,7 +360,8 @@ int vram__pinned_put(cuda_pinned *pp, void *p)
             *b = blk->next;
             break;
         }
-    if (blk && pp->pooled + blk->len <= pp->pool_max) {
+    int whole = blk && __atomic_load_n(&blk->ready, __ATOMIC_ACQUIRE) == blk->npieces;
+    if (blk && whole && pp->pooled + blk->len <= pp->pool_max) {
         blk->next = pp->pool;
         pp->pool = blk;
         pp->pooled += blk->len;

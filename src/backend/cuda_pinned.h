@@ -64,6 +64,40 @@ void vram__pinned_init(cuda_pinned *pp, const cuda_pin_ops *ops, uint64_t limit)
  * reused). */
 int vram__pinned_get(cuda_pinned *pp, size_t bytes, void **out, double *secs);
 
+/*
+ * Lazily pinned blocks, to overlap pinning with the first copy into them:
+ * vram__pinned_get_lazy maps a block (or takes a whole pooled one) without
+ * touching or registering it; it counts against the bound at once. It is
+ * registered later in pieces of piece bytes, in order (pieces [0, ready)
+ * are pinned), by vram__pinned_piece - the caller's copy queues its
+ * chunks into piece k while a helper thread pins piece k+1. A block given
+ * back before all its pieces are pinned is unpinned and unmapped, never
+ * pooled. Piece state: ready is atomic; a block's pieces are pinned by one
+ * thread at a time (the owner of the block's copy).
+ */
+typedef struct cuda_pin_span {
+    cuda_pin_block *blk; /* NULL when the range is not in a block of the pool */
+    void *base;          /* the block's start */
+    size_t piece;        /* its piece size */
+    int npieces;
+    int first, last; /* the pieces [p, p+n) touches */
+} cuda_pin_span;
+
+/* As vram__pinned_get, but a new block is only mapped (no secs: nothing
+ * is pinned yet). */
+int vram__pinned_get_lazy(cuda_pinned *pp, size_t bytes, size_t piece, void **out);
+
+/* 1 and *out filled when [p, p+n) lies in a block handed out, else 0. */
+int vram__pinned_span(cuda_pinned *pp, const void *p, size_t n, cuda_pin_span *out);
+
+/* How many leading pieces of the span's block are pinned now. */
+int vram__pinned_ready(const cuda_pin_span *sp);
+
+/* Touches and registers the next unpinned piece of the span's block (a
+ * context current); *secs gets the time. 0 when it was pinned (or all
+ * were), else the error of ops->pin (the piece stays unpinned). */
+int vram__pinned_piece(cuda_pinned *pp, const cuda_pin_span *sp, double *secs);
+
 /* Gives back a block from vram__pinned_get: 1 when it was one (pooled or
  * unpinned and unmapped), 0 when p is not one of this pool's. */
 int vram__pinned_put(cuda_pinned *pp, void *p);

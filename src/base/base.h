@@ -34,6 +34,13 @@ int vram__log_enabled(vram_log_level level);
 /* Monotonic seconds. */
 double vram__now(void);
 
+/* Seconds the calling thread's backend calls spent pinning host memory so
+ * far (thread-local: a backend adds what it spent for the caller, helper
+ * threads' time included): the core reads it around an offload for the
+ * log's pin_s. */
+void vram__pin_seconds_add(double secs);
+double vram__pin_seconds(void);
+
 /* Raw checksum sum of n bytes whose first byte is word index first_word
  * (byte offset first_word * 8) of a buffer. Sums of consecutive pieces add
  * up; vram_checksum(p, n) = vram__checksum_partial(p, n, 0) + vram__checksum_final(n). */

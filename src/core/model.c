@@ -254,7 +254,7 @@ static int copy_to_backups(vram_model *model)
 /* Ends an offload: CPU with the device memory uncharged, or back to GPU
  * after a failure (host charge returned). Lock held. */
 static void offload_done_locked(vram_model *model, int rc, uint64_t host_charged, double secs,
-                                int evicting)
+                                double pin_s, int evicting)
 {
     vram_manager *m = model->m;
     if (rc < 0) {
@@ -267,9 +267,15 @@ static void offload_done_locked(vram_model *model, int rc, uint64_t host_charged
         /* the same failure again (a retry, another eviction) is logged once */
         int again = model->offload_failing && strcmp(before, model->last_error) == 0;
         model->offload_failing = 1;
+        /* after a latched backend error the device copy is not safe */
+        char why[8];
+        int dead = vram__backend_health(m->backend, why, sizeof why) != 0;
         vram__log(again ? VRAM_LOG_DEBUG : VRAM_LOG_ERROR,
-                  "offload-failed model=%s error=%s: %s (model stays on GPU)", model->name,
-                  vram_err_name(rc), vram__last_error());
+                  "offload-failed model=%s error=%s: %s (%s)", model->name, vram_err_name(rc),
+                  vram__last_error(),
+                  dead ? "the device is unusable, its copy of the model cannot be trusted: "
+                         "restart the process"
+                       : "model stays on GPU");
         note_idle(model);
         return;
     }
@@ -293,9 +299,11 @@ static void offload_done_locked(vram_model *model, int rc, uint64_t host_charged
     model->cpu_since = vram__clock(m);
     double rt = vram__release_timeout(model);
     if (rt > 0) monitor_note(m, model->cpu_since + rt);
-    vram__log(VRAM_LOG_INFO, "%s model=%s bytes=%llu seconds=%.3f gbps=%.2f",
+    /* pin_s: pinning new backups (part of seconds; on CUDA overlapped
+     * with the copy, so seconds can be less than pin_s plus the copy) */
+    vram__log(VRAM_LOG_INFO, "%s model=%s bytes=%llu seconds=%.3f gbps=%.2f pin_s=%.3f",
               evicting ? "offload(evict)" : "offload", model->name,
-              (unsigned long long)model->bytes, secs, model->last_offload_gbps);
+              (unsigned long long)model->bytes, secs, model->last_offload_gbps, pin_s);
 }
 
 int vram__offload_locked(vram_model *model, int evicting)
@@ -314,12 +322,12 @@ int vram__offload_locked(vram_model *model, int evicting)
     m->host_used += host_charged;
     pthread_mutex_unlock(&m->lock);
 
-    double t0 = vram__now();
+    double t0 = vram__now(), pin0 = vram__pin_seconds();
     if (rc == 0) rc = copy_to_backups(model);
-    double secs = vram__now() - t0;
+    double secs = vram__now() - t0, pin_s = vram__pin_seconds() - pin0;
 
     pthread_mutex_lock(&m->lock);
-    offload_done_locked(model, rc, host_charged, secs, evicting);
+    offload_done_locked(model, rc, host_charged, secs, pin_s, evicting);
     vram__mem_broadcast(m);
     model_broadcast(model);
     vram__node_notify(m); /* a final state: the node hears of it soon */
@@ -378,8 +386,12 @@ static int restore_locked(vram_model *model)
         set_last_error(model, rc, "restore");
         model->pending &= ~PENDING_OFFLOAD; /* it is off the device already */
         model->state = VRAM_STATE_CPU;
-        vram__log(VRAM_LOG_ERROR, "restore-failed model=%s error=%s: %s (backup intact on CPU)",
-                  model->name, vram_err_name(rc), vram__last_error());
+        char why[8];
+        int dead = vram__backend_health(b, why, sizeof why) != 0;
+        vram__log(VRAM_LOG_ERROR, "restore-failed model=%s error=%s: %s (%s)", model->name,
+                  vram_err_name(rc), vram__last_error(),
+                  dead ? "backup on CPU, but the device is unusable: restart the process"
+                       : "backup intact on CPU");
     } else {
         for (size_t i = 0; i < model->nallocs; i++)
             if (mapped_here[i]) m->devs[model->allocs[i].buf.device].mapped += model->allocs[i].buf.size;

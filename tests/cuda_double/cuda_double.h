@@ -45,6 +45,9 @@ typedef struct vram_double_stats {
     long pinned_register_bytes;  /* bytes ever pinned by cuMemHostRegister */
     long user_pending;           /* application work queued and not yet synchronized */
     long sticky_refusals;        /* calls refused with their context's sticky error */
+    long capture_invalidations;  /* captures broken by a synchronizing call during capture */
+    long pin_overlaps;           /* registrations that finished after a copy into the piece
+                                    before them had started (flag "pin_gate") */
     unsigned long long used[16]; /* bytes allocated per physical device */
 } vram_double_stats;
 
@@ -60,6 +63,9 @@ typedef int (*vram_double_user_work_fn)(unsigned long long addr, unsigned long l
 typedef long (*vram_double_user_finish_fn)(void);
 typedef int (*vram_double_set_sticky_fn)(int phys, int code);
 typedef int (*vram_double_set_unusable_fn)(int phys, int code);
+typedef int (*vram_double_access_fn)(unsigned long long addr, int phys);
+typedef int (*vram_double_set_capture_fn)(int phys, int how);
+typedef int (*vram_double_peer_work_fn)(int phys, unsigned long long addr, unsigned long long n);
 
 /*
  * vram_double_configure(devices, memory): sets the device count and memory
@@ -71,12 +77,43 @@ typedef int (*vram_double_set_unusable_fn)(int phys, int code);
  * vram_double_set_flag(name, value): "lazy", "vmm", "quiet", "poison",
  *   "jit_ms" (cuModuleLoadData sleeps that long, as a PTX JIT takes time),
  *   "mig" (a mask of physical devices in MIG mode: cuDeviceGetUuid_v2 then
- *   gives the instance's UUID, cuDeviceGetUuid the GPU's).
+ *   gives the instance's UUID, cuDeviceGetUuid the GPU's), "peer" (default
+ *   1: cuDeviceCanAccessPeer says 1 for every pair of distinct devices; 0:
+ *   for none, and cuMemSetAccess granting a non-peer device is misuse
+ *   answered CUDA_ERROR_INVALID_DEVICE), "pin_gate" (registering the range
+ *   right after a registered one waits, at most 5 s, until a
+ *   device-to-host copy into that one was queued, and counts pin_overlaps
+ *   when it was: the order "copy of piece k started before registration of
+ *   piece k+1 finished" made deterministic).
  * vram_double_calls(fn): calls of the named entry point so far.
  * vram_double_get_stats(out): the counters above.
  * vram_double_ctx_depth(): contexts pushed in the calling thread now.
  * vram_double_accessible(addr): 1 when addr is mapped and read/write, 0 when
  *   reserved without access, -1 when not a reserved device address.
+ * vram_double_access(addr, phys): 1 when physical device phys has read/write
+ *   access to the mapping at addr (cuMemSetAccess records the descriptors
+ *   per mapping; a new mapping has none), 0 when not, -1 when addr is not
+ *   mapped. Copies and kernels check the device of the current context.
+ * vram_double_set_capture(phys, how): stream capture (a CUDA graph being
+ *   recorded, as torch.cuda.graph does) in physical device phys's context:
+ *   how 1 = a blocking stream is capturing (cuStreamIsCapturing on the
+ *   legacy stream then answers CUDA_ERROR_STREAM_CAPTURE_IMPLICIT), 2 = the
+ *   calling thread captures on its per-thread default stream
+ *   (cuStreamIsCapturing(CU_STREAM_PER_THREAD) in that thread says ACTIVE),
+ *   3 = a non-blocking stream no driver query can name is capturing, 4 =
+ *   the same in global mode by another thread (torch.cuda.graph's default):
+ *   then the "potentially unsafe" calls (allocating, mapping, registering
+ *   memory, loading modules) from any thread whose mode is global
+ *   (cuThreadExchangeStreamCaptureMode; the default) are misuse that
+ *   invalidates the capture and fail with
+ *   CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED; 0 ends them. Meanwhile cuCtxSynchronize in that context is misuse: it
+ *   invalidates the capture (counted in capture_invalidations) and returns
+ *   CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED.
+ * vram_double_peer_work(phys, addr, n): vram_double_user_work from a kernel
+ *   on device phys (a model shared across GPUs); pending until
+ *   cuCtxSynchronize in phys's context, whose primary context counts as
+ *   active (cuDevicePrimaryCtxGetState) from then, as the application's. When phys has no access it is
+ *   misuse: -1, and phys's context gets CUDA_ERROR_ILLEGAL_ADDRESS, sticky.
  * vram_double_user_work(addr, n): the application (PyTorch) queues a kernel
  *   on a stream of its own that uses [addr, addr+n) of mapped memory. It
  *   stays pending until cuCtxSynchronize in that device's context (or

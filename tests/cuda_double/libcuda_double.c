@@ -75,6 +75,7 @@ struct CUctx_st {
     long retain;       /* primary context references */
     CUresult sticky;   /* a sticky error: every later call in the context fails with it */
     CUresult unusable; /* cuDevicePrimaryCtxRetain fails with it (exclusive mode, failed GPU) */
+    int app_active;    /* the application (PyTorch) uses this primary context too */
 };
 
 typedef struct dalloc {
@@ -97,7 +98,8 @@ typedef struct dmap {
     uintptr_t base;
     size_t size;
     dalloc *a;
-    int rw; /* cuMemSetAccess gave read/write */
+    int rw;          /* cuMemSetAccess gave read/write to some device */
+    unsigned access; /* which physical devices have read/write: bit i */
     struct dmap *next;
 } dmap;
 
@@ -106,6 +108,7 @@ typedef struct dblock { /* cuMemHostAlloc, cuMemHostRegister and cuMemAlloc bloc
     size_t size;
     int phys;
     int registered; /* cuMemHostRegister'd (the caller owns the memory) */
+    int copied;     /* a device-to-host copy into it was queued */
     CUcontext ctx;
     struct dblock *next;
 } dblock;
@@ -183,6 +186,7 @@ typedef struct fail_spec {
 static pthread_rwlock_t g_mem = PTHREAD_RWLOCK_INITIALIZER;
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static pthread_cond_t g_copied_cv = PTHREAD_COND_INITIALIZER; /* a copy into host memory (g_lock) */
 
 static struct {
     /* configuration (g_lock) */
@@ -191,7 +195,11 @@ static struct {
     size_t gran;
     int vmm, lazy, quiet, poison;
     int jit_ms;   /* cuModuleLoadData takes this long (a PTX JIT) */
-    int mig_mask; /* physical devices in MIG mode: bit i */
+    int no_peer;  /* cuDeviceCanAccessPeer says no for every pair */
+    int pin_gate; /* cuMemHostRegister right after a registered range waits for a copy into it */
+    uintptr_t last_reg_end; /* where the latest cuMemHostRegister range ended (g_lock) */
+    int capture[MAXDEV];    /* a stream of that context is capturing: 1 blocking, 3 non-blocking */
+    int mig_mask;           /* physical devices in MIG mode: bit i */
     int isa_major, isa_minor;
     int inited;      /* cuInit succeeded */
     int vis[MAXDEV]; /* ordinal -> physical device */
@@ -221,6 +229,9 @@ static vram_double_stats g_stats; /* counters updated with atomics */
 
 static _Thread_local CUcontext tls_ctx[16];
 static _Thread_local int tls_depth;
+static _Thread_local int tls_mode;    /* cuThreadExchangeStreamCaptureMode: 0 global (default) */
+static _Thread_local int tls_capture; /* 1 + the physical device this thread captures on its
+                                         per-thread default stream, 0 when none */
 
 #define STAT_ADD(field, v) __atomic_add_fetch(&g_stats.field, (v), __ATOMIC_RELAXED)
 
@@ -311,6 +322,12 @@ static const struct {
     {"CUDA_ERROR_NOT_SUPPORTED", CUDA_ERROR_NOT_SUPPORTED, "operation not supported"},
     {"CUDA_ERROR_SYSTEM_DRIVER_MISMATCH", CUDA_ERROR_SYSTEM_DRIVER_MISMATCH,
      "system has unsupported display driver / cuda driver combination"},
+    {"CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED", CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+     "operation not permitted when stream is capturing"},
+    {"CUDA_ERROR_STREAM_CAPTURE_INVALIDATED", CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
+     "operation failed due to a previous error during capture"},
+    {"CUDA_ERROR_STREAM_CAPTURE_IMPLICIT", CUDA_ERROR_STREAM_CAPTURE_IMPLICIT,
+     "operation would make the legacy stream depend on a capturing blocking stream"},
     {"CUDA_ERROR_UNKNOWN", CUDA_ERROR_UNKNOWN, "unknown error"},
 };
 
@@ -423,6 +440,7 @@ static void read_env_locked(void)
         g.ctx[i].phys = i;
         g.ctx[i].sticky = CUDA_SUCCESS;
         g.ctx[i].unusable = CUDA_SUCCESS;
+        g.ctx[i].app_active = 0;
     }
     g.inited = 0;
     g.nvis = 0;
@@ -508,6 +526,38 @@ static int sticky_exempt(const char *fn)
     return 0;
 }
 
+/* fn is one of the driver's "potentially unsafe" calls during a global
+ * capture (the documentation names cudaMalloc; the double treats every
+ * allocation, mapping and registration of memory and module loads so),
+ * a capture in global mode is in progress (vram_double_set_capture how 4)
+ * and the calling thread's own mode is global (g_lock held). */
+static int capture_unsafe_locked(const char *fn)
+{
+    static const char *const unsafe[] = {
+        "cuMemAddressReserve",
+        "cuMemAddressFree",
+        "cuMemCreate",
+        "cuMemRelease",
+        "cuMemMap",
+        "cuMemUnmap",
+        "cuMemSetAccess",
+        "cuMemHostRegister_v2",
+        "cuMemHostUnregister",
+        "cuMemHostAlloc",
+        "cuMemFreeHost",
+        "cuMemAlloc_v2",
+        "cuMemFree_v2",
+        "cuModuleLoadData",
+    };
+    if (tls_mode != CU_STREAM_CAPTURE_MODE_GLOBAL) return 0;
+    int global = 0;
+    for (int i = 0; i < MAXDEV; i++)
+        global |= g.capture[i] == 4;
+    for (size_t i = 0; global && i < sizeof unsafe / sizeof unsafe[0]; i++)
+        if (strcmp(fn, unsafe[i]) == 0) return 1;
+    return 0;
+}
+
 /* Counts the call, and answers an injected failure if one is due, or the
  * sticky error of the current context. */
 static CUresult enter(const char *fn, int need_init)
@@ -537,6 +587,13 @@ static CUresult enter(const char *fn, int need_init)
         }
     }
     if (r == CUDA_SUCCESS && need_init && !g.inited) r = CUDA_ERROR_NOT_INITIALIZED;
+    if (r == CUDA_SUCCESS && capture_unsafe_locked(fn)) {
+        violation("%s while another thread captures a CUDA graph in global mode, from a thread "
+                  "in global mode: a potentially unsafe call, the capture is invalidated",
+                  fn);
+        STAT_ADD(capture_invalidations, 1);
+        r = CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    }
     CUcontext cur = current();
     if (r == CUDA_SUCCESS && cur && cur->sticky != CUDA_SUCCESS && !sticky_exempt(fn)) {
         r = cur->sticky;
@@ -729,6 +786,20 @@ DBL_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice dev)
     return CUDA_SUCCESS;
 }
 
+DBL_EXPORT CUresult cuDevicePrimaryCtxGetState(CUdevice dev, unsigned int *flags, int *active)
+{
+    ENTER("cuDevicePrimaryCtxGetState", 1);
+    if (!flags || !active) return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&g_lock);
+    int p = ordinal_phys(dev);
+    if (p >= 0) {
+        *flags = 0;
+        *active = g.ctx[p].retain > 0 || g.ctx[p].app_active;
+    }
+    pthread_mutex_unlock(&g_lock);
+    return p >= 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_DEVICE;
+}
+
 /* Streams and modules still alive in c (g_lock held). */
 static long ctx_resources_locked(CUcontext c, long *streams, long *modules)
 {
@@ -855,21 +926,29 @@ static dmap *map_containing(uintptr_t p)
     return NULL;
 }
 
-/* [p, p+n) is device memory that may be read and written now. */
-static int accessible_locked(uintptr_t p, size_t n)
+/* [p, p+n) is device memory that physical device phys (any device when
+ * phys < 0) may read and write now: cuMemSetAccess gave it read/write on
+ * every mapping of the range (access is per device and per mapping). */
+static int accessible_from_locked(uintptr_t p, size_t n, int phys)
 {
     if (n == 0) return 1;
     for (dblock *b = g.devblocks; b; b = b->next)
         if (p >= b->p && p - b->p < b->size) return n <= b->size - (p - b->p);
     while (n > 0) {
         dmap *m = map_containing(p);
-        if (!m || !m->rw) return 0;
+        if (!m || !m->rw || (phys >= 0 && !(m->access >> phys & 1u))) return 0;
         size_t in = m->size - (p - m->base);
         if (in >= n) return 1;
         p += in;
         n -= in;
     }
     return 1;
+}
+
+/* [p, p+n) may be read and written by some device now. */
+static int accessible_locked(uintptr_t p, size_t n)
+{
+    return accessible_from_locked(p, n, -1);
 }
 
 /* The application's pending work that overlaps [p, p+n), NULL when none (g_mem held). */
@@ -1166,54 +1245,94 @@ DBL_EXPORT CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
     return rc;
 }
 
+/* Physical device a may access memory on physical device b as a peer. */
+static int peer_ok(int a, int b)
+{
+    return a != b && !__atomic_load_n(&g.no_peer, __ATOMIC_RELAXED);
+}
+
+/* The read/write mask of access descriptors and whether any asks for read
+ * only (PROT_READ); -1 for a bad descriptor. */
+static int access_mask(const CUmemAccessDesc *desc, size_t count, unsigned *mask, int *ro)
+{
+    *mask = 0;
+    *ro = 0;
+    for (size_t i = 0; i < count; i++) {
+        pthread_mutex_lock(&g_lock);
+        int phys = ordinal_phys(desc[i].location.id);
+        pthread_mutex_unlock(&g_lock);
+        if (desc[i].location.type != CU_MEM_LOCATION_TYPE_DEVICE || phys < 0) {
+            violation("cuMemSetAccess: descriptor %zu is not a valid device location", i);
+            return -1;
+        }
+        if (desc[i].flags == CU_MEM_ACCESS_FLAGS_PROT_READWRITE)
+            *mask |= 1u << phys;
+        else if (desc[i].flags == CU_MEM_ACCESS_FLAGS_PROT_READ)
+            *ro = 1;
+        else if (desc[i].flags != CU_MEM_ACCESS_FLAGS_PROT_NONE)
+            return -1;
+    }
+    return 0;
+}
+
+/* Every byte of [p, p+size) is mapped, and every device in mask is the
+ * owner of each mapping or may access it as a peer (g_mem held). */
+static CUresult access_check_locked(uintptr_t ptr, size_t size, unsigned mask)
+{
+    for (uintptr_t p = ptr, end = p + size; p < end;) {
+        dmap *m = map_containing(p);
+        if (!m) {
+            violation("cuMemSetAccess(%#lx, %zu): part of the range is not mapped",
+                      (unsigned long)ptr, size);
+            return CUDA_ERROR_INVALID_VALUE;
+        }
+        for (int d = 0; d < MAXDEV; d++)
+            if ((mask >> d & 1u) && d != m->a->phys && !peer_ok(d, m->a->phys)) {
+                violation("cuMemSetAccess(%#lx): device %d cannot access memory of device %d "
+                          "as a peer (cuDeviceCanAccessPeer says 0)",
+                          (unsigned long)ptr, d, m->a->phys);
+                return CUDA_ERROR_INVALID_DEVICE;
+            }
+        p = m->base + m->size;
+    }
+    return CUDA_SUCCESS;
+}
+
 DBL_EXPORT CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc,
                                    size_t count)
 {
     ENTER("cuMemSetAccess", 1);
     if (!need_ctx("cuMemSetAccess")) return CUDA_ERROR_INVALID_CONTEXT;
     if (!desc || count == 0) return CUDA_ERROR_INVALID_VALUE;
-    int rw = 0, prot = PROT_NONE;
-    for (size_t i = 0; i < count; i++) {
-        int phys;
-        pthread_mutex_lock(&g_lock);
-        phys = ordinal_phys(desc[i].location.id);
-        pthread_mutex_unlock(&g_lock);
-        if (desc[i].location.type != CU_MEM_LOCATION_TYPE_DEVICE || phys < 0) {
-            violation("cuMemSetAccess: descriptor %zu is not a valid device location", i);
-            return CUDA_ERROR_INVALID_VALUE;
-        }
-        if (desc[i].flags == CU_MEM_ACCESS_FLAGS_PROT_READWRITE) {
-            rw = 1;
-            prot = PROT_READ | PROT_WRITE;
-        } else if (desc[i].flags == CU_MEM_ACCESS_FLAGS_PROT_READ && !rw) {
-            prot = PROT_READ;
-        } else if (desc[i].flags != CU_MEM_ACCESS_FLAGS_PROT_NONE &&
-                   desc[i].flags != CU_MEM_ACCESS_FLAGS_PROT_READ) {
-            return CUDA_ERROR_INVALID_VALUE;
-        }
-    }
-    CUresult rc = CUDA_SUCCESS;
+    unsigned mask;
+    int ro;
+    if (access_mask(desc, count, &mask, &ro)) return CUDA_ERROR_INVALID_VALUE;
+    int prot = mask ? PROT_READ | PROT_WRITE : ro ? PROT_READ : PROT_NONE;
     pthread_rwlock_wrlock(&g_mem);
-    /* every byte of the range must be mapped */
-    for (uintptr_t p = (uintptr_t)ptr, end = p + size; p < end;) {
-        dmap *m = map_containing(p);
-        if (!m) {
-            violation("cuMemSetAccess(%#llx, %zu): part of the range is not mapped", ptr, size);
-            rc = CUDA_ERROR_INVALID_VALUE;
-            break;
-        }
-        p = m->base + m->size;
-    }
+    CUresult rc = access_check_locked((uintptr_t)ptr, size, mask);
     if (rc == CUDA_SUCCESS) {
         if (mprotect((void *)(uintptr_t)ptr, size, prot) != 0) {
             rc = CUDA_ERROR_INVALID_VALUE;
         } else {
             for (dmap *m = g.maps; m; m = m->next)
-                if (m->base >= ptr && m->base < ptr + size) m->rw = rw;
+                if (m->base >= ptr && m->base < ptr + size) {
+                    m->rw = mask != 0;
+                    m->access = mask;
+                }
         }
     }
     pthread_rwlock_unlock(&g_mem);
     return rc;
+}
+
+DBL_EXPORT CUresult cuDeviceCanAccessPeer(int *can, CUdevice dev, CUdevice peer)
+{
+    ENTER("cuDeviceCanAccessPeer", 1);
+    int a = dev_phys(dev), b = dev_phys(peer);
+    if (a < 0 || b < 0) return CUDA_ERROR_INVALID_DEVICE;
+    if (!can) return CUDA_ERROR_INVALID_VALUE;
+    *can = peer_ok(a, b);
+    return CUDA_SUCCESS;
 }
 
 DBL_EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
@@ -1372,6 +1491,44 @@ DBL_EXPORT CUresult cuMemHostAlloc(void **pp, size_t bytes, unsigned int flags)
     return CUDA_SUCCESS;
 }
 
+/* The "pin_gate" flag: registering the range that starts where the latest
+ * registered one ends (the next piece of a backup pinned in pieces) does
+ * not return before a device-to-host copy into that previous range was
+ * queued, or 5 s passed (a deadlock breaker, not a measure). When the copy
+ * came first, the registration finished after it started: counted in
+ * pin_overlaps - an ordering, not a timing. */
+static void pin_gate_wait(uintptr_t a)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 5;
+    int seen = 0, prev = 0;
+    pthread_mutex_lock(&g_lock);
+    for (;;) {
+        dblock *o = NULL;
+        for (dblock *b = g.hosts; b && !o; b = b->next)
+            if (b->registered && b->p + b->size == a) o = b;
+        prev = o != NULL;
+        seen = o && o->copied;
+        if (!o || seen || pthread_cond_timedwait(&g_copied_cv, &g_lock, &until) != 0) break;
+    }
+    pthread_mutex_unlock(&g_lock);
+    if (prev && seen) STAT_ADD(pin_overlaps, 1);
+}
+
+/* Notes a device-to-host copy queued into registered host memory at p. */
+static void note_copy_into(const void *p)
+{
+    uintptr_t a = (uintptr_t)p;
+    pthread_mutex_lock(&g_lock);
+    for (dblock *b = g.hosts; b; b = b->next)
+        if (b->registered && a >= b->p && a - b->p < b->size && !b->copied) {
+            b->copied = 1;
+            pthread_cond_broadcast(&g_copied_cv);
+        }
+    pthread_mutex_unlock(&g_lock);
+}
+
 DBL_EXPORT CUresult cuMemHostRegister_v2(void *p, size_t bytes, unsigned int flags)
 {
     ENTER("cuMemHostRegister_v2", 1);
@@ -1384,7 +1541,10 @@ DBL_EXPORT CUresult cuMemHostRegister_v2(void *p, size_t bytes, unsigned int fla
     pthread_mutex_lock(&g_lock);
     for (dblock *o = g.hosts; o && r == CUDA_SUCCESS; o = o->next)
         if (o->p < a + bytes && a < o->p + o->size) r = CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED;
+    int chained = 0;
     if (r == CUDA_SUCCESS) {
+        chained = g.last_reg_end == a;
+        g.last_reg_end = a + bytes;
         b->p = a;
         b->size = bytes;
         b->registered = 1;
@@ -1399,6 +1559,7 @@ DBL_EXPORT CUresult cuMemHostRegister_v2(void *p, size_t bytes, unsigned int fla
     }
     STAT_ADD(host_registered, 1);
     STAT_ADD(pinned_register_bytes, (long)bytes);
+    if (chained && __atomic_load_n(&g.pin_gate, __ATOMIC_RELAXED)) pin_gate_wait(a);
     return CUDA_SUCCESS;
 }
 
@@ -1678,11 +1839,59 @@ DBL_EXPORT CUresult cuStreamSynchronize(CUstream s)
     return stream_drain(s, 1);
 }
 
+/* A capture is in progress in c that a context-wide wait would break. */
+static int capturing(CUcontext c)
+{
+    pthread_mutex_lock(&g_lock);
+    int any = g.capture[c->phys] != 0;
+    pthread_mutex_unlock(&g_lock);
+    return any || tls_capture == c->phys + 1;
+}
+
+DBL_EXPORT CUresult cuStreamIsCapturing(CUstream s, CUstreamCaptureStatus *status)
+{
+    ENTER("cuStreamIsCapturing", 1);
+    CUcontext c = need_ctx("cuStreamIsCapturing");
+    if (!c) return CUDA_ERROR_INVALID_CONTEXT;
+    if (!status) return CUDA_ERROR_INVALID_VALUE;
+    *status = CU_STREAM_CAPTURE_STATUS_NONE;
+    if (s == NULL || s == CU_STREAM_LEGACY) {
+        pthread_mutex_lock(&g_lock);
+        int blocking = g.capture[c->phys] == 1;
+        pthread_mutex_unlock(&g_lock);
+        return blocking ? CUDA_ERROR_STREAM_CAPTURE_IMPLICIT : CUDA_SUCCESS;
+    }
+    if (s == CU_STREAM_PER_THREAD) {
+        if (tls_capture == c->phys + 1) *status = CU_STREAM_CAPTURE_STATUS_ACTIVE;
+        return CUDA_SUCCESS;
+    }
+    if (!stream_live(s)) return CUDA_ERROR_INVALID_HANDLE;
+    return CUDA_SUCCESS; /* vram's own streams never capture */
+}
+
+DBL_EXPORT CUresult cuThreadExchangeStreamCaptureMode(CUstreamCaptureMode *mode)
+{
+    ENTER("cuThreadExchangeStreamCaptureMode", 1);
+    if (!mode || *mode < CU_STREAM_CAPTURE_MODE_GLOBAL || *mode > CU_STREAM_CAPTURE_MODE_RELAXED)
+        return CUDA_ERROR_INVALID_VALUE;
+    int old = tls_mode;
+    tls_mode = (int)*mode;
+    *mode = (CUstreamCaptureMode)old;
+    return CUDA_SUCCESS;
+}
+
 DBL_EXPORT CUresult cuCtxSynchronize(void)
 {
     ENTER("cuCtxSynchronize", 1);
     CUcontext c = need_ctx("cuCtxSynchronize");
     if (!c) return CUDA_ERROR_INVALID_CONTEXT;
+    if (capturing(c)) {
+        violation("cuCtxSynchronize(device %d) while a stream of the context is capturing: the "
+                  "capture (a CUDA graph being recorded) is invalidated",
+                  c->phys);
+        STAT_ADD(capture_invalidations, 1);
+        return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    }
     CUstream list[64];
     int n = 0;
     pthread_mutex_lock(&g_lock);
@@ -1720,11 +1929,13 @@ static CUresult stream_arg(CUstream s, const char *fn)
     return CUDA_SUCCESS;
 }
 
-/* accessible_locked taking the lock. */
+/* accessible_from_locked taking the lock, for the device of the current
+ * context (any device when none is current). */
 static int dev_range_ok(uintptr_t p, size_t n)
 {
+    CUcontext c = current();
     pthread_rwlock_rdlock(&g_mem);
-    int ok = accessible_locked(p, n);
+    int ok = accessible_from_locked(p, n, c ? c->phys : -1);
     pthread_rwlock_unlock(&g_mem);
     return ok;
 }
@@ -1826,6 +2037,7 @@ static CUresult copy_d2h(void *dst, CUdeviceptr src, size_t n, CUstream s, const
     op->n = n;
     if (!async) return submit(NULL, op);
     STAT_ADD(async_copies, 1);
+    note_copy_into(dst);
     if (is_pinned(dst, n) || !s) return submit(s, op);
     /* to pageable memory the call returns once the bytes have landed */
     STAT_ADD(pageable_copies, 1);
@@ -2076,6 +2288,8 @@ DBL_EXPORT int vram_double_configure(int devices, unsigned long long memory)
     } else {
         g.nphys = devices > MAXDEV ? MAXDEV : devices;
         if (memory) g.memory = memory;
+        for (int i = 0; i < MAXDEV; i++)
+            g.ctx[i].app_active = 0;
         g.inited = 0;
         g.nvis = 0;
     }
@@ -2101,6 +2315,8 @@ DBL_EXPORT void vram_double_set_flag(const char *name, int value)
     if (strcmp(name, "poison") == 0) __atomic_store_n(&g.poison, value, __ATOMIC_RELAXED);
     if (strcmp(name, "jit_ms") == 0) __atomic_store_n(&g.jit_ms, value, __ATOMIC_RELAXED);
     if (strcmp(name, "mig") == 0) __atomic_store_n(&g.mig_mask, value, __ATOMIC_RELAXED);
+    if (strcmp(name, "peer") == 0) __atomic_store_n(&g.no_peer, !value, __ATOMIC_RELAXED);
+    if (strcmp(name, "pin_gate") == 0) __atomic_store_n(&g.pin_gate, value, __ATOMIC_RELAXED);
     if (strcmp(name, "vmm") == 0) {
         pthread_mutex_lock(&g_lock);
         g.vmm = value;
@@ -2145,7 +2361,18 @@ DBL_EXPORT int vram_double_accessible(unsigned long long addr)
     return r;
 }
 
-DBL_EXPORT int vram_double_user_work(unsigned long long addr, unsigned long long n)
+DBL_EXPORT int vram_double_access(unsigned long long addr, int phys)
+{
+    pthread_rwlock_rdlock(&g_mem);
+    dmap *m = map_containing((uintptr_t)addr);
+    int r = !m ? -1 : phys >= 0 && phys < MAXDEV && m->rw && (m->access >> phys & 1u);
+    pthread_rwlock_unlock(&g_mem);
+    return r;
+}
+
+/* Queues the application's work on physical device phys (the owner of the
+ * mapping when phys < 0) over [addr, addr+n). */
+static int user_work_on(int phys, unsigned long long addr, unsigned long long n)
 {
     pthread_once(&g_once, load_env_once);
     duser *u = calloc(1, sizeof *u);
@@ -2155,9 +2382,22 @@ DBL_EXPORT int vram_double_user_work(unsigned long long addr, unsigned long long
     }
     pthread_rwlock_wrlock(&g_mem);
     dmap *m = map_containing((uintptr_t)addr);
-    int ok = m && accessible_locked((uintptr_t)addr, (size_t)n);
+    if (m && phys < 0) phys = m->a->phys;
+    int ok = m && accessible_from_locked((uintptr_t)addr, (size_t)n, phys);
+    if (!ok && m && m->rw) {
+        /* a kernel on a device without access faults: sticky, as on a GPU */
+        violation("device %d touched %#llx (%llu bytes), memory of device %d it has no access "
+                  "to (cuMemSetAccess); its context now has CUDA_ERROR_ILLEGAL_ADDRESS",
+                  phys, addr, n, m->a->phys);
+        pthread_mutex_lock(&g_lock);
+        if (g.ctx[phys].sticky == CUDA_SUCCESS) g.ctx[phys].sticky = CUDA_ERROR_ILLEGAL_ADDRESS;
+        pthread_mutex_unlock(&g_lock);
+    }
     if (ok) {
-        u->phys = m->a->phys;
+        pthread_mutex_lock(&g_lock);
+        g.ctx[phys].app_active = 1; /* its primary context is in use by the application */
+        pthread_mutex_unlock(&g_lock);
+        u->phys = phys;
         u->base = (uintptr_t)addr;
         u->n = (size_t)n;
         u->next = g.user;
@@ -2167,6 +2407,17 @@ DBL_EXPORT int vram_double_user_work(unsigned long long addr, unsigned long long
     pthread_rwlock_unlock(&g_mem);
     if (!ok) free(u);
     return ok ? 0 : -1;
+}
+
+DBL_EXPORT int vram_double_user_work(unsigned long long addr, unsigned long long n)
+{
+    return user_work_on(-1, addr, n);
+}
+
+DBL_EXPORT int vram_double_peer_work(int phys, unsigned long long addr, unsigned long long n)
+{
+    if (phys < 0 || phys >= MAXDEV) return -1;
+    return user_work_on(phys, addr, n);
 }
 
 DBL_EXPORT long vram_double_user_finish(void)
@@ -2185,6 +2436,17 @@ DBL_EXPORT int vram_double_set_sticky(int phys, int code)
     pthread_mutex_lock(&g_lock);
     g.ctx[phys].sticky = code;
     pthread_mutex_unlock(&g_lock);
+    return 0;
+}
+
+DBL_EXPORT int vram_double_set_capture(int phys, int how)
+{
+    pthread_once(&g_once, load_env_once);
+    if (phys < 0 || phys >= MAXDEV || how < 0 || how > 4) return -1;
+    pthread_mutex_lock(&g_lock);
+    g.capture[phys] = how == 1 || how == 3 || how == 4 ? how : 0;
+    pthread_mutex_unlock(&g_lock);
+    tls_capture = how == 2 ? phys + 1 : 0;
     return 0;
 }
 

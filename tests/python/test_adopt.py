@@ -218,3 +218,24 @@ def test_module_of_a_closed_manager_raises():
     m.close()
     with pytest.raises(gpu_manager.StaleModule):
         model(inputs())
+
+
+def test_offload_refused_while_this_thread_captures_a_graph(manager, monkeypatch):
+    # torch.cuda.graph captures on a non-blocking stream, which no driver
+    # query shows: the Python layer asks torch and refuses, model kept
+    mm = manager.register_model(unique("tiny"))
+    x = inputs()
+    want = reference(seed=0, x=x)
+    model = mm.get_model(load_func=lambda: build_tiny(0))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    for call in (mm.force_offload, mm.release):
+        with pytest.raises(gpu_manager.Busy) as e:
+            call()
+        assert "while a CUDA graph is being captured in this thread" in str(e.value)
+        assert mm.location == "GPU"
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    assert mm.force_offload() is True
+    assert mm.location == "CPU"
+    with torch.no_grad():
+        assert torch.equal(mm.get_model(load_func=lambda: pytest.fail("loaded twice"))(x), want)

@@ -48,6 +48,9 @@ static struct {
     vram_double_user_finish_fn user_finish;
     vram_double_set_sticky_fn set_sticky;
     vram_double_set_unusable_fn set_unusable;
+    vram_double_access_fn access;
+    vram_double_peer_work_fn peer_work;
+    vram_double_set_capture_fn set_capture;
     CUresult (*cu_init)(unsigned int);
     vram_nvml_double_set_fn nvml_set;
     vram_nvml_double_inits_fn nvml_inits;
@@ -85,6 +88,9 @@ static int open_doubles(void)
     BIND(D.h, user_finish, "vram_double_user_finish");
     BIND(D.h, set_sticky, "vram_double_set_sticky");
     BIND(D.h, set_unusable, "vram_double_set_unusable");
+    BIND(D.h, access, "vram_double_access");
+    BIND(D.h, peer_work, "vram_double_peer_work");
+    BIND(D.h, set_capture, "vram_double_set_capture");
     BIND(D.h, cu_init, "cuInit");
     BIND(D.nh, nvml_set, "vram_nvml_double_set");
     BIND(D.nh, nvml_inits, "vram_nvml_double_inits");
@@ -113,9 +119,11 @@ static int setup(void **state)
     D.set_flag("poison", 1);
     D.set_flag("jit_ms", 0);
     D.set_flag("mig", 0);
+    D.set_flag("peer", 1);
     for (int i = 0; i < 4; i++) {
         D.set_sticky(i, 0);
         D.set_unusable(i, 0);
+        D.set_capture(i, 0);
     }
     D.nvml_set("8G:0", 0);
     D.violations_at_start = stats().violations;
@@ -1175,6 +1183,298 @@ static void test_sticky_error_shows_in_the_status(void **state)
     vram_manager_destroy(m);
 }
 
+/* Log lines a test listens to (vram_log_listen). */
+static struct {
+    pthread_mutex_t lock;
+    char text[8192];
+} G_LOG = {PTHREAD_MUTEX_INITIALIZER, ""};
+
+static void log_grab(vram_log_level level, const char *line, void *user)
+{
+    (void)level;
+    (void)user;
+    pthread_mutex_lock(&G_LOG.lock);
+    size_t used = strlen(G_LOG.text);
+    snprintf(G_LOG.text + used, sizeof G_LOG.text - used, "%s\n", line);
+    pthread_mutex_unlock(&G_LOG.lock);
+}
+
+/* The line of the log holding needle, copied into out ("" when none). */
+static void log_line_with(const char *needle, char *out, size_t len)
+{
+    out[0] = '\0';
+    pthread_mutex_lock(&G_LOG.lock);
+    const char *p = strstr(G_LOG.text, needle);
+    if (p) {
+        while (p > G_LOG.text && p[-1] != '\n')
+            p--;
+        const char *e = strchr(p, '\n');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        snprintf(out, len, "%.*s", (int)(n < len ? n : len - 1), p);
+    }
+    pthread_mutex_unlock(&G_LOG.lock);
+}
+
+/* After a latched sticky error nothing may claim the model is safe on the
+ * GPU: the message says the context is unusable, names the driver's code
+ * and text and says the process must restart; the offload-failed line
+ * does not say "model stays on GPU", the restore-failed one not just
+ * "backup intact". */
+static void test_sticky_error_wording(void **state)
+{
+    (void)state;
+    vram_manager *m = cuda_manager();
+    vram_model_opts o;
+    vram_model_opts_init(&o);
+    o.source = "synthetic:2097152:3";
+    vram_model *a = NULL, *bm = NULL;
+    assert_int_equal(vram_manager_register(m, "a", &o, &a), 0);
+    assert_int_equal(vram_manager_register(m, "b", &o, &bm), 0);
+    vram_lease *l = NULL;
+    assert_int_equal(vram_model_acquire(a, &l), 0);
+    vram_lease_end(l);
+    assert_int_equal(vram_model_acquire(bm, &l), 0);
+    vram_lease_end(l);
+    assert_int_equal(vram_model_offload(bm, VRAM_WAIT), 0);
+    G_LOG.text[0] = '\0';
+    int id = vram_log_listen(log_grab, NULL, VRAM_LOG_DEBUG);
+    assert_true(id > 0);
+    assert_int_equal(D.set_sticky(0, CUDA_ERROR_ILLEGAL_ADDRESS), 0);
+    assert_int_equal(vram_model_offload(a, VRAM_WAIT), VRAM_EBACKEND);
+    assert_msg_has("CUDA context is unusable");
+    assert_msg_has("CUDA_ERROR_ILLEGAL_ADDRESS (700)");
+    assert_msg_has("an illegal memory access was encountered");
+    assert_msg_has("cannot be trusted");
+    assert_msg_has("the process must restart");
+    vram_model_info mi;
+    assert_int_equal(vram_model_get_info(a, &mi, sizeof mi), 0);
+    assert_non_null(strstr(mi.last_error, "process must restart"));
+    assert_int_equal(vram_model_acquire(bm, &l), VRAM_EBACKEND);
+    vram_log_unlisten(id);
+    char line[1024];
+    log_line_with("offload-failed model=a", line, sizeof line);
+    assert_true(line[0]);
+    if (strstr(line, "stays on GPU")) fail_msg("claims the model is safe: %s", line);
+    assert_non_null(strstr(line, "restart"));
+    log_line_with("restore-failed model=b", line, sizeof line);
+    assert_true(line[0]);
+    assert_non_null(strstr(line, "restart"));
+    assert_int_equal(D.set_sticky(0, 0), 0);
+    assert_int_equal(vram_model_release(a, VRAM_WAIT), 0);
+    assert_int_equal(vram_model_release(bm, VRAM_WAIT), 0);
+    vram_manager_destroy(m);
+}
+
+/* A model shared across GPUs: every map (the load, each restore) grants
+ * read/write to the owning device and to every other device that can
+ * access it as a peer; access is per mapping, gone after the offload. With
+ * peer access impossible only the owner gets it (granting a non-peer is
+ * misuse in the double), and a kernel on the other device faults. */
+static void peer_cycle(int peers)
+{
+    D.set_flag("peer", peers);
+    vram_manager *m = cuda_manager();
+    vram_model_opts o;
+    vram_model_opts_init(&o);
+    o.source = "synthetic:4194304:9";
+    o.device = 0;
+    vram_model *model = NULL;
+    assert_int_equal(vram_manager_register(m, "shared", &o, &model), 0);
+    vram_lease *l = NULL;
+    assert_int_equal(vram_model_acquire(model, &l), 0);
+    uintptr_t p = (uintptr_t)vram_lease_ptr(l);
+    assert_int_equal(D.access(p, 0), 1);
+    assert_int_equal(D.access(p, 1), peers);
+    vram_lease_end(l);
+    for (int cycle = 0; cycle < 2; cycle++) {
+        assert_int_equal(vram_model_offload(model, VRAM_WAIT), 0);
+        assert_int_equal(D.access(p, 0), -1); /* unmapped: no mapping, no access */
+        assert_int_equal(vram_model_acquire(model, &l), 0);
+        assert_int_equal((uintptr_t)vram_lease_ptr(l), p);
+        assert_int_equal(D.access(p, 0), 1);
+        assert_int_equal(D.access(p, 1), peers); /* granted again on the new mapping */
+        vram_lease_end(l);
+    }
+    if (!peers) {
+        /* a kernel on device 1 reading device 0's model faults */
+        D.set_flag("quiet", 1);
+        assert_int_equal(D.peer_work(1, p, 4096), -1);
+        D.set_flag("quiet", 0);
+        D.violations_at_start++;
+        assert_int_equal(D.set_sticky(1, 0), 0);
+    } else {
+        /* a kernel on device 1 still reads the model when it is offloaded:
+         * the wait covers the peer's context too (else a torn backup and
+         * an unmap under the kernel: violations, a sticky error) */
+        assert_int_equal(D.peer_work(1, p, 4096), 0);
+        assert_int_equal(vram_model_offload(model, VRAM_WAIT), 0);
+        assert_int_equal(stats().user_pending, 0);
+    }
+    assert_true(D.calls("cuDeviceCanAccessPeer") >= 1);
+    assert_int_equal(vram_model_release(model, VRAM_WAIT), 0);
+    vram_manager_destroy(m);
+}
+
+static void test_peer_access_after_every_map(void **state)
+{
+    (void)state;
+    long before = D.calls("cuDeviceCanAccessPeer");
+    peer_cycle(1);
+    /* the peer list is computed once per device, not per map */
+    assert_true(D.calls("cuDeviceCanAccessPeer") - before <= 2);
+}
+
+static void test_no_peer_access_owner_only(void **state)
+{
+    (void)state;
+    peer_cycle(0);
+}
+
+/* PyTorch CUDA graphs: while a stream of the context is capturing, the
+ * cuCtxSynchronize before a backup would invalidate the capture. Where the
+ * driver shows the capture (a blocking stream: the legacy stream answers
+ * CUDA_ERROR_STREAM_CAPTURE_IMPLICIT; this thread's per-thread stream) the
+ * offload fails with VRAM_EBUSY before any wait, the model stays on the
+ * GPU, mapped, and offloads once capture ends. A capture no query shows (a
+ * non-blocking stream) is the documented limit: the wait's own error is
+ * still VRAM_EBUSY, saying the capture was invalidated. */
+static void test_offload_refused_during_graph_capture(void **state)
+{
+    (void)state;
+    vram_manager *m = cuda_manager();
+    vram_model_opts o;
+    vram_model_opts_init(&o);
+    o.source = "synthetic:2097152:4";
+    vram_model *model = NULL;
+    assert_int_equal(vram_manager_register(m, "g", &o, &model), 0);
+    for (int how = 1; how <= 3; how++) {
+        vram_lease *l = NULL;
+        assert_int_equal(vram_model_acquire(model, &l), 0);
+        uintptr_t p = (uintptr_t)vram_lease_ptr(l);
+        vram_lease_end(l);
+        long broken = stats().capture_invalidations;
+        assert_int_equal(D.set_capture(0, how), 0);
+        if (how == 3) D.set_flag("quiet", 1);
+        assert_int_equal(vram_model_offload(model, VRAM_WAIT), VRAM_EBUSY);
+        D.set_flag("quiet", 0);
+        assert_msg_has("cannot offload model memory while a CUDA graph is being captured in this "
+                       "thread; offload after capture ends");
+        assert_int_equal(vram_model_state(model), VRAM_STATE_GPU);
+        assert_int_equal(D.accessible(p), 1);
+        if (how < 3) {
+            assert_int_equal(stats().capture_invalidations, broken); /* capture intact */
+        } else {
+            assert_msg_has("invalidated");
+            assert_int_equal(stats().capture_invalidations, broken + 1);
+            D.violations_at_start++;
+        }
+        assert_int_equal(D.set_capture(0, 0), 0);
+        assert_int_equal(vram_model_offload(model, VRAM_WAIT), 0);
+        assert_int_equal(vram_model_state(model), VRAM_STATE_CPU);
+    }
+    vram_manager_info info;
+    assert_int_equal(vram_manager_get_info(m, &info, sizeof info), 0);
+    assert_string_equal(info.backend_error, ""); /* not a sticky error */
+    assert_int_equal(vram_model_release(model, VRAM_WAIT), 0);
+    vram_manager_destroy(m);
+}
+
+/* Another thread captures a CUDA graph in global mode (PyTorch's default)
+ * on device 0: a thread in global mode may make none of the driver's
+ * "potentially unsafe" calls (allocating, mapping, registering memory)
+ * without invalidating that capture. vram relaxes the calling thread's
+ * capture mode while inside it, and gives the caller its own mode back,
+ * so load, offload, restore and release of a model on device 1 go on and
+ * the capture survives. */
+static void test_global_capture_elsewhere_is_not_broken(void **state)
+{
+    (void)state;
+    CUresult (*exchange)(CUstreamCaptureMode *) = NULL;
+    void *sym = dlsym(D.h, "cuThreadExchangeStreamCaptureMode");
+    assert_non_null(sym);
+    memcpy(&exchange, &sym, sizeof sym);
+    D.set_flag("peer", 0); /* device 0 is then no peer whose context is waited for */
+    vram_manager *m = cuda_manager();
+    assert_int_equal(D.set_capture(0, 4), 0);
+    long broken = stats().capture_invalidations;
+    vram_model_opts o;
+    vram_model_opts_init(&o);
+    o.source = "synthetic:8388608:6";
+    o.device = 1;
+    vram_model *model = NULL;
+    assert_int_equal(vram_manager_register(m, "elsewhere", &o, &model), 0);
+    vram_lease *l = NULL;
+    assert_int_equal(vram_model_acquire(model, &l), 0); /* load: reserve, map, pinned staging */
+    vram_lease_end(l);
+    assert_int_equal(vram_model_offload(model, VRAM_WAIT), 0); /* pin, copy, unmap */
+    assert_int_equal(vram_model_acquire(model, &l), 0);        /* restore: map again */
+    uint64_t c = 0;
+    assert_int_equal(vram_model_checksum(model, &c), 0);
+    assert_int_equal(c, synthetic_checksum(6, 8 * MIB));
+    vram_lease_end(l);
+    assert_int_equal(vram_model_release(model, VRAM_WAIT), 0);
+    assert_int_equal(stats().capture_invalidations, broken); /* the capture survived */
+    CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+    assert_int_equal(exchange(&mode), CUDA_SUCCESS);
+    assert_int_equal(mode, CU_STREAM_CAPTURE_MODE_GLOBAL); /* the caller's mode is back */
+    assert_int_equal(exchange(&mode), CUDA_SUCCESS);
+    assert_int_equal(D.set_capture(0, 0), 0);
+    vram_manager_destroy(m);
+}
+
+/* The first offload of a model pins its backup while copying: pieces are
+ * registered one by one by a helper while the stream copies the pieces
+ * already pinned. The double's pin_gate makes the order checkable: the
+ * registration of piece k+1 cannot finish before the copy into piece k
+ * has started, and counts when it did (pin_overlaps). The log line says
+ * pin_s= apart; the backup is exact; a later offload pins nothing. */
+static void test_first_offload_pins_while_copying(void **state)
+{
+    (void)state;
+    vram_manager *m = cuda_manager(); /* chunk 256 KiB: pieces of 2 MiB (huge pages) */
+    const size_t n = 8 * MIB;
+    vram_model_opts o;
+    vram_model_opts_init(&o);
+    o.source = "synthetic:8388608:21";
+    vram_model *model = NULL;
+    assert_int_equal(vram_manager_register(m, "p", &o, &model), 0);
+    vram_lease *l = NULL;
+    assert_int_equal(vram_model_acquire(model, &l), 0);
+    vram_lease_end(l);
+    G_LOG.text[0] = '\0';
+    int id = vram_log_listen(log_grab, NULL, VRAM_LOG_DEBUG);
+    vram_double_stats s0 = stats();
+    D.set_flag("pin_gate", 1);
+    assert_int_equal(vram_model_offload(model, VRAM_WAIT), 0);
+    D.set_flag("pin_gate", 0);
+    vram_double_stats s1 = stats();
+    assert_int_equal(s1.pinned_register_bytes - s0.pinned_register_bytes, (long)n);
+    assert_int_equal(s1.host_registered - s0.host_registered, 4); /* in 4 pieces */
+    assert_int_equal(s1.pin_overlaps - s0.pin_overlaps, 3);       /* each after a copy began */
+    uint64_t c = 0;
+    assert_int_equal(vram_model_checksum(model, &c), 0); /* the backup, in the CPU state */
+    assert_int_equal(c, synthetic_checksum(21, n));
+    char line[1024];
+    log_line_with("offload model=p ", line, sizeof line);
+    assert_non_null(strstr(line, " gbps="));
+    assert_non_null(strstr(line, " pin_s="));
+    assert_null(strstr(line, " pin_s=0.000"));
+    assert_int_equal(vram_model_acquire(model, &l), 0);
+    vram_lease_end(l);
+    G_LOG.text[0] = '\0';
+    assert_int_equal(vram_model_offload(model, VRAM_WAIT), 0); /* backup kept: nothing pinned */
+    assert_int_equal(stats().pinned_register_bytes, s1.pinned_register_bytes);
+    log_line_with("offload model=p ", line, sizeof line);
+    assert_non_null(strstr(line, " pin_s=0.000"));
+    vram_log_unlisten(id);
+    assert_int_equal(vram_model_acquire(model, &l), 0);
+    assert_int_equal(vram_model_checksum(model, &c), 0);
+    assert_int_equal(c, synthetic_checksum(21, n));
+    vram_lease_end(l);
+    assert_int_equal(vram_model_release(model, VRAM_WAIT), 0);
+    vram_manager_destroy(m);
+}
+
 /* Defect 4: a device that cannot give a context (exclusive-process mode,
  * failed) is skipped with its reason; the others work. */
 static void test_unusable_device_is_skipped(void **state)
@@ -1364,6 +1664,13 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_sticky_error_latches_the_backend, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sticky_error_shows_in_the_status, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sticky_error_wording, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_peer_access_after_every_map, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_peer_access_owner_only, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_offload_refused_during_graph_capture, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_first_offload_pins_while_copying, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_global_capture_elsewhere_is_not_broken, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_unusable_device_is_skipped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_visible_uuid_selects_after_cuda_init, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mig_uuid_prefix, setup, teardown),
