@@ -32,6 +32,7 @@
 #define NODE_RETRY_MS 1000
 #define NODE_ASK_WAIT 35.0 /* vramd answers within its own bound (30 s) */
 #define NODE_ASKS_MAX 16
+#define NODE_JOIN_WAIT 3.0 /* an ask waits this long for a join under way */
 
 typedef struct node_ask {
     uint64_t id;
@@ -309,6 +310,7 @@ static int handle_line(struct vram__node *n, char *line)
         pthread_mutex_lock(&n->lock);
         n->joined = 1;
         n->member_id = member;
+        pthread_cond_broadcast(&n->cond); /* an ask may wait for the join */
         pthread_mutex_unlock(&n->lock);
         vram__log(VRAM_LOG_INFO, "node joined socket=%s member=%ld name=%s", n->path, member,
                   n->name);
@@ -471,7 +473,20 @@ uint64_t vram__node_ask(vram_manager *m, int dev, uint64_t bytes, const char *mo
     struct vram__node *n = m->node;
     if (!n || dev < 0 || dev >= m->ndev || !node_uuid(m, dev)[0]) return 0;
     node_ask ask = {0, 0, 0};
+    struct stat st;
+    int socket_there = stat(n->path, &st) == 0 && S_ISSOCK(st.st_mode);
     pthread_mutex_lock(&n->lock);
+    if (!n->joined && socket_there && !n->stopping) {
+        /* a process that needs memory right after it started: its node
+         * thread is joining now; wait for that (bounded) rather than fail */
+        struct timespec ts;
+        deadline_ts(&ts, NODE_JOIN_WAIT);
+        pthread_mutex_unlock(&n->lock);
+        vram__node_notify(m);
+        pthread_mutex_lock(&n->lock);
+        while (!n->joined && !n->stopping)
+            if (pthread_cond_timedwait(&n->cond, &n->lock, &ts) == ETIMEDOUT) break;
+    }
     int slot = -1;
     for (int i = 0; i < NODE_ASKS_MAX && slot < 0; i++)
         if (!n->asks[i]) slot = i;
