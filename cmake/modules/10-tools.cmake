@@ -58,7 +58,9 @@ if(VRAM_BUILD_TESTS)
   find_program(VRAM_PYTHON3 NAMES python3)
   set(VRAM_TOOL_ENV "VRAMD=$<TARGET_FILE:vramd>" "VRAMCTL=$<TARGET_FILE:vramctl>"
       "EMBED_SERVER=$<TARGET_FILE:embed_server>"
-      "VRAM_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
+      "VRAM_SOURCE_DIR=${CMAKE_SOURCE_DIR}"
+      # for a node member made with the Python package (tests/support/node_member.py)
+      "VRAM_LIBRARY=$<TARGET_FILE:vram_shared>" "VRAM_PYTHONPATH=${CMAKE_SOURCE_DIR}/python")
 
   # Integration tests: python3 (standard library only) driving vramd on a free port.
   file(GLOB VRAM_INTEGRATION_TESTS CONFIGURE_DEPENDS tests/integration/test_*.py)

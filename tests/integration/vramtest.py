@@ -67,6 +67,9 @@ def clean_env(extra=None):
     env["VRAM_LOG_LEVEL"] = "info"
     # fresh device memory holds poison, as real VRAM holds old bytes (host.c)
     env["VRAM_HOST_POISON"] = os.environ.get("VRAM_HOST_POISON", "1")
+    # no node socket (the default /run/vram/node.sock is shared by every test
+    # running at once) unless a test names one (--node-socket, or in extra)
+    env["VRAM_NODE_SOCKET"] = "off"
     if extra:
         env.update(extra)
     return env
