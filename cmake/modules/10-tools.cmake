@@ -56,11 +56,23 @@ install(TARGETS vramd vramctl RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 if(VRAM_BUILD_TESTS)
   enable_testing()
   find_program(VRAM_PYTHON3 NAMES python3)
+  # a second process on a node socket, for the node-view tests (C: runs
+  # under the sanitizers too, where the Python package cannot load the
+  # instrumented libvram.so; the Python member is used besides it otherwise)
+  add_executable(node_member tests/support/node_member.c)
+  target_link_libraries(node_member PRIVATE vram_static)
+  target_compile_definitions(node_member PRIVATE _GNU_SOURCE=)
+  if(VRAM_SANITIZE STREQUAL "")
+    set(vram_python_member 1)
+  else()
+    set(vram_python_member 0)
+  endif()
   set(VRAM_TOOL_ENV "VRAMD=$<TARGET_FILE:vramd>" "VRAMCTL=$<TARGET_FILE:vramctl>"
       "EMBED_SERVER=$<TARGET_FILE:embed_server>"
       "VRAM_SOURCE_DIR=${CMAKE_SOURCE_DIR}"
-      # for a node member made with the Python package (tests/support/node_member.py)
-      "VRAM_LIBRARY=$<TARGET_FILE:vram_shared>" "VRAM_PYTHONPATH=${CMAKE_SOURCE_DIR}/python")
+      # node members: the Python package (tests/support/node_member.py) and node_member
+      "VRAM_LIBRARY=$<TARGET_FILE:vram_shared>" "VRAM_PYTHONPATH=${CMAKE_SOURCE_DIR}/python"
+      "VRAM_NODE_MEMBER=$<TARGET_FILE:node_member>" "VRAM_PYTHON_MEMBER=${vram_python_member}")
 
   # Integration tests: python3 (standard library only) driving vramd on a free port.
   file(GLOB VRAM_INTEGRATION_TESTS CONFIGURE_DEPENDS tests/integration/test_*.py)

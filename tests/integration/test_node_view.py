@@ -9,7 +9,11 @@ import time
 
 from vramtest import SOURCE_DIR, Vramd, check, eq, finish
 
-MEMBER = os.path.join(SOURCE_DIR, "tests", "support", "node_member.py")
+PY_MEMBER = os.path.join(SOURCE_DIR, "tests", "support", "node_member.py")
+C_MEMBER = os.environ.get("VRAM_NODE_MEMBER") or os.path.join(SOURCE_DIR, "build", "node_member")
+# the Python package as a member too (not in a sanitizer build, whose
+# instrumented libvram.so /usr/bin/python3 cannot load)
+PYTHON_MEMBER = os.environ.get("VRAM_PYTHON_MEMBER", "1") == "1"
 DEADLINE = 60  # seconds for the member to join, or a change to show
 
 
@@ -24,10 +28,12 @@ def member_env():
     return env
 
 
-def start_member(sock, name, *models, hold=None):
-    """A /usr/bin/python3 process with the gpu_manager package joined to sock;
-    returns (Popen, its pid) once its models are loaded."""
-    argv = ["/usr/bin/python3", MEMBER, sock, name, *models]
+def start_member(sock, name, *models, hold=None, python=False):
+    """A process joined to sock (node_member, or with python /usr/bin/python3
+    with the gpu_manager package); returns (Popen, its pid) once its models
+    (MODEL=BYTES) are loaded."""
+    argv = ["/usr/bin/python3", PY_MEMBER] if python else [C_MEMBER]
+    argv += [sock, name, *models]
     if hold:
         argv += ["--hold", hold]
     p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -189,6 +195,23 @@ try:
 
         finally:
             eq(stop_member(p), 0, "the member exits 0")
+
+        # --- a process with the Python package: the same ---
+        if PYTHON_MEMBER:
+            p, pid = start_member(sock, "svc-py", "t=65536", python=True)
+            tid = f"t@{pid}"
+            try:
+                wait_node(d, lambda v: (remote(v, tid) or {}).get("state") == "gpu",
+                          "a Python process joins with its model")
+                r = d.ctl("ps")
+                check(any(ln.startswith(tid) and "svc-py" in ln for ln in r.stdout.splitlines()),
+                      "ps lists the Python process's model", r.stdout)
+                r = d.ctl("offload", tid)
+                eq(r.returncode, 0, "offload of the Python process's model " + r.stderr)
+                wait_node(d, lambda v: remote(v, tid)["state"] == "cpu",
+                          "the Python process offloaded it")
+            finally:
+                eq(stop_member(p), 0, "the Python member exits 0")
 
         # --- it left: its models go, the table is the usual one again ---
         wait_node(d, lambda v: len(v["members"]) == 1, "the member leaves the node")

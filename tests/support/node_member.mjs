@@ -1,29 +1,26 @@
-// node_member.mjs - starts node_member.py (a gpu_manager process joined to a node socket) for the MCP and browser tests.
+// node_member.mjs - starts node_member (a libvram process joined to a node socket) for the MCP and browser tests.
 import { spawn } from 'node:child_process';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const here = dirname(fileURLToPath(import.meta.url));
 
-// The member's environment: none of the test's VRAM_* settings, the build's
-// package and library (CMake passes VRAM_PYTHONPATH and VRAM_LIBRARY).
+// The member: node_member (tests/support/node_member.c, built with the tests;
+// CMake passes VRAM_NODE_MEMBER), with none of the test's VRAM_* settings.
 function memberEnv() {
   const env = {};
   for (const [k, v] of Object.entries(process.env))
-    if (!k.startsWith('VRAM_') && k !== 'GPU_IDLE_TIMEOUT' && k !== 'PYTHONPATH') env[k] = v;
-  const source = process.env.VRAM_SOURCE_DIR || join(here, '..', '..');
-  env.PYTHONPATH = process.env.VRAM_PYTHONPATH || join(source, 'python');
-  env.VRAM_LIBRARY = process.env.VRAM_LIBRARY || join(source, 'build', 'libvram.so');
-  env.PYTHONDONTWRITEBYTECODE = '1';
+    if (!k.startsWith('VRAM_') && k !== 'GPU_IDLE_TIMEOUT') env[k] = v;
   return env;
 }
+const source = process.env.VRAM_SOURCE_DIR || join(here, '..', '..');
+const MEMBER = process.env.VRAM_NODE_MEMBER || join(source, 'build', 'node_member');
 
 // Starts a member named name on socket with models ({model: bytes}); resolves
 // to { pid, proc, stop() } once it has loaded them (within 60 s).
 export function startMember(socket, name, models, extra = []) {
-  const args = [join(here, 'node_member.py'), socket, name,
-    ...Object.entries(models).map(([m, b]) => `${m}=${b}`), ...extra];
-  const proc = spawn('/usr/bin/python3', args, { env: memberEnv(), stdio: ['pipe', 'pipe', 'pipe'] });
+  const args = [socket, name, ...Object.entries(models).map(([m, b]) => `${m}=${b}`), ...extra];
+  const proc = spawn(MEMBER, args, { env: memberEnv(), stdio: ['pipe', 'pipe', 'pipe'] });
   let out = '', err = '';
   proc.stderr.setEncoding('utf8');
   proc.stderr.on('data', (c) => { err += c; });
