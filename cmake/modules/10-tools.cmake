@@ -56,14 +56,27 @@ install(TARGETS vramd vramctl RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 if(VRAM_BUILD_TESTS)
   enable_testing()
   find_program(VRAM_PYTHON3 NAMES python3)
-  # a manager driven by stdin lines: the node tests' member processes
-  add_executable(node_member tests/support/node_member.c)
-  target_link_libraries(node_member PRIVATE vram_static)
-  target_compile_definitions(node_member PRIVATE _GNU_SOURCE=)
+  # the node tests' member processes (C, so that they run under the
+  # sanitizers too, where the Python package cannot load the instrumented
+  # libvram.so; the Python member is used besides them otherwise):
+  # node_member is driven by stdin lines, node_holder loads and holds
+  foreach(prog node_member node_holder)
+    add_executable(${prog} tests/support/${prog}.c)
+    target_link_libraries(${prog} PRIVATE vram_static)
+    target_compile_definitions(${prog} PRIVATE _GNU_SOURCE=)
+  endforeach()
+  if(VRAM_SANITIZE STREQUAL "")
+    set(vram_python_member 1)
+  else()
+    set(vram_python_member 0)
+  endif()
   set(VRAM_TOOL_ENV "VRAMD=$<TARGET_FILE:vramd>" "VRAMCTL=$<TARGET_FILE:vramctl>"
       "NODE_MEMBER=$<TARGET_FILE:node_member>"
       "EMBED_SERVER=$<TARGET_FILE:embed_server>"
-      "VRAM_SOURCE_DIR=${CMAKE_SOURCE_DIR}")
+      "VRAM_SOURCE_DIR=${CMAKE_SOURCE_DIR}"
+      # node members: the Python package (tests/support/node_member.py) and node_member
+      "VRAM_LIBRARY=$<TARGET_FILE:vram_shared>" "VRAM_PYTHONPATH=${CMAKE_SOURCE_DIR}/python"
+      "VRAM_NODE_MEMBER=$<TARGET_FILE:node_holder>" "VRAM_PYTHON_MEMBER=${vram_python_member}")
 
   # Integration tests: python3 (standard library only) driving vramd on a free port.
   file(GLOB VRAM_INTEGRATION_TESTS CONFIGURE_DEPENDS tests/integration/test_*.py)

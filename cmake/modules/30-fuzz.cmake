@@ -19,7 +19,7 @@ if(VRAM_FUZZ)
   # over the core library's host backend.
   add_executable(fuzz_mcp fuzz/fuzz_mcp.c src/server/mcp.c src/server/commands.c
     src/server/status_json.c src/server/commands_models.c src/server/models.c
-    src/server/model_spec.c src/server/events.c)
+    src/server/model_spec.c src/server/events.c src/server/commands_node.c src/server/node.c)
   target_include_directories(fuzz_mcp PRIVATE include src)
   target_compile_definitions(fuzz_mcp PRIVATE _GNU_SOURCE=)
   target_compile_options(fuzz_mcp PRIVATE ${VRAM_FUZZ_FLAGS})

@@ -26,13 +26,39 @@ int vram__cmd_node(vram_manager *m, json_t *args, vram__cmd_result *res)
     return 0;
 }
 
-/* One order, its failure turned into the result. */
+/* The state of remote model name of member member_id as the node view
+ * has it, into out ("" when it has none). */
+static void remote_state(vram_node *n, long member_id, const char *name, char *out, size_t len)
+{
+    out[0] = '\0';
+    json_t *v = vram__node_view(n), *mb, *md;
+    size_t i, j;
+    json_array_foreach(json_object_get(v, "members"), i, mb)
+    {
+        if (json_integer_value(json_object_get(mb, "member")) != member_id) continue;
+        json_array_foreach(json_object_get(mb, "models"), j, md)
+        {
+            const char *st = json_string_value(json_object_get(md, "state"));
+            if (st && !strcmp(json_string_value(json_object_get(md, "name")), name))
+                snprintf(out, len, "%s", st);
+        }
+    }
+    json_decref(v);
+}
+
+/* One order, its failure turned into the result. An offload of a model
+ * already off the GPU succeeds, as a local one does: 1. */
 static int order(vram_node *n, long pid, const char *name, const char *verb, const char *key,
                  const char *val, vram__cmd_result *res)
 {
     char msg[VRAM_ERRMSG_MAX] = "";
     int rc = vram__node_order(n, pid, name, verb, key, val, REMOTE_WAIT, msg, sizeof msg);
     if (rc >= 0) return 0;
+    if (rc == VRAM_ESTATE && strcmp(verb, "offload") == 0) {
+        char st[16];
+        remote_state(n, pid, name, st, sizeof st);
+        if (!strcmp(st, "cpu") || !strcmp(st, "unloaded")) return 1;
+    }
     if (rc == VRAM_EBUSY)
         return vram__cmd_fail(res, rc, "%s is in use in its process (%s); try again when its "
                               "lease ends", name, msg);
@@ -98,11 +124,15 @@ int vram__cmd_remote(json_t *args, const char *op, vram__cmd_result *res)
         rc = remote_settings(n, pid, name, args, strcmp(op, "timeout") == 0, res);
     if (rc < 0) return rc;
     char msg[256];
-    snprintf(msg, sizeof msg, "%s: done by its owner (node member %ld)",
-             strcmp(op, "offload") == 0   ? "offloaded"
-             : strcmp(op, "release") == 0 ? "released"
-                                          : "updated",
-             pid);
+    if (rc == 1)
+        snprintf(msg, sizeof msg, "%s is not on the GPU (nothing to offload; node member %ld)",
+                 id, pid);
+    else
+        snprintf(msg, sizeof msg, "%s: done by its owner (node member %ld)",
+                 strcmp(op, "offload") == 0   ? "offloaded"
+                 : strcmp(op, "release") == 0 ? "released"
+                                              : "updated",
+                 pid);
     json_t *o = json_pack("{s:b, s:s, s:s, s:I, s:s, s:b}", "success", 1, "model", id, "name",
                           name, "member", (json_int_t)pid, "message", msg, "remote", 1);
     if (!o) return vram__cmd_fail(res, VRAM_EHOSTMEM, "out of host memory");

@@ -58,30 +58,64 @@ static const tool tools[] = {
     {"offload_gpu", "Offload to CPU",
      "Move models out of GPU memory into pinned CPU memory (the seed's force_offload). Their "
      "bytes are kept, and the next use restores them at PCIe speed. Every model, or only "
-     "'model'. A model in use is offloaded when its last lease ends (deferred).",
+     "'model'. A model in use is offloaded when its last lease ends (deferred). A node-wide id "
+     "NAME@PID from node_status offloads another process's model: its owner does it, and "
+     "refuses (EBUSY) while that model is in use.",
      "offload",
      "{\"type\":\"object\",\"properties\":{\"model\":{\"type\":\"string\",\"description\":"
-     "\"Name of the model to offload; every model when omitted.\"}},"
+     "\"Name of the model to offload, or a node-wide id NAME@PID (NAME@mID) from node_status "
+     "for a model of another process; every model of vramd when omitted.\"}},"
      "\"additionalProperties\":false}",
      NULL, NULL, 0, 0, 1},
     {"release_gpu", "Release completely",
      "Free models completely, from GPU and CPU memory; the next use loads them again from "
      "their source (the slow first load). Every model, or only 'model'. A model in use is "
-     "released when its last lease ends (deferred).",
+     "released when its last lease ends (deferred). A node-wide id NAME@PID from node_status "
+     "releases another process's model: its owner does it, and refuses (EBUSY) while that "
+     "model is in use.",
      "release",
      "{\"type\":\"object\",\"properties\":{\"model\":{\"type\":\"string\",\"description\":"
-     "\"Name of the model to release; every model when omitted.\"}},"
+     "\"Name of the model to release, or a node-wide id NAME@PID (NAME@mID) from node_status "
+     "for a model of another process; every model of vramd when omitted.\"}},"
      "\"additionalProperties\":false}",
      NULL, NULL, 0, 1, 1},
     {"update_gpu_timeout", "Set idle timeout",
      "Set the idle timeout: a model left unused on the GPU for this many seconds is offloaded "
-     "to the CPU. 0 means never. Applies to every model, or only to 'model'.",
+     "to the CPU. 0 means never. Applies to every model of vramd, or only to 'model'; a "
+     "node-wide id NAME@PID from node_status sets it on another process's model, through its "
+     "owner.",
      "timeout",
      "{\"type\":\"object\",\"properties\":{\"timeout_seconds\":{\"type\":\"number\","
      "\"minimum\":0,\"maximum\":315360000,\"description\":\"Seconds (0 = never offload on "
-     "idle).\"},\"model\":{\"type\":\"string\",\"description\":\"Only this model (optional)."
-     "\"}},\"required\":[\"timeout_seconds\"],\"additionalProperties\":false}",
+     "idle).\"},\"model\":{\"type\":\"string\",\"description\":\"Only this model (optional): "
+     "a name, or a node-wide id NAME@PID (NAME@mID) from node_status.\"}},"
+     "\"required\":[\"timeout_seconds\"],\"additionalProperties\":false}",
      "timeout_seconds", "timeout", 0, 0, 1},
+    {"configure_model", "Configure a model",
+     "Change one model's settings: idle_timeout (seconds unused on the GPU before it is "
+     "offloaded; 0 = never), release_timeout (seconds unused before it is freed completely; "
+     "0 = never) and immediate_offload (back to the CPU after every use). 'model' is a name, or "
+     "a node-wide id NAME@PID from node_status for another process's model, changed by its "
+     "owner.",
+     "configure",
+     "{\"type\":\"object\",\"properties\":{\"model\":{\"type\":\"string\",\"description\":"
+     "\"Name of the model, or a node-wide id NAME@PID (NAME@mID) from node_status.\"},"
+     "\"idle_timeout\":{\"type\":\"number\",\"minimum\":0,\"maximum\":315360000,"
+     "\"description\":\"Seconds (0 = never).\"},\"release_timeout\":{\"type\":\"number\","
+     "\"minimum\":0,\"maximum\":315360000,\"description\":\"Seconds (0 = never).\"},"
+     "\"immediate_offload\":{\"type\":\"boolean\"}},\"required\":[\"model\"],"
+     "\"additionalProperties\":false}",
+     NULL, NULL, 0, 0, 1},
+    {"node_status", "Node status",
+     "Every process on this machine that has joined vramd's node socket (vramd itself is the "
+     "member with self: true), each with its name, pid, uid, backend, devices and models, and "
+     "the recent node evictions (who gave memory, who asked, bytes). Each model carries its "
+     "node-wide id NAME@PID (NAME@mID for a process in another pid namespace): give it as "
+     "'model' to offload_gpu, release_gpu, update_gpu_timeout or configure_model to act on "
+     "that process's model, which its owner then does.",
+     "node",
+     "{\"type\":\"object\",\"properties\":{},\"additionalProperties\":false}",
+     NULL, NULL, 1, 0, 1},
     {"load_model", "Load a model",
      "Make a model resident on the GPU now (lazy load from its source, or restore from the "
      "CPU) and wait until it is there. Answers what it did with seconds, bytes and GB/s. A "
@@ -241,7 +275,9 @@ static json_t *do_initialize(json_t *id, json_t *params, const char **negotiated
         "vramd keeps large models on the GPU only while they are used. get_gpu_status shows "
         "where each model is; offload_gpu moves models to CPU memory (fast to restore); "
         "release_gpu frees them completely; update_gpu_timeout sets the idle timeout; "
-        "load_model and run_model use a model.");
+        "load_model and run_model use a model. node_status lists every process sharing the GPU "
+        "through vramd with its models' node-wide ids (NAME@PID): offload_gpu, release_gpu, "
+        "update_gpu_timeout and configure_model accept such an id and have its owner act.");
     return rpc_result(id, result);
 }
 

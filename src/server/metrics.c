@@ -1,6 +1,7 @@
-/* metrics.c - Prometheus text for vramd: models, devices and per-endpoint request counters. */
+/* metrics.c - Prometheus text for vramd: models, devices, the node's processes and per-endpoint request counters. */
 #define _GNU_SOURCE
 #include "server/metrics.h"
+#include "server/node.h"
 #include "server/status_json.h"
 
 #include <stddef.h>
@@ -236,6 +237,90 @@ static void http_section(FILE *f, vram__metrics *mx)
     }
 }
 
+/* ---- the node: every joined process's models, labelled by process ---- */
+
+static const char *jstr(json_t *o, const char *key)
+{
+    const char *s = json_string_value(json_object_get(o, key));
+    return s ? s : "";
+}
+
+static double jnum(json_t *o, const char *key)
+{
+    return json_number_value(json_object_get(o, key));
+}
+
+/* process="NAME",pid="PID" of a member */
+static void member_labels(FILE *f, json_t *mb)
+{
+    fputs("process=\"", f);
+    label(f, jstr(mb, "name"));
+    fprintf(f, "\",pid=\"%lld\"", (long long)json_integer_value(json_object_get(mb, "pid")));
+}
+
+static const struct {
+    const char *metric, *help, *key;
+} node_model_fields[] = {
+    {"vram_node_model_bytes", "Size of a joined process's model in bytes.", "bytes"},
+    {"vram_node_model_leases", "Live leases of a joined process's model.", "leases"},
+    {"vram_node_model_idle_seconds", "Seconds since a joined process's model was last used.",
+     "idle_seconds"},
+};
+
+static void node_models(FILE *f, json_t *members)
+{
+    for (size_t k = 0; k < sizeof node_model_fields / sizeof node_model_fields[0]; k++) {
+        head(f, node_model_fields[k].metric, "gauge", node_model_fields[k].help);
+        size_t i, j;
+        json_t *mb, *md;
+        json_array_foreach(members, i, mb) {
+            json_array_foreach(json_object_get(mb, "models"), j, md) {
+                fprintf(f, "%s{", node_model_fields[k].metric);
+                member_labels(f, mb);
+                fputs(",model=\"", f);
+                label(f, jstr(md, "name"));
+                fputs("\",id=\"", f);
+                label(f, jstr(md, "id"));
+                fputs("\",state=\"", f);
+                label(f, jstr(md, "state"));
+                fputs("\",device_uuid=\"", f);
+                label(f, jstr(md, "device_uuid"));
+                fprintf(f, "\"} %.9g\n", jnum(md, node_model_fields[k].key));
+            }
+        }
+    }
+}
+
+static const struct {
+    const char *metric, *help, *key;
+} node_member_fields[] = {
+    {"vram_node_evictions_given_total",
+     "Models a joined process offloaded for another's need (node eviction).", "evictions_given"},
+    {"vram_node_bytes_given_total", "Bytes a joined process freed for another's need.",
+     "bytes_given"},
+};
+
+static void node_section(FILE *f, vram_node *n)
+{
+    json_t *v = vram__node_view(n);
+    if (!v) return;
+    json_t *members = json_object_get(v, "members");
+    head(f, "vram_node_members", "gauge", "Processes joined to the node socket (vramd included).");
+    fprintf(f, "vram_node_members %zu\n", json_array_size(members));
+    node_models(f, members);
+    for (size_t k = 0; k < sizeof node_member_fields / sizeof node_member_fields[0]; k++) {
+        head(f, node_member_fields[k].metric, "counter", node_member_fields[k].help);
+        size_t i;
+        json_t *mb;
+        json_array_foreach(members, i, mb) {
+            fprintf(f, "%s{", node_member_fields[k].metric);
+            member_labels(f, mb);
+            fprintf(f, "} %.0f\n", jnum(mb, node_member_fields[k].key));
+        }
+    }
+    json_decref(v);
+}
+
 char *vram__metrics_render(vram__metrics *mx, vram_manager *m, size_t sessions, size_t *len)
 {
     char *buf = NULL;
@@ -254,6 +339,8 @@ char *vram__metrics_render(vram__metrics *mx, vram_manager *m, size_t sessions, 
         devices_section(f, &snap);
         vram__snapshot_free(&snap);
     }
+    vram_node *node = vram__node_current();
+    if (node) node_section(f, node);
     if (mx) http_section(f, mx);
     head(f, "vram_mcp_sessions", "gauge", "Live MCP Streamable HTTP sessions.");
     fprintf(f, "vram_mcp_sessions %zu\n", sessions);

@@ -20,7 +20,9 @@ void vram__metrics_count(vram__metrics *mx, size_t endpoint, unsigned status, do
 /* The whole exposition (text format 0.0.4): per model state, bytes on
  * device and host, counters and last durations of loads, offloads,
  * restores, releases and evictions; per device memory; per endpoint
- * request counts and durations; sessions is the number of live MCP
+ * request counts and durations; when this process serves a node
+ * (vram__node_current), its members and every joined process's models,
+ * labelled by process and pid; sessions is the number of live MCP
  * sessions. Caller frees; *len gets the length. NULL when out of memory. */
 char *vram__metrics_render(vram__metrics *mx, vram_manager *m, size_t sessions, size_t *len);
 

@@ -1,9 +1,10 @@
-// dashboard.mjs - vramd's dashboard in Debian's chromium (playwright-core, headless, off the network): models shown, offload and load by click, progress, a wrong token refused.
+// dashboard.mjs - vramd's dashboard in Debian's chromium (playwright-core, headless, off the network): models shown, offload and load by click, progress, a wrong token refused, another process's model offloaded through the node.
 import { spawn } from "node:child_process";
 import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { chromium } from "playwright-core";
+import { startMember, waitNode } from "../support/node_member.mjs";
 
 const VRAMD = process.env.VRAMD;
 const OUT = resolve(process.env.VRAM_BROWSER_OUT || "browser-artifacts");
@@ -22,7 +23,7 @@ function startVramd() {
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("VRAM_") && k !== "GPU_IDLE_TIMEOUT"));
   Object.assign(env, { VRAM_HOST_MEMORY: "1G", VRAM_LOG_LEVEL: "info", VRAM_NODE_SOCKET: process.env.VRAM_NODE_SOCKET || "off" });
   const cwd = mkdtempSync(join(tmpdir(), "vramd-browser-"));
-  const p = spawn(VRAMD, ["--port", "0", "--backend", "host", "--token", TOKEN,
+  const p = spawn(VRAMD, ["--port", "0", "--backend", "host", "--token", TOKEN, "--node-socket", join(cwd, "node.sock"),
     "--model", "small=synthetic:32M:1", "--model", "big=synthetic:512M:2"], { cwd, env, stdio: ["ignore", "ignore", "pipe"] });
   const log = [];
   return new Promise((ok, fail) => {
@@ -45,6 +46,7 @@ async function api(url, method, path, body) {
 
 async function main() {
   const { p, log, cwd } = await startVramd();
+  let member = null;
   const profile = mkdtempSync(join(tmpdir(), "vram-chromium-"));
   // a fresh --user-data-dir: playwright passes the profile directory as that flag
   const browser = await chromium.launchPersistentContext(profile, {
@@ -70,6 +72,8 @@ async function main() {
     await page.waitForSelector('tr[data-model="big"]', { timeout: 10000 });
     check(true, "the page lists the models");
     check(await page.locator("#devices .bar").count() >= 1, "a memory bar per device");
+    await page.waitForFunction(() => /No other process has joined/.test(document.querySelector("#node-note").textContent), null, { timeout: 10000 });
+    check(await page.isHidden("#node-box"), "the node section is a note while vramd is alone on it");
 
     // a model on the GPU, loaded behind the page's back: the page shows it
     const ld = await api(p.url, "POST", "/api/v1/models/small/load");
@@ -100,6 +104,24 @@ async function main() {
     await page.waitForSelector('tr[data-model="small"][data-state="cpu"]', { timeout: 10000 });
     check(true, "a click offloads small and the page shows it on the CPU");
 
+    // another process joins the node: its model is listed, a click has its owner offload it
+    member = await startMember(join(cwd, "node.sock"), "svc-b", { b: 1 << 20 });
+    const bid = `b@${member.pid}`;
+    await page.waitForSelector(`#node tr[data-id="${bid}"][data-state="gpu"]`, { timeout: 60000 });
+    check(await page.isVisible("#node-box"), "the node section shows the other process's model");
+    check((await page.textContent(`#node tr[data-id="${bid}"]`)).includes("svc-b"), "its row names its owner");
+    check(await page.locator('#node tr[data-owner="vramd"]').count() === 2, "vramd's own models are in the node table too");
+    check(/none yet/.test(await page.textContent("#node-evictions")), "no node evictions yet");
+    await page.click(`#node tr[data-id="${bid}"] button[data-action="offload"]`);
+    await page.waitForSelector(`#node tr[data-id="${bid}"][data-state="cpu"]`, { timeout: 30000 });
+    check(true, "a click offloads the other process's model and the page shows it on the CPU");
+    const nv = await waitNode(p.url, (v) => v.members.some((mb) => mb.models.some((m) => m.id === bid && m.state === "cpu")));
+    check(!!nv, "its owner offloaded it (GET /api/v1/node)");
+    await page.click(`#node tr[data-id="${bid}"] button[data-action="release"]`);
+    await page.waitForSelector(`#node tr[data-id="${bid}"][data-state="unloaded"]`, { timeout: 30000 });
+    check(true, "a click releases it");
+    await page.screenshot({ path: join(OUT, "dashboard-node.png"), fullPage: true });
+
     // a load by click shows its progress, then the model on the GPU
     await page.click('tr[data-model="big"] button[data-action="load"]');
     await page.waitForSelector('tr[data-model="big"][data-state="gpu"]', { timeout: 60000 });
@@ -122,6 +144,7 @@ async function main() {
     check(errors.length === 0, "no script errors", errors.join("; "));
   } finally {
     await browser.close();
+    if (member) await member.stop();
     p.kill("SIGTERM");
     rmSync(profile, { recursive: true, force: true });
     rmSync(cwd, { recursive: true, force: true });

@@ -49,11 +49,13 @@ with Vramd(models=["Llasa-8B=synthetic:8M", "XCodec2=synthetic:4M:1,immediate_of
     tools = {t["name"]: t for t in b["result"]["tools"]}
     eq(sorted(tools), sorted(["get_gpu_status", "offload_gpu", "release_gpu", "update_gpu_timeout",
                               "load_model", "run_model", "register_model", "unregister_model",
-                              "reopen_model"]), "the nine tools")
+                              "reopen_model", "configure_model", "node_status"]),
+       "the eleven tools")
     for t in tools.values():
         check(t["description"] and t["inputSchema"]["type"] == "object" and "annotations" in t,
               f"{t['name']}: description, object schema, annotations", t)
     eq(tools["get_gpu_status"]["annotations"]["readOnlyHint"], True, "status is read-only")
+    eq(tools["node_status"]["annotations"]["readOnlyHint"], True, "node_status is read-only")
     eq(tools["release_gpu"]["annotations"]["destructiveHint"], True, "release is destructive")
     eq(tools["offload_gpu"]["annotations"]["destructiveHint"], False, "offload keeps the bytes")
     eq(tools["update_gpu_timeout"]["inputSchema"]["required"], ["timeout_seconds"],
@@ -90,6 +92,12 @@ with Vramd(models=["Llasa-8B=synthetic:8M", "XCodec2=synthetic:4M:1,immediate_of
     r = call("update_gpu_timeout", {"timeout_seconds": 300})["result"]
     eq(r["isError"], False, "update_gpu_timeout 300")
     eq(d.model("Llasa-8B")["idle_timeout_seconds"], 300, "timeout applied")
+    r = call("configure_model", {"model": "XCodec2", "idle_timeout": 42, "immediate_offload": False})
+    eq(r["result"]["isError"], False, "configure_model")
+    eq(d.model("XCodec2")["idle_timeout_seconds"], 42, "configure_model applied")
+    r = call("node_status", {})["result"]
+    eq((r["isError"], r["structuredContent"]["members"]), (False, []),
+       "node_status without a node socket: no members")
 
     # --- bad arguments: results with isError, state unchanged ---
     for name, args in (("update_gpu_timeout", {"timeout_seconds": -1}),
@@ -101,7 +109,10 @@ with Vramd(models=["Llasa-8B=synthetic:8M", "XCodec2=synthetic:4M:1,immediate_of
                        ("offload_gpu", {"model": 3}),
                        ("run_model", {}),
                        ("load_model", {"model": "nope"}),
-                       ("get_gpu_status", {"verbose": True})):
+                       ("get_gpu_status", {"verbose": True}),
+                       ("node_status", {"model": "x"}),
+                       ("configure_model", {"idle_timeout": 5}),
+                       ("configure_model", {"model": "XCodec2"})):
         r = call(name, args)
         check(r.get("result", {}).get("isError") is True, f"{name} {args}: isError result", r)
         text = r.get("result", {}).get("content", [{}])[0].get("text", "")
@@ -205,7 +216,7 @@ with Vramd(models=["Llasa-8B=synthetic:8M", "XCodec2=synthetic:4M:1,immediate_of
     eq(len(out), 8, "one line per request (none for the notification), plus the parse error")
     by_id = {m.get("id"): m for m in out}
     eq(by_id[0]["result"]["protocolVersion"], "2025-06-18", "stdio initialize")
-    eq(len(by_id[1]["result"]["tools"]), 9, "stdio tools/list")
+    eq(len(by_id[1]["result"]["tools"]), 11, "stdio tools/list")
     eq(by_id[2]["result"]["isError"], False, "stdio update_gpu_timeout")
     check("checksum" in by_id[3]["result"]["structuredContent"], "stdio run_model", by_id[3])
     eq(by_id[4]["result"]["isError"], True, "stdio bad argument: isError")

@@ -68,8 +68,8 @@ def clean_env(extra=None):
     # fresh device memory holds poison, as real VRAM holds old bytes (host.c)
     env["VRAM_HOST_POISON"] = os.environ.get("VRAM_HOST_POISON", "1")
     # no test joins (or, as vramd, listens on) the machine's node socket
-    # unless it names one of its own
-    env["VRAM_NODE_SOCKET"] = os.environ.get("VRAM_NODE_SOCKET", "off")
+    # unless it names one of its own (--node-socket, or in extra)
+    env["VRAM_NODE_SOCKET"] = "off"
     if extra:
         env.update(extra)
     return env

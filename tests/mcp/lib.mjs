@@ -40,7 +40,9 @@ export function cleanEnv(extra = {}) {
 
 // Starts vramd on a free port; resolves to { url, port, proc, log, stop() }.
 export function startVramd(models, extraArgs = [], env = {}) {
-  const args = ['--backend', 'host', '--port', '0', ...extraArgs];
+  // no node socket unless the test names one (cleanEnv drops VRAM_NODE_SOCKET=off)
+  const node = extraArgs.includes('--node-socket') ? [] : ['--node-socket', 'off'];
+  const args = ['--backend', 'host', '--port', '0', ...node, ...extraArgs];
   for (const m of models) args.push('--model', m);
   const cwd = mkdtempSync(join(tmpdir(), 'vramd-mcp-'));
   const proc = spawn(VRAMD, args, { cwd, env: cleanEnv({ VRAM_HOST_MEMORY: '256M', ...env }),

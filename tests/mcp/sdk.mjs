@@ -3,7 +3,11 @@
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { VRAMCTL, check, cleanEnv, eq, finish, getJson, startVramd } from './lib.mjs';
+import { startMember, waitNode } from '../support/node_member.mjs';
 
 const mode = process.argv[2];
 if (mode !== 'http' && mode !== 'stdio') {
@@ -11,7 +15,11 @@ if (mode !== 'http' && mode !== 'stdio') {
   process.exit(2);
 }
 
-const d = await startVramd(['Llasa-8B=synthetic:32M', 'XCodec2=synthetic:8M:2,immediate_offload=1']);
+// a node socket, and a second process (the Python package) that joins it
+const nodeDir = mkdtempSync(join(tmpdir(), 'vram-mcp-node-'));
+const d = await startVramd(['Llasa-8B=synthetic:32M', 'XCodec2=synthetic:8M:2,immediate_offload=1'],
+  ['--node-socket', join(nodeDir, 'node.sock')]);
+let member = null;
 const status = () => getJson(`${d.url}/api/gpu/status`);
 let stderr = '';
 try {
@@ -31,8 +39,12 @@ try {
 
   const { tools } = await client.listTools();
   eq(tools.map((t) => t.name).sort(),
-    ['get_gpu_status', 'load_model', 'offload_gpu', 'register_model', 'release_gpu', 'reopen_model', 'run_model',
-      'unregister_model', 'update_gpu_timeout'], 'tools/list');
+    ['configure_model', 'get_gpu_status', 'load_model', 'node_status', 'offload_gpu', 'register_model', 'release_gpu',
+      'reopen_model', 'run_model', 'unregister_model', 'update_gpu_timeout'], 'tools/list');
+  eq(tools.find((t) => t.name === 'node_status').annotations.readOnlyHint, true, 'node_status is read-only');
+  for (const name of ['offload_gpu', 'release_gpu', 'update_gpu_timeout', 'configure_model'])
+    check(/NAME@PID/.test(tools.find((t) => t.name === name).inputSchema.properties.model.description),
+      `${name}: 'model' documents node-wide ids`);
   for (const t of tools) {
     check(t.description && t.description.length > 20, `${t.name}: description`);
     eq(t.inputSchema.type, 'object', `${t.name}: inputSchema type`);
@@ -109,6 +121,39 @@ try {
   r = await client.callTool({ name: 'unregister_model', arguments: { model: 'extra' } });
   check(!r.isError && !('extra' in (await status())), 'unregister_model', r);
 
+  // the node: another process's models, acted on through their owner
+  member = await startMember(join(nodeDir, 'node.sock'), 'svc-b', { b: 1 << 20, held: 1 << 16 }, ['--hold', 'held']);
+  const bid = `b@${member.pid}`, hid = `held@${member.pid}`;
+  const remote = (v, id) => v.members.flatMap((mb) => mb.models).find((x) => x.id === id);
+  await waitNode(d.url, (v) => remote(v, bid)?.state === 'gpu' && remote(v, hid));
+  r = await client.callTool({ name: 'node_status', arguments: {} });
+  check(!r.isError, 'node_status', r);
+  const mine = r.structuredContent.members.find((mb) => mb.self);
+  const other = r.structuredContent.members.find((mb) => mb.pid === member.pid);
+  check(mine && mine.models.some((x) => x.name === 'Llasa-8B'), 'node_status lists vramd itself with its models', r.structuredContent);
+  check(other && other.name === 'svc-b' && other.models.some((x) => x.id === bid && x.owner === 'svc-b'),
+    'node_status lists the other process with its model and node-wide id', r.structuredContent);
+  r = await client.callTool({ name: 'offload_gpu', arguments: { model: bid } });
+  check(!r.isError && r.structuredContent.remote === true, 'offload_gpu of a remote model', r);
+  await waitNode(d.url, (v) => remote(v, bid)?.state === 'cpu');
+  check(true, 'its owner offloaded it');
+  r = await client.callTool({ name: 'update_gpu_timeout', arguments: { model: bid, timeout_seconds: 123 } });
+  check(!r.isError, 'update_gpu_timeout of a remote model', r);
+  r = await client.callTool({ name: 'configure_model', arguments: { model: bid, release_timeout: 456, immediate_offload: true } });
+  check(!r.isError, 'configure_model of a remote model', r);
+  await waitNode(d.url, (v) => remote(v, bid)?.idle_timeout === 123 && remote(v, bid)?.release_timeout === 456 &&
+    remote(v, bid)?.immediate_offload === true);
+  check(true, 'its owner applied the timeouts');
+  r = await client.callTool({ name: 'offload_gpu', arguments: { model: hid } });
+  check(r.isError && /EBUSY/.test(r.content[0].text), 'offload_gpu of a remote model in use: EBUSY', r);
+  r = await client.callTool({ name: 'release_gpu', arguments: { model: `nope@${member.pid}` } });
+  check(r.isError, 'release_gpu of a remote model that does not exist is a tool error', r);
+  r = await client.callTool({ name: 'release_gpu', arguments: { model: bid } });
+  check(!r.isError, 'release_gpu of a remote model', r);
+  await waitNode(d.url, (v) => remote(v, bid)?.state === 'unloaded');
+  check(true, 'its owner released it');
+  eq(remote(await getJson(`${d.url}/api/v1/node`), hid).state, 'gpu', 'the model in use stayed');
+
   // an unknown tool is a protocol error
   try {
     await client.callTool({ name: 'no_such_tool', arguments: {} });
@@ -132,6 +177,8 @@ try {
 } catch (e) {
   check(false, `unexpected exception: ${e?.stack || e}`);
 }
+if (member) await member.stop();
 const code = await d.stop();
+rmSync(nodeDir, { recursive: true, force: true });
 eq(code, 0, 'vramd exits 0 on SIGTERM');
 finish();

@@ -286,6 +286,61 @@ static void test_metrics(void **state)
     vram_manager_destroy(m);
 }
 
+/* The node's series: a manager of this process joins a node, its model is
+ * listed with its process and node-wide id (label values escaped). */
+static void test_metrics_node(void **state)
+{
+    (void)state;
+    vram_manager *m = host_manager();
+    char *text = vram__metrics_render(NULL, m, 0, NULL);
+    assert_null(strstr(text, "vram_node_members")); /* no node: no node series */
+    free(text);
+    char dir[] = "/tmp/vram-metrics-node-XXXXXX", path[128];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/node.sock", dir);
+    vram_node *node = NULL;
+    assert_int_equal(vram_node_start(path, &node), 0);
+    vram_config cfg;
+    vram_config_init(&cfg);
+    cfg.backend = VRAM_BACKEND_HOST;
+    cfg.host_memory = 64 << 20;
+    cfg.host_devices = 1;
+    cfg.log_level = VRAM_LOG_ERROR;
+    cfg.no_monitor_thread = 1;
+    snprintf(cfg.node_socket, sizeof cfg.node_socket, "%s", path);
+    snprintf(cfg.node_name, sizeof cfg.node_name, "svc \"b\\");
+    vram_manager *member = NULL;
+    assert_int_equal(vram_manager_create(&cfg, &member), 0);
+    fx_add(member, "m 1 语音", "synthetic:1M:1");
+    char want[256];
+    snprintf(want, sizeof want,
+             "vram_node_model_bytes{process=\"svc \\\"b\\\\\",pid=\"%ld\",model=\"m 1 语音\","
+             "id=\"m 1 语音@%ld\",state=\"unloaded\",device_uuid=\"HOST-0\"} 1048576",
+             (long)getpid(), (long)getpid());
+    int found = 0;
+    for (int i = 0; i < 600 && !found; i++) { /* the member joins on its own thread */
+        text = vram__metrics_render(NULL, m, 0, NULL);
+        found = strstr(text, want) != NULL;
+        if (found) {
+            assert_non_null(strstr(text, "# TYPE vram_node_members gauge\nvram_node_members 1\n"));
+            assert_non_null(strstr(text, "vram_node_model_leases{process="));
+            assert_non_null(strstr(text, "vram_node_model_idle_seconds{process="));
+            assert_non_null(strstr(text, "vram_node_evictions_given_total{process=\"svc"));
+            assert_non_null(strstr(text, "vram_node_bytes_given_total{process=\"svc"));
+        }
+        free(text);
+        if (!found) usleep(50 * 1000);
+    }
+    assert_true(found);
+    vram_manager_destroy(member);
+    vram_node_stop(node);
+    text = vram__metrics_render(NULL, m, 0, NULL);
+    assert_null(strstr(text, "vram_node_members")); /* stopped: gone again */
+    free(text);
+    rmdir(dir);
+    vram_manager_destroy(m);
+}
+
 /* ---- the embeddable server ---- */
 
 /* One HTTP/1.0 GET on 127.0.0.1:port; the whole answer into buf. */
@@ -362,6 +417,7 @@ int main(void)
         cmocka_unit_test(test_status_json_matches_structs),
         cmocka_unit_test(test_commands),
         cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_metrics_node),
         cmocka_unit_test(test_server_life_cycle),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

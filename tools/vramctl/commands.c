@@ -17,6 +17,7 @@ int cmd_status(int argc, char **argv)
 {
     if (argc > 1) die(EXIT_USAGE, "status takes at most one MODEL");
     if (argc == 1) {
+        if (status_remote(argv[0])) return 0; /* NAME@PID of another process */
         char path[1024];
         client_model_path(path, sizeof path, argv[0], "");
         json_t *one = client_call("GET", path, NULL);
@@ -27,10 +28,15 @@ int cmd_status(int argc, char **argv)
         return 0;
     }
     json_t *all = client_call("GET", "/api/gpu/status", NULL);
-    if (!json_object_size(all))
+    /* other processes on the node: their models too, with OWNER and PID */
+    json_t *node = node_fetch();
+    if (node && node_others(node) > 0)
+        table_status_node(all, node, NULL);
+    else if (!json_object_size(all))
         printf("no models (start vramd with --model NAME=SOURCE)\n");
     else
         table_status(all);
+    json_decref(node);
     json_decref(all);
     return 0;
 }

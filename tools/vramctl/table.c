@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "vram.h"
 #include "vramctl.h"
 
 void human_size(double bytes, char *out, size_t len)
@@ -94,9 +95,10 @@ static void cell(const char *s, int width, int last)
 
 /* ---- status ---- */
 
-#define NCOLS 7
+#define NCOLS 7       /* NAME LOCATION STATE SIZE IDLE TIMEOUT LEASES */
+#define NCOLS_NODE 9  /* ... OWNER PID */
 #define CELL 64
-typedef char status_row[NCOLS][CELL];
+typedef char status_row[NCOLS_NODE][CELL];
 
 /* The cells of model name from its status object st. */
 static void status_cells(status_row row, const char *name, json_t *st)
@@ -127,43 +129,239 @@ static void status_cells(status_row row, const char *name, json_t *st)
     snprintf(row[6], CELL, "%lld", (long long)leases);
 }
 
-static void print_row(const char *const *cells, const int *width)
+static void print_row(const char *const *cells, const int *width, int ncols)
 {
-    for (int c = 0; c < NCOLS; c++)
-        cell(cells[c], width[c], c == NCOLS - 1);
+    for (int c = 0; c < ncols; c++)
+        cell(cells[c], width[c], c == ncols - 1);
     fputc('\n', stdout);
+}
+
+/* The rows of a status table, columns sized to their widest cell. */
+typedef struct status_table {
+    status_row *rows;
+    size_t n, cap;
+    int ncols;
+    int width[NCOLS_NODE];
+} status_table;
+
+static const char *const status_head[NCOLS_NODE] = {"NAME", "LOCATION", "STATE", "SIZE", "IDLE",
+                                                    "TIMEOUT", "LEASES", "OWNER", "PID"};
+
+static void table_init(status_table *t, size_t cap, int ncols)
+{
+    t->rows = calloc(cap ? cap : 1, sizeof *t->rows);
+    if (!t->rows) die(EXIT_FAILED, "out of memory");
+    t->n = 0;
+    t->cap = cap ? cap : 1;
+    t->ncols = ncols;
+    for (int c = 0; c < ncols; c++)
+        t->width[c] = display_width(status_head[c]);
+}
+
+/* Adds model name's row; owner and pid fill the node columns (NULL: none). */
+static void table_add(status_table *t, const char *name, json_t *st, const char *owner,
+                      const char *pid)
+{
+    if (t->n == t->cap) return;
+    char(*row)[CELL] = t->rows[t->n++];
+    status_cells(row, name, st);
+    snprintf(row[7], CELL, "%s", owner ? owner : "");
+    snprintf(row[8], CELL, "%s", pid ? pid : "");
+    for (int c = 0; c < t->ncols; c++) {
+        int w = display_width(row[c]);
+        if (w > t->width[c]) t->width[c] = w;
+    }
+}
+
+static void table_print(status_table *t)
+{
+    print_row(status_head, t->width, t->ncols);
+    for (size_t i = 0; i < t->n; i++) {
+        const char *row[NCOLS_NODE];
+        for (int c = 0; c < t->ncols; c++)
+            row[c] = t->rows[i][c];
+        print_row(row, t->width, t->ncols);
+    }
+    free(t->rows);
 }
 
 void table_status(json_t *all)
 {
-    static const char *const head[NCOLS] = {"NAME", "LOCATION", "STATE", "SIZE",
-                                            "IDLE", "TIMEOUT",  "LEASES"};
-    size_t rows = json_object_size(all);
-    status_row *cells = calloc(rows ? rows : 1, sizeof *cells);
-    if (!cells) die(EXIT_FAILED, "out of memory");
-    int width[NCOLS];
-    for (int c = 0; c < NCOLS; c++)
-        width[c] = display_width(head[c]);
+    status_table t;
+    table_init(&t, json_object_size(all), NCOLS);
     const char *name;
     json_t *st;
-    size_t r = 0;
-    json_object_foreach(all, name, st)
+    json_object_foreach(all, name, st) table_add(&t, name, st, NULL, NULL);
+    table_print(&t);
+}
+
+/* A model of the node view in the shape of vramd's status object. */
+static json_t *node_model_status(json_t *md)
+{
+    const char *state = json_string_value(json_object_get(md, "state"));
+    const char *loc = "?";
+    for (int s = VRAM_STATE_UNLOADED; state && s <= VRAM_STATE_RELEASING; s++)
+        if (!strcmp(vram_state_name((vram_state)s), state)) loc = vram_state_location((vram_state)s);
+    return json_pack("{s:s, s:s, s:f, s:f, s:f, s:I}", "state", state ? state : "?", "location",
+                     loc, "bytes", json_number_value(json_object_get(md, "bytes")),
+                     "idle_time_seconds", json_number_value(json_object_get(md, "idle_seconds")),
+                     "idle_timeout_seconds", json_number_value(json_object_get(md, "idle_timeout")),
+                     "leases", json_integer_value(json_object_get(md, "leases")));
+}
+
+size_t node_models(json_t *node, int others_only)
+{
+    size_t n = 0, i;
+    json_t *mb;
+    json_array_foreach(json_object_get(node, "members"), i, mb)
     {
-        status_cells(cells[r], name, st);
-        for (int c = 0; c < NCOLS; c++) {
-            int w = display_width(cells[r][c]);
-            if (w > width[c]) width[c] = w;
+        if (others_only && json_is_true(json_object_get(mb, "self"))) continue;
+        n += json_array_size(json_object_get(mb, "models"));
+    }
+    return n;
+}
+
+/* Adds every model of the node's other members, under its node-wide id;
+ * only the one whose id is only (NULL: all). Returns how many. */
+static size_t add_node_rows(status_table *t, json_t *node, const char *only)
+{
+    size_t i, j, added = 0;
+    json_t *mb, *md;
+    json_array_foreach(json_object_get(node, "members"), i, mb)
+    {
+        if (json_is_true(json_object_get(mb, "self"))) continue;
+        char pid[32];
+        snprintf(pid, sizeof pid, "%lld", (long long)json_integer_value(json_object_get(mb, "pid")));
+        json_array_foreach(json_object_get(mb, "models"), j, md)
+        {
+            const char *id = json_string_value(json_object_get(md, "id"));
+            if (!id || (only && strcmp(only, id) != 0)) continue;
+            json_t *st = node_model_status(md);
+            table_add(t, id, st, json_string_value(json_object_get(mb, "name")), pid);
+            json_decref(st);
+            added++;
         }
-        r++;
     }
-    print_row(head, width);
-    for (size_t i = 0; i < r; i++) {
-        const char *row[NCOLS];
-        for (int c = 0; c < NCOLS; c++)
-            row[c] = cells[i][c];
-        print_row(row, width);
+    return added;
+}
+
+void table_status_node(json_t *all, json_t *node, const char *only)
+{
+    status_table t;
+    table_init(&t, json_object_size(all) + node_models(node, 1), NCOLS_NODE);
+    const char *self_name = "vramd";
+    char self_pid[32] = "";
+    size_t i;
+    json_t *mb;
+    json_array_foreach(json_object_get(node, "members"), i, mb)
+    {
+        if (!json_is_true(json_object_get(mb, "self"))) continue;
+        self_name = json_string_value(json_object_get(mb, "name"));
+        snprintf(self_pid, sizeof self_pid, "%lld",
+                 (long long)json_integer_value(json_object_get(mb, "pid")));
     }
-    free(cells);
+    const char *name;
+    json_t *st;
+    json_object_foreach(all, name, st) table_add(&t, name, st, self_name, self_pid);
+    add_node_rows(&t, node, only);
+    table_print(&t);
+}
+
+/* ---- the node ---- */
+
+#define NODE_COLS 7
+typedef char node_row[NODE_COLS][CELL];
+
+/* Bytes of a member's models in device memory. */
+static double member_gpu_bytes(json_t *mb)
+{
+    double sum = 0;
+    size_t j;
+    json_t *md;
+    json_array_foreach(json_object_get(mb, "models"), j, md)
+    {
+        const char *st = json_string_value(json_object_get(md, "state"));
+        if (st && (!strcmp(st, "gpu") || !strcmp(st, "offloading") || !strcmp(st, "restoring") ||
+                   !strcmp(st, "releasing")))
+            sum += json_number_value(json_object_get(md, "bytes"));
+    }
+    return sum;
+}
+
+static void member_cells(node_row row, json_t *mb)
+{
+    const char *name = json_string_value(json_object_get(mb, "name"));
+    snprintf(row[0], CELL, "%s%s", name ? name : "?",
+             json_is_true(json_object_get(mb, "self")) ? " (this vramd)" : "");
+    snprintf(row[1], CELL, "%lld", (long long)json_integer_value(json_object_get(mb, "pid")));
+    snprintf(row[2], CELL, "%lld", (long long)json_integer_value(json_object_get(mb, "uid")));
+    const char *be = json_string_value(json_object_get(mb, "backend"));
+    snprintf(row[3], CELL, "%s", be ? be : "?");
+    snprintf(row[4], CELL, "%zu", json_array_size(json_object_get(mb, "models")));
+    human_size(member_gpu_bytes(mb), row[5], CELL);
+    json_int_t given = json_integer_value(json_object_get(mb, "evictions_given"));
+    if (given > 0) {
+        char b[32];
+        human_size(json_number_value(json_object_get(mb, "bytes_given")), b, sizeof b);
+        snprintf(row[6], CELL, "%s in %lld", b, (long long)given);
+    } else {
+        snprintf(row[6], CELL, "-");
+    }
+}
+
+static void node_events(json_t *node)
+{
+    json_t *evs = json_object_get(node, "evictions");
+    if (!json_array_size(evs)) {
+        printf("\nno node evictions yet\n");
+        return;
+    }
+    printf("\nrecent node evictions (the newest last):\n");
+    size_t i;
+    json_t *e;
+    json_array_foreach(evs, i, e)
+    {
+        char ago[32], b[32];
+        human_duration(json_number_value(json_object_get(e, "seconds_ago")), ago, sizeof ago);
+        human_size(json_number_value(json_object_get(e, "bytes")), b, sizeof b);
+        const char *model = json_string_value(json_object_get(e, "model"));
+        const char *owner = json_string_value(json_object_get(e, "owner"));
+        const char *asker = json_string_value(json_object_get(e, "asker"));
+        const char *fo = json_string_value(json_object_get(e, "for"));
+        printf("  %s ago: %s (pid %lld) gave %s, offloading %s, for %s (pid %lld) to load %s\n", ago,
+               owner ? owner : "?", (long long)json_integer_value(json_object_get(e, "owner_pid")),
+               b, model ? model : "?", asker ? asker : "?",
+               (long long)json_integer_value(json_object_get(e, "asker_pid")), fo ? fo : "?");
+    }
+}
+
+void table_node(json_t *node)
+{
+    static const char *const head[NODE_COLS] = {"NAME",   "PID",       "UID",  "BACKEND",
+                                                "MODELS", "GPU BYTES", "GIVEN"};
+    json_t *members = json_object_get(node, "members");
+    size_t n = json_array_size(members), i;
+    node_row *rows = calloc(n ? n : 1, sizeof *rows);
+    if (!rows) die(EXIT_FAILED, "out of memory");
+    int width[NODE_COLS];
+    for (int c = 0; c < NODE_COLS; c++)
+        width[c] = display_width(head[c]);
+    json_t *mb;
+    json_array_foreach(members, i, mb)
+    {
+        member_cells(rows[i], mb);
+        for (int c = 0; c < NODE_COLS; c++)
+            if (display_width(rows[i][c]) > width[c]) width[c] = display_width(rows[i][c]);
+    }
+    print_row(head, width, NODE_COLS);
+    for (i = 0; i < n; i++) {
+        const char *row[NODE_COLS];
+        for (int c = 0; c < NODE_COLS; c++)
+            row[c] = rows[i][c];
+        print_row(row, width, NODE_COLS);
+    }
+    free(rows);
+    node_events(node);
 }
 
 /* ---- results of offload, release, run ---- */

@@ -16,6 +16,20 @@ void human_duration(double seconds, char *out, size_t len);
  * columns sized to their widest cell in display columns. */
 void table_status(json_t *all);
 
+/* The same table with the columns OWNER and PID: vramd's own models (all,
+ * as for table_status) owned by vramd, then every model of the other
+ * processes in the node view node (GET /api/v1/node) under its node-wide id
+ * NAME@PID; with only, only that one of them (all may then be empty). */
+void table_status_node(json_t *all, json_t *node, const char *only);
+
+/* The number of models in the node view (others_only: of the members other
+ * than vramd itself). */
+size_t node_models(json_t *node, int others_only);
+
+/* To stdout: the node's members (NAME PID UID BACKEND MODELS GPU BYTES
+ * GIVEN), then its recent evictions. */
+void table_node(json_t *node);
+
 /* To stdout: an answer's "message", then one line per entry of its
  * "models" (model, result, and seconds, size and GB/s when bytes moved). */
 void table_items(json_t *answer);

@@ -2,6 +2,8 @@
 #ifndef VRAMCTL_H
 #define VRAMCTL_H
 
+#include <jansson.h>
+
 /* Exit codes. */
 #define EXIT_FAILED 1      /* vramd answered with an error */
 #define EXIT_UNREACHABLE 2 /* vramd is not running or not reachable */
@@ -24,6 +26,16 @@ int cmd_devices(int argc, char **argv);
 int cmd_register(int argc, char **argv);
 int cmd_unregister(int argc, char **argv);
 int cmd_reopen(int argc, char **argv);
+
+/* node.c: the node (GET /api/v1/node) */
+int cmd_node(int argc, char **argv);
+/* The node view, or NULL when vramd has none (or answers an error). */
+json_t *node_fetch(void);
+/* How many members other than vramd itself it lists. */
+int node_others(json_t *node);
+/* Shows the model of another process with node-wide id NAME@PID (as status
+ * MODEL does); 0 when the node has no such model. */
+int status_remote(const char *id);
 
 /* mcp_bridge.c: MCP on stdin/stdout, forwarded to vramd's /mcp */
 int cmd_mcp(int argc, char **argv);
