@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/base.h"
 #include "server/models.h"
@@ -234,6 +235,16 @@ static int get_model(vram_manager *m, json_t *args, int required, vram_model **o
     if (len == 0 || len > VRAM_NAME_MAX || strlen(name) != len)
         return vram__cmd_fail(res, VRAM_EINVAL, "'model' must be 1-%d characters", VRAM_NAME_MAX);
     vram_model *model = vram_manager_find(m, name);
+    const char *at = strrchr(name, '@');
+    if (!model && at && at > name) { /* this process's own node-wide id, "NAME@PID" */
+        char own[VRAM_NAME_MAX + 8], pid[24];
+        snprintf(pid, sizeof pid, "@%ld", (long)getpid());
+        if (strcmp(at, pid) == 0 && (size_t)(at - name) < sizeof own) {
+            memcpy(own, name, (size_t)(at - name));
+            own[at - name] = '\0';
+            model = vram_manager_find(m, own);
+        }
+    }
     if (!model) return unknown_model(m, name, res);
     *out = model;
     return 0;
