@@ -214,7 +214,9 @@ void vram__model_unhold(vram_model *model);
  * uses only the public API on the manager.
  *
  * start: joins VRAM_NODE_SOCKET (retrying while it is absent) unless it is
- * "off"; a thread reports the models. stop: leaves and joins the thread.
+ * "off"; a thread reports the models. stop: leaves and joins the thread
+ * (m->node stays valid, so notify from the monitor is harmless); free: at
+ * the very end of the manager's destroy, when no other thread is left.
  * notify: a model changed (a registration, a final state): report soon;
  * any thread, with or without m->lock (one write to an eventfd, only
  * while joined). ask: an acquire of model cannot map bytes on dev; asks
@@ -223,6 +225,7 @@ void vram__model_unhold(vram_model *model);
  * joined, or the device is not shared). */
 int vram__node_start(vram_manager *m);
 void vram__node_stop(vram_manager *m);
+void vram__node_free(vram_manager *m);
 void vram__node_notify(vram_manager *m);
 uint64_t vram__node_ask(vram_manager *m, int dev, uint64_t bytes, const char *model);
 

@@ -162,6 +162,7 @@ void vram_manager_destroy(vram_manager *m)
     for (size_t i = 0; i < m->nmodels; i++) vram__model_free(m->models[i]);
     free(m->models);
     vram__backend_destroy(m->backend);
+    vram__node_free(m);
     pthread_cond_destroy(&m->mem_cond);
     pthread_cond_destroy(&m->monitor_cond);
     pthread_mutex_destroy(&m->lock);

@@ -434,13 +434,26 @@ void vram__node_stop(vram_manager *m)
     struct vram__node *n = m->node;
     if (!n) return;
     pthread_mutex_lock(&n->lock);
+    int was = n->stopping;
     n->stopping = 1;
     pthread_cond_broadcast(&n->cond);
     pthread_mutex_unlock(&n->lock);
+    if (was) return;
     vram__node_notify(m);
     pthread_join(n->thread, NULL);
-    m->node = NULL;
+    pthread_mutex_lock(&n->lock);
     if (n->fd >= 0) close(n->fd);
+    n->fd = -1;
+    n->joined = 0;
+    pthread_mutex_unlock(&n->lock);
+}
+
+void vram__node_free(vram_manager *m)
+{
+    struct vram__node *n = m->node;
+    if (!n) return;
+    vram__node_stop(m);
+    m->node = NULL; /* no other thread is left: the monitor has stopped */
     close(n->wake_fd);
     pthread_cond_destroy(&n->cond);
     pthread_mutex_destroy(&n->lock);
