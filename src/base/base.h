@@ -33,6 +33,10 @@ int vram__log_enabled(vram_log_level level);
 
 /* Monotonic seconds. */
 double vram__now(void);
+/* The CLOCK_MONOTONIC time seconds from now, for pthread_cond_timedwait on
+ * a condition variable set to that clock (negative or NaN: now). */
+struct timespec;
+void vram__deadline_after(struct timespec *ts, double seconds);
 
 /* Seconds the calling thread's backend calls spent pinning host memory so
  * far (thread-local: a backend adds what it spent for the caller, helper

@@ -21,13 +21,7 @@ void vram__mem_wait(vram_manager *m, double deadline)
     if (wait > 0.25) wait = 0.25; /* re-check evictability now and then */
     if (wait <= 0) return;
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += (time_t)wait;
-    ts.tv_nsec += (long)((wait - (double)(time_t)wait) * 1e9);
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
+    vram__deadline_after(&ts, wait);
     m->mem_waiters++;
     pthread_cond_timedwait(&m->mem_cond, &m->lock, &ts);
     m->mem_waiters--;

@@ -470,17 +470,6 @@ void vram__node_notify(vram_manager *m)
     (void)w;
 }
 
-static void deadline_ts(struct timespec *ts, double seconds)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += (time_t)seconds;
-    ts->tv_nsec += (long)((seconds - (double)(time_t)seconds) * 1e9);
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
 uint64_t vram__node_ask(vram_manager *m, int dev, uint64_t bytes, const char *model)
 {
     struct vram__node *n = m->node;
@@ -493,7 +482,7 @@ uint64_t vram__node_ask(vram_manager *m, int dev, uint64_t bytes, const char *mo
         /* a process that needs memory right after it started: its node
          * thread is joining now; wait for that (bounded) rather than fail */
         struct timespec ts;
-        deadline_ts(&ts, NODE_JOIN_WAIT);
+        vram__deadline_after(&ts, NODE_JOIN_WAIT);
         pthread_mutex_unlock(&n->lock);
         vram__node_notify(m);
         pthread_mutex_lock(&n->lock);
@@ -520,7 +509,7 @@ uint64_t vram__node_ask(vram_manager *m, int dev, uint64_t bytes, const char *mo
               (unsigned long long)bytes, dev);
     if (send_line_locked(n, &o) == 0) {
         struct timespec ts;
-        deadline_ts(&ts, NODE_ASK_WAIT);
+        vram__deadline_after(&ts, NODE_ASK_WAIT);
         while (!ask.done && n->joined && !n->stopping)
             if (pthread_cond_timedwait(&n->cond, &n->lock, &ts) == ETIMEDOUT) break;
     }

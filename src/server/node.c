@@ -209,17 +209,6 @@ static void cut_off(member *mb, const char *why)
 
 /* ---- orders ---- */
 
-static void deadline_ts(struct timespec *ts, double seconds)
-{
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += (time_t)seconds;
-    ts->tv_nsec += (long)((seconds - (double)(time_t)seconds) * 1e9);
-    if (ts->tv_nsec >= 1000000000L) {
-        ts->tv_sec++;
-        ts->tv_nsec -= 1000000000L;
-    }
-}
-
 /* Sends an order to member id and waits for its done (dropping the lock
  * while waiting). Lock held. */
 static int order_locked(vram_node *n, long id, const char *verb, const char *name,
@@ -248,8 +237,8 @@ static int order_locked(vram_node *n, long id, const char *verb, const char *nam
     /* the owner acknowledges at once (then carries it out, which may take
      * seconds): no ack within NODE_ACK_WAIT means it does not answer */
     struct timespec ack_ts, done_ts;
-    deadline_ts(&ack_ts, timeout < NODE_ACK_WAIT ? timeout : NODE_ACK_WAIT);
-    deadline_ts(&done_ts, timeout);
+    vram__deadline_after(&ack_ts, timeout < NODE_ACK_WAIT ? timeout : NODE_ACK_WAIT);
+    vram__deadline_after(&done_ts, timeout);
     int rc = 0;
     while (!od.done && !n->stopping && member_by_id(n, id) && rc != ETIMEDOUT)
         rc = pthread_cond_timedwait(&n->cond, &n->lock, od.acked ? &done_ts : &ack_ts);
