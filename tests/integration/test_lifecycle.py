@@ -28,8 +28,13 @@ with Vramd(models=["idle=synthetic:16M:3,idle_timeout=1,release_timeout=2",
           "run-time idle timeout of 1 s offloads", d.model("cyc"))
     d.post("/api/gpu/timeout", {"timeout": 0, "model": "cyc"})
     d.post("/api/v1/models/cyc/load")
-    time.sleep(1.5)
-    eq(d.model("cyc")["location"], "GPU", "timeout 0 = never offload on idle")
+    # a witness with a 1 s timeout, loaded after cyc: once the monitor has
+    # offloaded it, it has passed the time a 1 s timeout would have taken cyc
+    d.post("/api/v1/models/idle/load")
+    check(d.wait_for(lambda: d.model("idle")["location"] == "CPU", timeout=20),
+          "the witness with a 1 s timeout is offloaded", d.model("idle"))
+    eq(d.model("cyc")["location"], "GPU", "timeout 0 = never offload on idle (the monitor has "
+       "run past the witness's deadline, and cyc was idle longer)")
 
     # immediate offload: the end of run offloads at once
     want_imm = expected_checksum("12M", 5)
