@@ -126,7 +126,8 @@ unsigned vram__cmd_http_status(int code)
     case VRAM_EEXIST: return 409;
     case VRAM_ENOMEM:
     case VRAM_EHOSTMEM:
-    case VRAM_ETIMEDOUT: return 503;
+    case VRAM_ETIMEDOUT:
+    case VRAM_EBACKEND: return 503; /* a latched device: unusable until the process restarts */
     default: return 500;
     }
 }
@@ -352,6 +353,11 @@ static int cmd_health(vram_manager *m, json_t *args, vram__cmd_result *res)
     if (check_fields(args, fields, res)) return res->code;
     vram_manager_info info;
     if (vram_manager_get_info(m, &info, sizeof info) < 0) return out_of_memory(res);
+    /* a latched backend (a sticky CUDA error) fails the health check, so
+     * that a liveness probe restarts the process, as the error asks */
+    if (info.backend_error[0])
+        return vram__cmd_fail(res, VRAM_EBACKEND, "the device backend is unusable: %s",
+                              info.backend_error);
     return set_json(res, json_pack("{s:s, s:s, s:s, s:I, s:b}", "status", "ok", "version",
                                    VRAM_VERSION, "backend", info.backend, "models",
                                    (json_int_t)info.models, "monitor_running",

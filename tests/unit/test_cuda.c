@@ -21,6 +21,7 @@
 #include "core/core.h"
 #include "base/base.h"
 #include "cuda_double.h"
+#include "server/commands.h"
 
 #ifndef VRAM_CUDA_DOUBLE_PATH
 #define VRAM_CUDA_DOUBLE_PATH "libcuda_double.so"
@@ -1169,11 +1170,20 @@ static void test_sticky_error_shows_in_the_status(void **state)
     vram_manager_info info;
     assert_int_equal(vram_manager_get_info(m, &info, sizeof info), 0);
     assert_string_equal(info.backend_error, "");
+    const vram__command *health = vram__command_find("health");
+    assert_non_null(health);
+    vram__cmd_result res = {0};
+    assert_int_equal(vram__command_run(m, health, NULL, &res), 0); /* GET /healthz: 200 */
     assert_int_equal(D.set_sticky(0, CUDA_ERROR_LAUNCH_FAILED), 0);
     assert_int_equal(vram_model_offload(model, VRAM_WAIT), VRAM_EBACKEND);
     assert_msg_has("CUDA_ERROR_LAUNCH_FAILED");
     assert_int_equal(vram_manager_get_info(m, &info, sizeof info), 0);
     assert_non_null(strstr(info.backend_error, "CUDA_ERROR_LAUNCH_FAILED"));
+    /* the health check fails now (a liveness probe restarts the process) */
+    assert_int_equal(vram__command_run(m, health, NULL, &res), VRAM_EBACKEND);
+    assert_int_equal(vram__cmd_http_status(res.code), 503);
+    assert_non_null(strstr(res.message, "CUDA_ERROR_LAUNCH_FAILED"));
+    vram__cmd_result_clear(&res);
     char *js = vram_manager_status_json(m);
     assert_non_null(js);
     assert_non_null(strstr(js, "\"backend_error\""));
