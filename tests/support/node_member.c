@@ -15,6 +15,8 @@
  *   acquire NAME      acquire and keep the lease
  *   end NAME          end the lease acquire took
  *   load NAME         acquire and end at once
+ *   offload NAME      offload it (VRAM_WAIT)
+ *   release NAME      release it (VRAM_WAIT)
  *   state NAME        "ok STATE"
  *   check NAME        "ok CHECKSUM" of the model's bytes as they are now
  *   pid               "ok PID"
@@ -90,6 +92,10 @@ static void run(vram_manager *m, char *verb, char *a, char *b, char *c)
         answer_rc(cmd_acquire(m, a, 0));
     } else if (!strcmp(verb, "end") && a) {
         answer_rc(cmd_end(a));
+    } else if (!strcmp(verb, "offload") && model) {
+        answer_rc(vram_model_offload(model, VRAM_WAIT));
+    } else if (!strcmp(verb, "release") && model) {
+        answer_rc(vram_model_release(model, VRAM_WAIT));
     } else if (!strcmp(verb, "state") && model) {
         printf("ok %s\n", vram_state_name(vram_model_state(model)));
     } else if (!strcmp(verb, "check") && model) {
