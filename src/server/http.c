@@ -602,10 +602,12 @@ int vram__http_stop(vram__http *h, double grace)
     pthread_mutex_unlock(&h->lock);
     if (h->daemon) {
         /* stop accepting; the listening socket comes back to us (when
-         * quiescing fails, MHD_stop_daemon closes it) */
+         * quiescing fails, MHD_stop_daemon closes it). MHD's threads may
+         * still hold its number, so it is closed only after
+         * MHD_stop_daemon; shutdown() makes new connections fail now */
         MHD_socket fd = MHD_quiesce_daemon(h->daemon);
-        if (fd != MHD_INVALID_SOCKET) close(fd);
-        h->listen_fd = -1;
+        if (fd != MHD_INVALID_SOCKET) shutdown(fd, SHUT_RDWR);
+        h->listen_fd = fd != MHD_INVALID_SOCKET ? fd : -1;
     }
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
