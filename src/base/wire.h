@@ -32,7 +32,10 @@
  *   ack id=K                       an order arrived (sent at once, before the
  *                                  work: an owner that does not ack within
  *                                  2 s is skipped as unresponsive)
- *   done id=K rc=R msg=TEXT        the answer to an order (rc 0 or VRAM_E*)
+ *   done id=K rc=R freed=B msg=TEXT
+ *                                  the answer to an order (rc 0 or VRAM_E*;
+ *                                  freed: device bytes it gave back, 0 when
+ *                                  the model was not on the device)
  *
  * vramd -> member
  *   welcome v=1 member=ID

@@ -260,6 +260,7 @@ static int do_order(struct vram__node *n, const vram__wire_msg *msg, const char 
 {
     const char *name = vram__wire_get(msg, "name");
     int rc;
+    uint64_t freed = 0; /* device bytes this order gave back (what an eviction counts) */
     char text[VRAM_ERRMSG_MAX] = "";
     vram_model *model = name ? vram__model_hold(n->m, name) : NULL;
     if (!model) {
@@ -268,12 +269,14 @@ static int do_order(struct vram__node *n, const vram__wire_msg *msg, const char 
     } else {
         const char *v;
         double d;
-        if (strcmp(msg->verb, "offload") == 0) {
-            rc = vram_model_state(model) != VRAM_STATE_GPU
-                     ? vram__errorf(VRAM_ESTATE, "model '%s' is not on the device", name)
-                     : vram_model_offload(model, VRAM_NOWAIT);
-        } else if (strcmp(msg->verb, "release") == 0) {
-            rc = vram_model_release(model, VRAM_NOWAIT);
+        int offload = strcmp(msg->verb, "offload") == 0;
+        if (offload || strcmp(msg->verb, "release") == 0) {
+            /* as a local call: nothing to do (not on the device) is success */
+            int on_device = vram_model_state(model) == VRAM_STATE_GPU;
+            uint64_t bytes = vram_model_bytes(model);
+            rc = offload ? vram_model_offload(model, VRAM_NOWAIT)
+                         : vram_model_release(model, VRAM_NOWAIT);
+            if (rc == 0 && on_device) freed = bytes;
         } else if (vram__wire_dbl(msg, "idle_timeout", &d) == 0) {
             rc = vram_model_set_idle_timeout(model, d);
         } else if (vram__wire_dbl(msg, "release_timeout", &d) == 0) {
@@ -294,6 +297,7 @@ static int do_order(struct vram__node *n, const vram__wire_msg *msg, const char 
     char num[16];
     snprintf(num, sizeof num, "%d", rc < 0 ? rc : 0);
     vram__wire_str(&o, "rc", num);
+    vram__wire_uint(&o, "freed", freed);
     vram__wire_str(&o, "msg", text);
     return send_line(n, &o);
 }

@@ -26,39 +26,14 @@ int vram__cmd_node(vram_manager *m, json_t *args, vram__cmd_result *res)
     return 0;
 }
 
-/* The state of remote model name of member member_id as the node view
- * has it, into out ("" when it has none). */
-static void remote_state(vram_node *n, long member_id, const char *name, char *out, size_t len)
-{
-    out[0] = '\0';
-    json_t *v = vram__node_view(n), *mb, *md;
-    size_t i, j;
-    json_array_foreach(json_object_get(v, "members"), i, mb)
-    {
-        if (json_integer_value(json_object_get(mb, "member")) != member_id) continue;
-        json_array_foreach(json_object_get(mb, "models"), j, md)
-        {
-            const char *st = json_string_value(json_object_get(md, "state"));
-            if (st && !strcmp(json_string_value(json_object_get(md, "name")), name))
-                snprintf(out, len, "%s", st);
-        }
-    }
-    json_decref(v);
-}
-
-/* One order, its failure turned into the result. An offload of a model
- * already off the GPU succeeds, as a local one does: 1. */
+/* One order, its failure turned into the result; *freed (when not NULL)
+ * gets the device bytes the owner gave back. */
 static int order(vram_node *n, long pid, const char *name, const char *verb, const char *key,
-                 const char *val, vram__cmd_result *res)
+                 const char *val, uint64_t *freed, vram__cmd_result *res)
 {
     char msg[VRAM_ERRMSG_MAX] = "";
-    int rc = vram__node_order(n, pid, name, verb, key, val, REMOTE_WAIT, msg, sizeof msg);
+    int rc = vram__node_order(n, pid, name, verb, key, val, REMOTE_WAIT, msg, sizeof msg, freed);
     if (rc >= 0) return 0;
-    if (rc == VRAM_ESTATE && strcmp(verb, "offload") == 0) {
-        char st[16];
-        remote_state(n, pid, name, st, sizeof st);
-        if (!strcmp(st, "cpu") || !strcmp(st, "unloaded")) return 1;
-    }
     if (rc == VRAM_EBUSY)
         return vram__cmd_fail(res, rc, "%s is in use in its process (%s); try again when its "
                               "lease ends", name, msg);
@@ -100,9 +75,9 @@ static int remote_settings(vram_node *n, long pid, const char *name, json_t *arg
         return vram__cmd_fail(res, VRAM_EINVAL, seed ? "'timeout' is required (seconds, >= 0)"
                                                      : "nothing to change: give idle_timeout, "
                                                        "release_timeout or immediate_offload");
-    if ((hi && order(n, pid, name, "set", "idle_timeout", idle, res)) ||
-        (hr && order(n, pid, name, "set", "release_timeout", rel, res)) ||
-        (ho && order(n, pid, name, "set", "immediate", imm ? "1" : "0", res)))
+    if ((hi && order(n, pid, name, "set", "idle_timeout", idle, NULL, res)) ||
+        (hr && order(n, pid, name, "set", "release_timeout", rel, NULL, res)) ||
+        (ho && order(n, pid, name, "set", "immediate", imm ? "1" : "0", NULL, res)))
         return res->code;
     return 0;
 }
@@ -117,14 +92,15 @@ int vram__cmd_remote(json_t *args, const char *op, vram__cmd_result *res)
         !vram__node_remote_id(n, json_string_value(v), name, sizeof name, &pid))
         return 1;
     const char *id = json_string_value(v);
-    int rc;
-    if (strcmp(op, "offload") == 0 || strcmp(op, "release") == 0)
-        rc = order(n, pid, name, op, NULL, NULL, res);
+    int rc, moves = strcmp(op, "offload") == 0 || strcmp(op, "release") == 0;
+    uint64_t freed = 0;
+    if (moves)
+        rc = order(n, pid, name, op, NULL, NULL, &freed, res);
     else
         rc = remote_settings(n, pid, name, args, strcmp(op, "timeout") == 0, res);
     if (rc < 0) return rc;
     char msg[256];
-    if (rc == 1)
+    if (strcmp(op, "offload") == 0 && freed == 0)
         snprintf(msg, sizeof msg, "%s is not on the GPU (nothing to offload; node member %ld)",
                  id, pid);
     else

@@ -92,6 +92,7 @@ typedef struct order {
     uint64_t id;
     long member;
     int acked, done, rc;
+    uint64_t freed; /* device bytes the owner gave back */
     char msg[VRAM_ERRMSG_MAX];
 } order;
 
@@ -210,11 +211,13 @@ static void cut_off(member *mb, const char *why)
 /* ---- orders ---- */
 
 /* Sends an order to member id and waits for its done (dropping the lock
- * while waiting). Lock held. */
+ * while waiting); *freed (when not NULL) gets the device bytes the owner
+ * gave back. Lock held. */
 static int order_locked(vram_node *n, long id, const char *verb, const char *name,
                         const char *key, const char *value, double timeout, char *msg,
-                        size_t len)
+                        size_t len, uint64_t *freed)
 {
+    if (freed) *freed = 0;
     member *mb = member_by_id(n, id);
     int slot = -1;
     for (int i = 0; i < 64 && slot < 0; i++)
@@ -223,7 +226,7 @@ static int order_locked(vram_node *n, long id, const char *verb, const char *nam
         snprintf(msg, len, "%s", !mb ? "the process has left the node" : "vramd is busy");
         return !mb ? VRAM_ENOENT : VRAM_EBUSY;
     }
-    order od = {++n->next_order, id, 0, 0, 0, ""};
+    order od = {++n->next_order, id, 0, 0, 0, 0, ""};
     vram__wire_out o;
     vram__wire_begin(&o, verb);
     vram__wire_uint(&o, "id", od.id);
@@ -245,6 +248,7 @@ static int order_locked(vram_node *n, long id, const char *verb, const char *nam
     n->orders[slot] = NULL;
     if (od.done) {
         snprintf(msg, len, "%s", od.msg);
+        if (freed) *freed = od.freed;
         return od.rc;
     }
     snprintf(msg, len, "%s", rc != ETIMEDOUT ? "the process left the node"
@@ -254,14 +258,16 @@ static int order_locked(vram_node *n, long id, const char *verb, const char *nam
 }
 
 int vram__node_order(vram_node *n, long member_id, const char *name, const char *verb,
-                     const char *key, const char *value, double timeout, char *msg, size_t len)
+                     const char *key, const char *value, double timeout, char *msg, size_t len,
+                     uint64_t *freed)
 {
+    if (freed) *freed = 0;
     if (!n) {
         snprintf(msg, len, "no node socket in this process");
         return VRAM_ENOENT;
     }
     pthread_mutex_lock(&n->lock);
-    int rc = order_locked(n, member_id, verb, name, key, value, timeout, msg, len);
+    int rc = order_locked(n, member_id, verb, name, key, value, timeout, msg, len, freed);
     pthread_mutex_unlock(&n->lock);
     return rc;
 }
@@ -362,11 +368,15 @@ static uint64_t evict_victim(vram_node *n, const evict_job *j, member *owner, co
     snprintf(name, sizeof name, "%s", v->name);
     snprintf(oname, sizeof oname, "%s", owner->name);
     long oid = owner->id, opid = owner->pid;
-    uint64_t bytes = v->bytes;
+    uint64_t bytes = 0; /* what the owner says it freed, not what it last reported */
     double t0 = vram__now(), left = deadline - t0;
-    int rc = order_locked(n, oid, "offload", name, NULL, NULL, left, msg, sizeof msg);
+    int rc = order_locked(n, oid, "offload", name, NULL, NULL, left, msg, sizeof msg, &bytes);
     double secs = vram__now() - t0;
     member *asker = member_by_id(n, j->asker);
+    if (rc == 0 && bytes == 0) {
+        rc = VRAM_ESTATE;
+        snprintf(msg, sizeof msg, "it was no longer on the device");
+    }
     if (rc == 0) {
         member *o = member_by_id(n, oid);
         if (o) o->given_bytes += bytes, o->given_count++;
@@ -605,6 +615,7 @@ static int on_done(vram_node *n, member *mb, const vram__wire_msg *msg)
         if (!od || od->id != id || od->member != mb->id) continue;
         od->done = 1;
         od->rc = (int)rc;
+        if (vram__wire_u64(msg, "freed", &od->freed) < 0) od->freed = 0;
         snprintf(od->msg, sizeof od->msg, "%s", text ? text : "");
         vram__utf8_clean(od->msg);
         pthread_cond_broadcast(&n->cond);

@@ -4,6 +4,7 @@
 
 #include <jansson.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "vram_server.h"
 
@@ -27,8 +28,12 @@ int vram__node_remote_id(vram_node *n, const char *id, char *name, size_t cap, l
  * ("offload", "release" or "set" with key=value: idle_timeout,
  * release_timeout, immediate), waiting up to timeout seconds for its answer.
  * Returns the owner's code (0 or VRAM_E*; VRAM_ENOENT: no such process or
- * model; VRAM_ETIMEDOUT: no answer in time) with its message in msg. */
+ * model; VRAM_ETIMEDOUT: no answer in time) with its message in msg, and
+ * in *freed (when not NULL) the device bytes the owner gave back (0: the
+ * model was not on the device; an offload or release of it is then, as a
+ * local one, a success with nothing to do). */
 int vram__node_order(vram_node *n, long member_id, const char *name, const char *verb,
-                     const char *key, const char *value, double timeout, char *msg, size_t len);
+                     const char *key, const char *value, double timeout, char *msg, size_t len,
+                     uint64_t *freed);
 
 #endif /* VRAM_SERVER_NODE_H */
