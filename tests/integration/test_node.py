@@ -36,7 +36,7 @@ def node_env(name, extra=None):
 class Member:
     """A node_member process: one manager, driven by command lines."""
 
-    def __init__(self, name, extra=None, user=None):
+    def __init__(self, name, extra=None, user=None, binary=MEMBER):
         env = clean_env(node_env(name, extra))
         self.log_path = os.path.join(TMP, name + ".log")
         self.errf = open(self.log_path, "w")
@@ -45,7 +45,7 @@ class Member:
             def pre():
                 os.setgid(user.pw_gid)
                 os.setuid(user.pw_uid)
-        self.proc = subprocess.Popen([MEMBER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.errf, env=env, text=True, cwd=TMP,
                                      preexec_fn=pre)
         first = self.proc.stdout.readline().split()
@@ -276,7 +276,12 @@ def test_permissions(d):
     eq(oct(mode), oct(0o660), "the socket is created with mode 0660")
     if os.geteuid() == 0:
         nobody = pwd.getpwnam("nobody")
-        outsider = Member("outsider", {"VRAM_HOST_SHARED": ""}, user=nobody)
+        # a copy nobody can run: the build tree may sit in a folder only
+        # root can enter (a mktemp -d clone is mode 0700)
+        binary = os.path.join(TMP, "node_member")
+        shutil.copy(MEMBER, binary)
+        os.chmod(binary, 0o755)
+        outsider = Member("outsider", {"VRAM_HOST_SHARED": ""}, user=nobody, binary=binary)
     else:  # the owner itself is refused by mode 0
         os.chmod(SOCK, 0)
         outsider = Member("outsider", {"VRAM_HOST_SHARED": ""})
